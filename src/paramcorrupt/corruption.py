@@ -1,0 +1,322 @@
+"""Corruptions: random (Definition 3), gradient-based (Definition 4) and iterative.
+
+A :class:`Corruption` is a value: the change a to a group of parameters, with the group, p,
+eps and n it was drawn under. Sparse corruptions store only the flat indices they touch and
+the values there, so their memory grows with n, not with the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .constraint import Constraint, _check_tensors, _lp_norm, sparse_closed_form
+from .groups import ParameterGroup, as_group
+
+__all__ = [
+    "Corruption",
+    "gradient_corruption",
+    "iterative_corruption",
+    "random_corruption",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Corruption:
+    """A change to a group of parameters.
+
+    Attributes:
+        group: the parameter names it lives on (a :class:`ParameterGroup`).
+        constraint: p, eps and n it satisfies (``None`` for a user-given delta).
+        method: "random", "gradient", "iterative" or "custom".
+        indices: name -> flat indices touched, or ``None`` for a dense delta of that tensor.
+        values: name -> the values of the delta: at ``indices`` (1-D), or the full shape.
+        info: anything else worth keeping (the first-order estimate, steps taken, ...).
+    """
+
+    group: ParameterGroup
+    constraint: Constraint | None
+    method: str
+    indices: dict[str, Tensor | None]
+    values: dict[str, Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_deltas(cls, deltas: Mapping[str, Tensor], method: str = "custom") -> Corruption:
+        """Wrap a plain mapping name -> dense delta tensor."""
+        if not isinstance(deltas, Mapping) or not deltas:
+            raise ValueError("a corruption given as a mapping must map at least one parameter name to a delta tensor")
+        for name, d in deltas.items():
+            if not isinstance(d, Tensor):
+                raise TypeError(f"the delta for {name!r} is a {type(d).__name__}, expected a Tensor")
+        return cls(
+            ParameterGroup(method, tuple(deltas)),
+            None,
+            method,
+            {name: None for name in deltas},
+            {name: d.detach() for name, d in deltas.items()},
+        )
+
+    @property
+    def p(self) -> float | None:
+        return None if self.constraint is None else self.constraint.p
+
+    @property
+    def eps(self) -> float | None:
+        return None if self.constraint is None else self.constraint.eps
+
+    @property
+    def n(self) -> int | None:
+        return None if self.constraint is None else self.constraint.n
+
+    @property
+    def is_sparse(self) -> bool:
+        return any(idx is not None for idx in self.indices.values())
+
+    def nnz(self) -> int:
+        """The number of non-zero coordinates of a."""
+        return int(sum(int((v != 0).sum()) for v in self.values.values()))
+
+    def norm(self, p: float | None = None) -> float:
+        """||a||_p (by default with the constraint's p)."""
+        if p is None:
+            if self.constraint is None:
+                raise ValueError("this corruption has no constraint: pass p explicitly")
+            p = self.constraint.p
+        return _lp_norm(list(self.values.values()), p)
+
+    def dot(self, vector: Mapping[str, Tensor]) -> float:
+        """a.v for a mapping name -> tensor shaped like the parameters (in float64)."""
+        total = 0.0
+        for name, value in self.values.items():
+            idx = self.indices[name]
+            v = vector[name].detach().reshape(-1)
+            v = v if idx is None else v[idx]
+            total += float((v.double() * value.double().reshape(-1)).sum())
+        return total
+
+    def dense(self, model: nn.Module | None = None) -> dict[str, Tensor]:
+        """name -> dense delta tensor (needs ``model`` for the shapes of sparse entries)."""
+        out = {}
+        params = self.group.tensors(model) if model is not None else {}
+        for name, value in self.values.items():
+            idx = self.indices[name]
+            if idx is None:
+                out[name] = value
+                continue
+            if name not in params:
+                raise ValueError(f"pass the model to densify the sparse entry {name!r}")
+            d = torch.zeros_like(params[name].detach(), memory_format=torch.contiguous_format)
+            d.view(-1)[idx] = value.to(d.dtype)
+            out[name] = d
+        return out
+
+    def scaled(self, factor: float) -> Corruption:
+        """The corruption factor * a (its constraint's eps scaled alike)."""
+        constraint = None if self.constraint is None else self.constraint.with_eps(self.constraint.eps * abs(factor))
+        return Corruption(
+            self.group,
+            constraint,
+            self.method,
+            dict(self.indices),
+            {k: v * factor for k, v in self.values.items()},
+            dict(self.info),
+        )
+
+
+def _build(
+    group: ParameterGroup,
+    tensors: dict[str, Tensor],
+    direction: list[Tensor],
+    constraint: Constraint,
+    method: str,
+    **info: Any,
+) -> Corruption:
+    indices, values = sparse_closed_form(direction, constraint)
+    names = list(tensors)
+    return Corruption(
+        group,
+        constraint,
+        method,
+        dict(zip(names, indices)),
+        {name: v.to(tensors[name].dtype) for name, v in zip(names, values)},
+        info,
+    )
+
+
+def random_corruption(
+    model: nn.Module,
+    constraint: Constraint,
+    group: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    generator: torch.Generator,
+) -> Corruption:
+    """Random corruption (Definition 3, Algorithm 1): Proposition 1 applied to r ~ N(0, I_k).
+
+    With p = 2 and n = None this is the uniform distribution on the sphere of radius eps
+    (Theorem 1's premise).
+
+    Args:
+        model: the network (only shapes, dtypes and devices are read).
+        constraint: the set S.
+        group: the parameters to corrupt (default: every trainable one).
+        generator: the source of randomness; required, so runs are reproducible.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a = random_corruption(nn.Linear(3, 2), Constraint(p=2, eps=0.1), generator=g)
+        >>> round(a.norm(), 6)
+        0.1
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    group = as_group(model, group)
+    params = group.tensors(model)
+    draws = [
+        torch.randn(p.shape, generator=generator, dtype=p.dtype, device=generator.device).to(p.device)
+        for p in params.values()
+    ]
+    return _build(group, params, draws, constraint, "random")
+
+
+def gradient_corruption(
+    gradient: Mapping[str, Tensor],
+    constraint: Constraint,
+    group: ParameterGroup | None = None,
+) -> Corruption:
+    """Gradient-based corruption (Definition 4): a_hat = argmax_{a in S} a.g, in closed form.
+
+    Args:
+        gradient: name -> the data set gradient of each parameter of the group (see
+            :func:`~paramcorrupt.dataset_gradient`); a larger mapping is sliced by ``group``.
+        constraint: the set S.
+        group: which entries of ``gradient`` form the group (default: all of them).
+
+    Returns:
+        The corruption; ``info["first_order"]`` holds a_hat.g = eps * ||top_n(g)||_q, the
+        first-order estimate of the loss change, and ``info["G"]`` holds ||g||_2 on the group.
+
+    Raises:
+        ValueError: for a name missing from ``gradient``, NaN/Inf in it, or n > k.
+
+    Example:
+        >>> a = gradient_corruption({"w": torch.tensor([1.0, -2.0])}, Constraint(p=float("inf"), eps=0.1))
+        >>> a.values["w"], round(a.info["first_order"], 6)
+        (tensor([ 0.1000, -0.1000]), 0.3)
+    """
+    if group is None:
+        group = ParameterGroup("all", tuple(gradient))
+    missing = [n for n in group.names if n not in gradient]
+    if missing:
+        raise ValueError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
+    g = {name: gradient[name] for name in group.names}
+    _check_tensors(list(g.values()), list(g))
+    corruption = _build(group, g, list(g.values()), constraint, "gradient")
+    corruption.info["first_order"] = corruption.dot(g)
+    corruption.info["G"] = _lp_norm(list(g.values()), 2)
+    return corruption
+
+
+def _project(values: list[Tensor], constraint: Constraint) -> list[Tensor]:
+    """Map a point back onto S: keep the top-n coordinates, then onto the sphere ||a||_p = eps.
+
+    Exact Euclidean projection for p = inf (clip to the cube, pushed to its surface when it
+    fell inside) and p = 2 (radial scaling); radial scaling for other p.
+    """
+    p, eps = constraint.p, constraint.eps
+    k = sum(v.numel() for v in values)
+    n = constraint.size(k)
+    if n < k:
+        from .constraint import global_top_n
+
+        indices, _ = global_top_n(values, n)
+        masked = []
+        for v, idx in zip(values, indices):
+            m = torch.zeros_like(v).reshape(-1)
+            m[idx] = v.reshape(-1)[idx]
+            masked.append(m.view_as(v))
+        values = masked
+    if p == math.inf:
+        values = [v.clamp(-eps, eps) for v in values]
+    norm = _lp_norm(values, p)
+    if norm == 0.0:
+        return values
+    return [v * (eps / norm) for v in values]
+
+
+def iterative_corruption(
+    model: nn.Module,
+    constraint: Constraint,
+    loader: Iterable[Any],
+    loss_fn: Any,
+    group: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    steps: int = 5,
+    step_size: float | None = None,
+    gradient: Mapping[str, Tensor] | None = None,
+    progress: bool = False,
+) -> Corruption:
+    """Multi-step projected ascent in parameter space, started from the one-step corruption.
+
+    Beyond the paper: a_0 = a_hat (Definition 4); then a_{t+1} = Proj_S(a_t + s_t), where s_t
+    is the closed-form steepest-ascent step (Proposition 1 with radius ``step_size``) for the
+    data set gradient at w + a_t. Every iterate's loss is measured on ``loader`` and the best
+    is kept, so the result never does worse than a_hat on that data.
+
+    Args:
+        model: the network.
+        constraint: the set S; p = 2 and p = inf use exact projections, other p radial ones.
+        loader: the data whose loss is climbed (also used for the gradients).
+        loss_fn: the batch loss (see :mod:`paramcorrupt.losses`).
+        group: the parameters to corrupt.
+        steps: ascent steps after a_hat (0 returns a_hat).
+        step_size: radius of each step (default eps / 2).
+        gradient: the data set gradient at w, if already computed.
+        progress: show progress bars.
+
+    Returns:
+        The best corruption found; ``info`` holds the per-iterate losses and the best step.
+    """
+    from .apply import corrupted
+    from .evaluate import evaluate
+    from .gradient import dataset_gradient
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    group = as_group(model, group)
+    if gradient is None:
+        gradient = dataset_gradient(model, loader, loss_fn, group, progress=progress)
+    step = constraint.with_eps(step_size if step_size is not None else constraint.eps / 2)
+    current = gradient_corruption(gradient, constraint, group)
+    params = group.tensors(model)
+    dense = current.dense(model)
+    with corrupted(model, current):
+        best_loss = evaluate(model, loader, loss_fn, progress=progress)["loss"]
+    losses = [best_loss]
+    best, best_step = current, 0
+    a = [dense[name].double() for name in group.names]
+    for t in range(1, steps + 1):
+        with corrupted(model, Corruption.from_deltas(dict(zip(group.names, [x.to(p.dtype) for x, p in zip(a, params.values())])))):
+            g = dataset_gradient(model, loader, loss_fn, group)
+        move = gradient_corruption(g, step, group).dense(model)
+        a = _project([x + move[name].double() for x, name in zip(a, group.names)], constraint)
+        candidate = Corruption(
+            group,
+            constraint,
+            "iterative",
+            {name: None for name in group.names},
+            {name: x.to(params[name].dtype) for name, x in zip(group.names, a)},
+        )
+        with corrupted(model, candidate):
+            loss = evaluate(model, loader, loss_fn, progress=progress)["loss"]
+        losses.append(loss)
+        if loss > best_loss:
+            best, best_loss, best_step = candidate, loss, t
+    result = Corruption(best.group, constraint, "iterative", best.indices, best.values, dict(best.info))
+    result.info.update(losses=losses, best_step=best_step, first_order=current.info["first_order"], G=current.info["G"])
+    return result

@@ -1,0 +1,72 @@
+"""Loss and metrics over a whole loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._progress import progress_bar
+from ._state import frozen_norm_stats, mode
+from .losses import LossFn, Metric, as_batch_loss
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: LossFn,
+    metrics: Mapping[str, Metric] | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, float]:
+    """The weight-averaged loss and every metric of ``model`` over ``loader``.
+
+    Runs in evaluation mode without gradients; the model's modes and running statistics are
+    left as they were.
+
+    Args:
+        model: the network.
+        loader: any iterable of batches.
+        loss_fn: ``loss_fn(model, batch)`` -> :class:`~paramcorrupt.BatchLoss`; it must return
+            the model output when metrics are asked for.
+        metrics: name -> ``metric(output, batch)`` returning ``(total, count)``.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"loss": ..., name: ... for each metric}``.
+
+    Example:
+        >>> from paramcorrupt.losses import accuracy, classification_loss
+        >>> model = nn.Linear(2, 2)
+        >>> data = [(torch.randn(5, 2), torch.randint(0, 2, (5,)))]
+        >>> sorted(evaluate(model, data, classification_loss, {"accuracy": accuracy}))
+        ['accuracy', 'loss']
+    """
+    metrics = dict(metrics or {})
+    if "loss" in metrics:
+        raise ValueError("'loss' is always measured; give the metric another name")
+    loss_sum = 0.0
+    weight_sum = 0.0
+    totals = {name: 0.0 for name in metrics}
+    counts = {name: 0.0 for name in metrics}
+    with mode(model, False), frozen_norm_stats(model), torch.no_grad():
+        for batch in progress_bar(loader, enabled=progress, desc="evaluate"):
+            result = as_batch_loss(loss_fn(model, batch), batch)
+            loss_sum += float(result.loss) * result.weight
+            weight_sum += result.weight
+            if metrics and result.output is None:
+                raise ValueError("metrics need the model output: make loss_fn return BatchLoss(loss, weight, output)")
+            for name, metric in metrics.items():
+                total, count = metric(result.output, batch)
+                totals[name] += float(total)
+                counts[name] += float(count)
+    if weight_sum == 0:
+        raise ValueError("the loader yielded no batch: nothing to evaluate")
+    out = {"loss": loss_sum / weight_sum}
+    for name in metrics:
+        out[name] = totals[name] / counts[name] if counts[name] else float("nan")
+    return out
