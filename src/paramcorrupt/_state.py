@@ -44,7 +44,7 @@ def frozen_norm_stats(model: nn.Module) -> Iterator[nn.Module]:
     saved = []
     for module in model.modules():
         if isinstance(module, _STAT_MODULES):
-            for name, buffer in module.named_buffers(recurse=False):
+            for buffer in module.buffers(recurse=False):
                 if buffer is not None:
                     saved.append((buffer, buffer.detach().clone()))
     try:
