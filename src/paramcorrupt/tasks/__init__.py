@@ -1,0 +1,33 @@
+"""Tasks: a model with its data, loss, metrics and parameter groups (see :class:`Task`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import Task
+
+__all__ = ["TASKS", "Task", "get_task"]
+
+
+def _digits(**options: Any) -> Task:
+    from .digits import digits_task
+
+    return digits_task(**options)
+
+
+#: name -> factory(**options) -> Task. Factories import their dependencies lazily.
+TASKS: dict[str, Callable[..., Task]] = {
+    "digits": _digits,
+}
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """Build a registered task by name.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**options)

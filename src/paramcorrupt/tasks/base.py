@@ -1,0 +1,48 @@
+"""The Task protocol: the one interface probes, training and the CLI depend on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..groups import ParameterGroup
+from ..losses import LossFn, Metric
+
+__all__ = ["Task"]
+
+Grouping = Callable[[nn.Module], "dict[str, ParameterGroup]"]
+
+
+@dataclass
+class Task:
+    """A model with its data, loss, metrics and the parameter groups worth probing.
+
+    Attributes:
+        name: the task's name ("digits", "cifar10", ...).
+        model: the network (trained, or to be trained).
+        gradient_loader: the data the dataset gradient is taken on (the paper: the training
+            set, without augmentation).
+        eval_loader: the data metrics are reported on (a test or validation set).
+        loss_fn: ``loss_fn(model, batch)`` -> :class:`~paramcorrupt.BatchLoss`.
+        metrics: name -> ``metric(output, batch)`` -> ``(total, count)``.
+        primary_metric: the metric tables lead with; ``higher_is_better`` says its direction.
+        groupings: name -> function model -> {group label: ParameterGroup}, e.g. "type",
+            "position" (see :mod:`paramcorrupt.probe.grouping`).
+        train_loader: the data to train on (with augmentation), when the task can train.
+        info: anything else (sizes, seeds, the training recipe).
+    """
+
+    name: str
+    model: nn.Module
+    gradient_loader: Iterable[Any]
+    eval_loader: Iterable[Any]
+    loss_fn: LossFn
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+    primary_metric: str = "loss"
+    higher_is_better: bool = False
+    groupings: Mapping[str, Grouping] = field(default_factory=dict)
+    train_loader: Iterable[Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
