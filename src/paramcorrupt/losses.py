@@ -98,6 +98,7 @@ def classification_loss(model: nn.Module, batch: Any) -> BatchLoss:
 
     Example:
         >>> model = nn.Linear(2, 3)
+        >>> _ = nn.init.zeros_(model.bias)
         >>> out = classification_loss(model, (torch.zeros(4, 2), torch.tensor([0, 1, 2, 0])))
         >>> round(out.loss.item(), 4), out.weight
         (1.0986, 4.0)
