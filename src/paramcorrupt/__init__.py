@@ -5,7 +5,7 @@ and at random; which parameters are the most vulnerable; and how to train so tha
 network resists it.
 """
 
-from . import losses
+from . import losses, tasks, theory
 from ._state import frozen_norm_stats
 from .apply import corrupted
 from .constraint import Constraint, ZeroVectorWarning, closed_form, dual_norm, global_top_n, lp_norm
@@ -45,4 +45,6 @@ __all__ = [
     "random_corruption",
     "select",
     "sequence_loss",
+    "tasks",
+    "theory",
 ]
