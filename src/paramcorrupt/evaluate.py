@@ -10,6 +10,7 @@ from torch import nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
+from .distributed import all_reduce_scalars, use_distributed
 from .losses import LossFn, Metric, as_batch_loss
 
 __all__ = ["evaluate"]
@@ -22,6 +23,7 @@ def evaluate(
     metrics: Mapping[str, Metric] | None = None,
     *,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> dict[str, float]:
     """The weight-averaged loss and every metric of ``model`` over ``loader``.
 
@@ -35,6 +37,10 @@ def evaluate(
             the model output when metrics are asked for.
         metrics: name -> ``metric(output, batch)`` returning ``(total, count)``.
         progress: show a progress bar.
+        distributed: all-reduce the sums and counts (float64) over the processes of
+            ``torch.distributed``, each evaluating its own shard (see
+            :func:`paramcorrupt.distributed.shard`); ``None``: when a process group is
+            initialised. Every rank then returns the same numbers.
 
     Returns:
         ``{"loss": ..., name: ... for each metric}``.
@@ -64,6 +70,12 @@ def evaluate(
                 total, count = metric(result.output, batch)
                 totals[name] += float(total)
                 counts[name] += float(count)
+    if use_distributed(distributed):  # sum the shards: an empty one adds zeros
+        names = list(metrics)
+        reduced = all_reduce_scalars([loss_sum, weight_sum, *(totals[n] for n in names), *(counts[n] for n in names)])
+        loss_sum, weight_sum = reduced[0], reduced[1]
+        totals = dict(zip(names, reduced[2 : 2 + len(names)]))
+        counts = dict(zip(names, reduced[2 + len(names) :]))
     if weight_sum == 0:
         raise ValueError("the loader yielded no batch: nothing to evaluate")
     out = {"loss": loss_sum / weight_sum}

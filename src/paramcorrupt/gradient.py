@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
+from .distributed import all_reduce_sums, use_distributed
 from .groups import ParameterGroup, as_group
 from .losses import LossFn, as_batch_loss
 
@@ -33,6 +34,7 @@ def dataset_gradient(
     accumulate_dtype: torch.dtype | None = torch.float64,
     return_loss: bool = False,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> dict[str, Tensor] | tuple[dict[str, Tensor], float]:
     """The gradient of the mean loss over a whole loader (Algorithm 2, step 1).
 
@@ -53,6 +55,10 @@ def dataset_gradient(
             batches loses nothing); ``None`` keeps each parameter's dtype.
         return_loss: also return the data set's mean loss.
         progress: show a progress bar.
+        distributed: all-reduce the float64 sums and the weights over the processes of
+            ``torch.distributed`` (each summing its own shard of the data, see
+            :func:`paramcorrupt.distributed.shard`); ``None``: when a process group is
+            initialised. Every rank then returns the same gradient.
 
     Returns:
         name -> gradient (in each parameter's dtype), and the mean loss if asked for.
@@ -96,7 +102,12 @@ def dataset_gradient(
     finally:
         for t, flag in zip(tensors, grad_enabled):
             t.requires_grad_(flag)
-    if sums is None:
+    if use_distributed(distributed):  # sum the shards: an empty one adds zeros
+        if sums is None:
+            sums = [torch.zeros_like(t, dtype=accumulate_dtype or t.dtype) for t in tensors]
+        sums, (total_weight, loss_total) = all_reduce_sums(sums, [total_weight, float(loss_sum)])
+        loss_sum = torch.tensor(loss_total, dtype=torch.float64)
+    if sums is None or total_weight == 0:
         raise ValueError("the loader yielded no batch: cannot compute a data set gradient")
     gradient = {}
     for name, s, t in zip(names, sums, tensors):
