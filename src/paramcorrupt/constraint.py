@@ -330,7 +330,8 @@ def closed_form(
         if idx is None:
             out.append(val.to_sparse() if sparse else val)
         elif sparse:
-            coords = torch.stack(torch.unravel_index(idx, t.shape)) if t.dim() else idx.view(1, -1)
+            # a 0-dim tensor has no sparse dimension: its indices are (0, nnz)
+            coords = torch.stack(torch.unravel_index(idx, t.shape)) if t.dim() else idx.new_empty((0, idx.numel()))
             out.append(torch.sparse_coo_tensor(coords, val, t.shape).coalesce())
         else:
             dense = torch.zeros_like(t, memory_format=torch.contiguous_format)
