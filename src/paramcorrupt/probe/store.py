@@ -1,0 +1,266 @@
+"""A JSONL results file that survives interruption.
+
+The file's first line is a header naming the sweep (its ``sweep_id`` and configuration);
+every further line is one finished row. Rows are appended, flushed and ``fsync``-ed one by
+one as they finish, so a process killed at any moment (SIGKILL included) loses at most the
+row in progress. On reopening, a torn last line (a row cut mid-write) is cut away, finished
+rows are read back, and the sweep skips their keys. A file that belongs to another sweep is
+refused and never written to.
+
+Non-finite floats are not valid JSON: they are written as the strings ``"inf"``, ``"-inf"``
+and ``"nan"`` (``p = inf`` is ``"p": "inf"``) and read back as floats by
+:func:`read_results`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMAT", "ResultsStore", "decode_row", "encode_row", "read_results"]
+
+logger = logging.getLogger(__name__)
+
+#: the header's ``format`` value; a first line without it is not a results file of ours
+FORMAT = "paramcorrupt-probe-results/1"
+
+_HEADER_START = b'{"format": "' + FORMAT.encode()
+
+#: row fields that hold text; every other string "inf", "-inf" or "nan" is a float
+_TEXT_FIELDS = frozenset({"sweep_id", "key", "task", "grouping", "group", "method", "metric"})
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {k: _encode_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_value(v) for v in value]
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _decode_value(v) for k, v in value.items()}
+    return value
+
+
+def encode_row(row: Mapping[str, Any]) -> str:
+    """One row as a JSON line (no newline); non-finite floats become strings."""
+    return json.dumps({k: _encode_value(v) for k, v in row.items()}, allow_nan=False, separators=(", ", ": "))
+
+
+def decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A parsed row with "inf"/"-inf"/"nan" turned back into floats (text fields kept)."""
+    return {k: (v if k in _TEXT_FIELDS else _decode_value(v)) for k, v in row.items()}
+
+
+def _is_header(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def _scan(data: bytes, path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+    """Parse a results file's bytes: (header, rows, length of the intact prefix).
+
+    Only the last line may be torn (a row cut mid-write, or garbage after it); a bad line
+    anywhere else means the file is not one we wrote, and is an error.
+    """
+    header = None
+    rows: list[dict[str, Any]] = []
+    good = 0
+    lines = data.split(b"\n")
+    complete = lines[:-1]  # the piece after the last newline is torn or empty
+    for number, line in enumerate(complete, start=1):
+        try:
+            obj = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            obj = None
+        if not isinstance(obj, dict):
+            if number == len(complete) and not lines[-1]:
+                logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(line))
+                break
+            raise ValueError(f"{path} is not a probe results file: line {number} is not a JSON object")
+        if number == 1:
+            if not _is_header(obj):
+                raise ValueError(
+                    f"{path} is not a probe results file (its first line has no "
+                    f'"format": "{FORMAT}" header); choose another output path'
+                )
+            header = _decode_value(obj)
+        else:
+            rows.append(decode_row(obj))
+        good += len(line) + 1
+    if lines[-1]:
+        logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(lines[-1]))
+    return header, rows, good
+
+
+def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read a results file without changing it: ``(header, rows)``.
+
+    A torn last line is ignored. A file without a header (lines of rows only) is read too,
+    with an empty header.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when a line other than the last is not a JSON object.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    first = data.split(b"\n", 1)[0]
+    try:
+        headerless = not _is_header(json.loads(first)) if first.strip() else False
+    except ValueError:
+        headerless = False
+    if headerless:
+        rows = []
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(decode_row(json.loads(line)))
+            except ValueError:
+                if number >= len(lines) - 1:
+                    break
+                raise ValueError(f"{path}: line {number} is not valid JSON") from None
+        return {}, rows
+    header, rows, _ = _scan(data, path)
+    return header or {}, rows
+
+
+class ResultsStore:
+    """The results file of one sweep: resumable, append-only, flushed row by row.
+
+    Args:
+        path: the JSONL file (created with its folder when missing).
+        resume: reopen a file holding finished rows of the same sweep and skip them; with
+            ``False`` such a file is an error instead.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "results.jsonl"
+        >>> with ResultsStore(path) as store:
+        ...     store.open("abc123", {"trials": 1})
+        ...     store.append({"key": "g|random|0", "loss_after": float("inf")})
+        []
+        >>> with ResultsStore(path) as store:
+        ...     store.open("abc123", {"trials": 1})
+        [{'key': 'g|random|0', 'loss_after': inf}]
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, resume: bool = True) -> None:
+        self.path = Path(path)
+        self.resume = resume
+        self.header: dict[str, Any] | None = None
+        self._file: Any = None
+
+    def open(self, sweep_id: str, config: Mapping[str, Any], **extra: Any) -> list[dict[str, Any]]:
+        """Open the file for the sweep ``sweep_id``; return the rows it already holds.
+
+        A new (or empty) file gets the header ``{"format", "sweep_id", "config", **extra}``.
+        An existing one must carry the same ``sweep_id``; its torn last line, if any, is cut
+        away before anything is appended.
+
+        Raises:
+            ValueError: when the file belongs to another sweep, is not a results file, is
+                in use by another process, or holds rows while ``resume`` is False.
+        """
+        if self._file is not None:
+            raise ValueError(f"{self.path} is already open")
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; give a file path for the results")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+b")  # noqa: SIM115 - kept open for appending, closed in close()
+        try:
+            _lock(handle, self.path)
+            handle.seek(0)
+            header, rows, good = _scan(handle.read(), self.path)
+            if header is not None and header.get("sweep_id") != sweep_id:
+                raise ValueError(
+                    f"{self.path} holds the results of another sweep (sweep_id {header.get('sweep_id')}, "
+                    f"task {header.get('config', {}).get('task')!r}, grouping "
+                    f"{header.get('config', {}).get('grouping')!r}); this sweep is {sweep_id}: "
+                    "choose another output file (the existing one is left untouched)"
+                )
+            if rows and not self.resume:
+                raise ValueError(f"{self.path} already holds {len(rows)} rows of this sweep and resume is off")
+            handle.seek(0, os.SEEK_END)
+            if header is None and good == 0 and handle.tell() and not _torn_header(handle):
+                raise ValueError(f"{self.path} is not a probe results file; choose another output path")
+            if handle.tell() != good:
+                # cut the torn last line away so the next row starts on a fresh line
+                handle.truncate(good)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if header is None:
+                header = {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
+                self._write(handle, json.dumps(_encode_value(header), allow_nan=False))
+        except BaseException:
+            handle.close()
+            raise
+        self._file = handle
+        self.header = header
+        if rows:
+            logger.info("%s: resuming after %d finished rows", self.path, len(rows))
+        return rows
+
+    @staticmethod
+    def _write(handle: Any, line: str) -> None:
+        handle.seek(0, os.SEEK_END)
+        handle.write(line.encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Append one finished row, flushed and synced to disk before returning."""
+        if self._file is None:
+            raise ValueError("the results store is not open: call open() first")
+        self._write(self._file, encode_row(row))
+
+    def close(self) -> None:
+        """Close the file (and release its lock); safe to call twice."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(read_results(self.path)[1])
+
+
+def _torn_header(handle: Any) -> bool:
+    """Whether the file holds nothing but the beginning of one of our headers."""
+    handle.seek(0)
+    data = handle.read()
+    handle.seek(0, os.SEEK_END)
+    start = _HEADER_START
+    return b"\n" not in data.rstrip(b"\n") and (data.startswith(start) or start.startswith(data.rstrip(b"\n")))
+
+
+def _lock(handle: Any, path: Path) -> None:
+    """An exclusive advisory lock, so two sweeps never append to one file at once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ValueError(f"{path} is being written by another process") from None

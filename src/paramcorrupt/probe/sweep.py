@@ -1,0 +1,601 @@
+"""Sweeps: every group x method x p x n x eps x trial, as one tidy table.
+
+A sweep answers "where is my model weakest, and how much worse is the worst case than
+random faults?" in one call. For each parameter group it measures the gradient-based
+corruption (Definition 4), R random corruptions (Definition 3) and, optionally, the
+multi-step one, under every constraint S(p, eps, n) asked for, and returns one row per
+measurement.
+
+The data set gradient (Algorithm 2, step 1) is computed once per sweep, for the union of
+all groups, and sliced per group: never again per eps, n or p. The clean loss and metrics
+are measured once per sweep. Each random row draws from its own generator, seeded from the
+sweep's seed and the row's key by a stable hash, so a row computed after a resume equals the
+one an uninterrupted run computes. The model is left bit-identical, also when the sweep is
+interrupted.
+
+Row schema (one dict per row, the same in the results file; see :data:`ROW_FIELDS`):
+
+- ``sweep_id``: a stable hash of the configuration, the groups and the task's identity.
+- ``key``: ``group|method|p=..|n=..|eps=..|trial=..``, unique within the sweep.
+- ``task``, ``grouping``, ``group``, ``method`` ("random", "gradient", "iterative").
+- ``p`` (a float; ``inf`` is written ``"inf"`` in JSON), ``eps``, ``n`` (the effective n:
+  k when none was asked for or the one asked for exceeds k), ``n_requested`` (the n asked
+  for, ``None`` for all), ``k`` (the group's size), ``trial`` (0 for deterministic methods).
+- ``loss_before``, ``loss_after``, ``loss_change``, ``metric`` (its name),
+  ``metric_before``, ``metric_after``: on the evaluation data.
+- ``grad_loss_before``, ``grad_loss_after``: the loss on the gradient's data (None when
+  ``measure_gradient_data`` is off), where Theorem 2's ratio compares like with like.
+- ``first_order``: eps * ||top_n(g)||_q on the group — the first-order estimate of the
+  gradient-based loss change; written on random rows too, as the scale they compare with.
+- ``G``: ||g||_2 on the group.
+- ``ratio``: (grad_loss_after - grad_loss_before) / first_order; None when first_order is 0
+  (G = 0, where Theorem 2's ratio is undefined) or the gradient data was not measured.
+- ``seconds``: the row's wall time (building the corruption and evaluating it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ..apply import corrupted
+from ..constraint import Constraint, dual_norm, lp_norm
+from ..corruption import Corruption, gradient_corruption, iterative_corruption, random_corruption
+from ..evaluate import evaluate
+from ..gradient import dataset_gradient
+from ..groups import ParameterGroup
+from ..losses import LossFn, Metric
+from .store import ResultsStore
+
+__all__ = [
+    "METHODS",
+    "ROW_FIELDS",
+    "Evaluator",
+    "FullEvaluator",
+    "SweepConfig",
+    "row_key",
+    "row_seed",
+    "sweep",
+    "sweep_id",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the corruption methods a sweep can run
+METHODS = ("random", "gradient", "iterative")
+
+#: the fields of every row, in order
+ROW_FIELDS = (
+    "sweep_id",
+    "key",
+    "task",
+    "grouping",
+    "group",
+    "method",
+    "p",
+    "eps",
+    "n",
+    "n_requested",
+    "k",
+    "trial",
+    "loss_before",
+    "loss_after",
+    "loss_change",
+    "metric",
+    "metric_before",
+    "metric_after",
+    "grad_loss_before",
+    "grad_loss_after",
+    "first_order",
+    "G",
+    "ratio",
+    "seconds",
+)
+
+
+def _as_tuple(values: Any, what: str) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        values = (values,)
+    out = tuple(dict.fromkeys(values))  # drop repeats, keep order
+    if not out:
+        raise ValueError(f"{what} must hold at least one value")
+    return out
+
+
+def _p_value(p: Any) -> Any:
+    """p as a float ("inf" accepted); anything else is left for Constraint to reject."""
+    if isinstance(p, (int, float)) and not isinstance(p, bool):
+        return float(p)
+    if isinstance(p, str):
+        if p.strip().lower() in ("inf", "infinity"):
+            return math.inf
+        try:
+            return float(p)
+        except ValueError:
+            raise ValueError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
+    return p
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep runs: groups x methods x p x n x eps (x trials for random).
+
+    Args:
+        groups: the labels of the groups to probe, in order (default: every group passed
+            to :func:`sweep`).
+        methods: among "random", "gradient" and "iterative" (multi-step ascent).
+        trials: R, random corruptions per (group, p, n, eps).
+        p_values: the norms (``float("inf")`` or "inf" for L_inf).
+        n_values: the largest numbers of changed coordinates; ``None`` for n = k. An n
+            larger than a group's k is clamped to k (the row keeps ``n_requested``).
+        eps_values: the radii.
+        seed: the root of every random row's seed.
+        iterative_steps: ascent steps of the multi-step method after a_hat.
+        task: the task's identity (its name and whatever fixes its weights and data); part
+            of the sweep_id.
+        grouping: the name of the grouping ("type", "position", ...), written on each row.
+        metric: the metric rows report (default: the first metric, or "loss").
+        measure_gradient_data: also measure the loss on the gradient's data for every row
+            (``grad_loss_after`` and Theorem 2's ``ratio``); costs one more pass per row.
+
+    Raises:
+        ValueError: for an unknown method, a bad p, n, eps, trials or steps.
+
+    Example:
+        >>> SweepConfig(methods=["gradient"], p_values=["inf", 2], eps_values=[1e-3]).p_values
+        (inf, 2.0)
+    """
+
+    groups: tuple[str, ...] | None = None
+    methods: tuple[str, ...] = ("random", "gradient")
+    trials: int = 10
+    p_values: tuple[float, ...] = (math.inf,)
+    n_values: tuple[int | None, ...] = (None,)
+    eps_values: tuple[float, ...] = (1e-3,)
+    seed: int = 0
+    iterative_steps: int = 5
+    task: str = "custom"
+    grouping: str = "custom"
+    metric: str | None = None
+    measure_gradient_data: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.groups is not None:
+            groups = _as_tuple(self.groups, "groups")
+            for g in groups:
+                if not isinstance(g, str):
+                    raise TypeError(f"group labels must be strings, got {g!r}")
+            set_(self, "groups", groups)
+        methods = _as_tuple(self.methods, "methods")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+        set_(self, "methods", methods)
+        for name in ("trials", "iterative_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if "random" in methods and self.trials < 1:
+            raise ValueError(f"the random method needs trials >= 1, got trials={self.trials}")
+        p_values = tuple(_p_value(p) for p in _as_tuple(self.p_values, "p_values"))
+        n_values = tuple(None if n == "all" else n for n in _as_tuple(self.n_values, "n_values"))
+        eps_values = _as_tuple(self.eps_values, "eps_values")
+        for p in p_values:
+            for n in n_values:
+                for eps in eps_values:
+                    Constraint(p, eps, n)  # validates each value
+        set_(self, "p_values", tuple(dict.fromkeys(p_values)))
+        set_(self, "n_values", tuple(dict.fromkeys(n_values)))
+        set_(self, "eps_values", tuple(float(e) for e in eps_values))
+        for name in ("task", "grouping"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (``inf`` as the string "inf")."""
+        out = asdict(self)
+        out["p_values"] = [_p_text(p) for p in self.p_values]
+        for name in ("groups", "methods", "n_values", "eps_values"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepConfig:
+        """The inverse of :meth:`as_dict`."""
+        return cls(**dict(data))
+
+
+def _p_text(p: float) -> str | float:
+    return "inf" if p == math.inf else p
+
+
+def row_key(group: str, method: str, p: float, n: int | None, eps: float, trial: int) -> str:
+    """The row's unique key: ``group|method|p=..|n=..|eps=..|trial=..`` (n as requested).
+
+    Example:
+        >>> row_key("norm", "random", float("inf"), None, 1e-3, 2)
+        'norm|random|p=inf|n=all|eps=0.001|trial=2'
+    """
+    p_text = "inf" if p == math.inf else repr(float(p))
+    return f"{group}|{method}|p={p_text}|n={'all' if n is None else n}|eps={float(eps)!r}|trial={trial}"
+
+
+def _stable_hash(text: str, digits: int = 16) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:digits]
+
+
+def row_seed(seed: int, key: str) -> int:
+    """The seed of a random row's generator: a stable hash of the sweep's seed and the key.
+
+    Example:
+        >>> row_seed(0, "all|random|p=inf|n=all|eps=0.001|trial=0") == row_seed(0, "all|random|p=inf|n=all|eps=0.001|trial=0")
+        True
+    """
+    return int(_stable_hash(f"{seed}|{key}"), 16) & (2**63 - 1)
+
+
+def sweep_id(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> str:
+    """A stable hash of the configuration, the probed groups (labels and parameter names)
+    and the task's identity: two runs with one sweep_id compute the same rows."""
+    probed = _probed(config, groups)
+    payload = {
+        "config": config.as_dict(),
+        "groups": [[label, list(group.names)] for label, group in probed.items()],
+    }
+    return _stable_hash(json.dumps(payload, sort_keys=True, allow_nan=False))
+
+
+def _probed(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> dict[str, ParameterGroup]:
+    if not isinstance(groups, Mapping) or not groups:
+        raise ValueError("groups must map at least one label to a ParameterGroup")
+    for label, group in groups.items():
+        if not isinstance(group, ParameterGroup):
+            raise TypeError(f"group {label!r} is a {type(group).__name__}, expected a ParameterGroup")
+        if "|" in label:
+            raise ValueError(f"group label {label!r} may not contain '|' (it separates the parts of a row key)")
+    if config.groups is None:
+        return dict(groups)
+    unknown = [g for g in config.groups if g not in groups]
+    if unknown:
+        raise ValueError(f"unknown group {unknown[0]!r}; available: {', '.join(groups)}")
+    return {label: groups[label] for label in config.groups}
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """How a sweep measures a corrupted model (the hook activation reuse plugs into).
+
+    ``evaluate(group)`` is called while a corruption of ``group``'s parameters (and of
+    nothing else) is applied to the model. It returns
+    ``{"eval": {"loss": ..., <metric>: ...}, "gradient": {"loss": ...}}``: what
+    :func:`~paramcorrupt.evaluate` gives on the evaluation data, and on the gradient's data
+    when the sweep measures it (``measure_gradient_data``). The sweep runs all rows of one
+    group before the next, so an evaluator may keep one group's cache at a time.
+    :class:`FullEvaluator` is the default; ``paramcorrupt.probe.reuse.ReusingEvaluator``
+    computes only the part of the network downstream of the group.
+    """
+
+    def evaluate(self, group: ParameterGroup) -> dict[str, dict[str, float]]: ...
+
+
+class FullEvaluator:
+    """The default evaluator: full passes with the core :func:`~paramcorrupt.evaluate`.
+
+    Args:
+        model: the network.
+        eval_loader: the evaluation data (loss and metrics).
+        gradient_loader: the gradient's data (its loss), or ``None`` to skip it.
+        loss_fn: the batch loss.
+        metrics: name -> metric, on the evaluation data.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eval_loader: Iterable[Any],
+        gradient_loader: Iterable[Any] | None,
+        loss_fn: LossFn,
+        metrics: Mapping[str, Metric] | None = None,
+    ) -> None:
+        self.model, self.eval_loader, self.gradient_loader = model, eval_loader, gradient_loader
+        self.loss_fn, self.metrics = loss_fn, dict(metrics or {})
+
+    def evaluate(self, group: ParameterGroup | None = None) -> dict[str, dict[str, float]]:
+        """``{"eval": {...}, "gradient": {"loss": ...}}`` of the model as it is now."""
+        out = {"eval": evaluate(self.model, self.eval_loader, self.loss_fn, self.metrics)}
+        if self.gradient_loader is not None:
+            out["gradient"] = evaluate(self.model, self.gradient_loader, self.loss_fn)
+        return out
+
+
+@dataclass
+class _Plan:
+    """One group's part of the sweep: its size, its gradient slice, its settings."""
+
+    label: str
+    group: ParameterGroup
+    k: int
+    gradient: dict[str, Tensor]
+    G: float
+    settings: list[tuple[str, float, int | None, float, int, str]] = field(default_factory=list)
+
+
+def _settings(config: SweepConfig, label: str) -> list[tuple[str, float, int | None, float, int, str]]:
+    rows = []
+    for p in config.p_values:
+        for n in config.n_values:
+            for eps in config.eps_values:
+                for method in config.methods:
+                    for trial in range(config.trials if method == "random" else 1):
+                        rows.append((method, p, n, eps, trial, row_key(label, method, p, n, eps, trial)))
+    return rows
+
+
+def sweep(
+    model: nn.Module,
+    config: SweepConfig,
+    gradient_loader: Iterable[Any],
+    eval_loader: Iterable[Any],
+    loss_fn: LossFn,
+    metrics: Mapping[str, Metric] | None = None,
+    *,
+    groups: Mapping[str, ParameterGroup],
+    store: ResultsStore | None = None,
+    progress: bool = True,
+    evaluator: Evaluator | None = None,
+) -> list[dict[str, Any]]:
+    """Run every group x method x p x n x eps (x trial) of ``config``; return the rows.
+
+    Rows come in order group, p, n, eps, method, trial. With a ``store`` every row is
+    appended to its file as it finishes; rows the file already holds (a resumed sweep) are
+    not recomputed but returned in their place.
+
+    Args:
+        model: the network; left bit-identical (parameters and buffers), also on error or
+            KeyboardInterrupt.
+        config: the settings (:class:`SweepConfig`).
+        gradient_loader: the data of the data set gradient (the paper: the training set).
+        eval_loader: the data the loss and metrics are reported on (a test set).
+        loss_fn: ``loss_fn(model, batch)`` -> :class:`~paramcorrupt.BatchLoss`.
+        metrics: name -> metric on the evaluation data.
+        groups: label -> :class:`~paramcorrupt.ParameterGroup` (see
+            :mod:`paramcorrupt.probe.grouping`).
+        store: a :class:`~paramcorrupt.probe.ResultsStore` to write rows to (and resume from).
+        progress: show progress bars.
+        evaluator: measures the corrupted model (default: :class:`FullEvaluator`); see
+            :class:`Evaluator`.
+
+    Returns:
+        The rows (dicts with the fields of :data:`ROW_FIELDS`).
+
+    Raises:
+        ValueError: for an unknown group label or metric, an n or group
+            the core rejects, a results file of another sweep, or a model whose clean loss
+            differs from the one recorded in the file being resumed.
+
+    Example:
+        >>> from paramcorrupt import classification_loss, select
+        >>> model = nn.Linear(2, 2)
+        >>> data = [(torch.randn(8, 2), torch.randint(0, 2, (8,)))]
+        >>> rows = sweep(model, SweepConfig(methods=["gradient"], eps_values=[1e-3]), data, data,
+        ...              classification_loss, groups={"all": select(model)}, progress=False)
+        >>> [(r["group"], r["method"], r["n"]) for r in rows]
+        [('all', 'gradient', 6)]
+    """
+    metrics = dict(metrics or {})
+    if "loss" in metrics:
+        raise ValueError("'loss' is always measured; give the metric another name")
+    metric = config.metric or next(iter(metrics), "loss")
+    if metric != "loss" and metric not in metrics:
+        raise ValueError(f"unknown metric {metric!r}; available: loss, {', '.join(metrics)}")
+    probed = _probed(config, groups)
+    for group in probed.values():
+        group.tensors(model)  # every name must exist in the model
+    sid = sweep_id(config, groups)
+
+    finished: dict[str, dict[str, Any]] = {}
+    if store is not None:
+        existing = store.open(sid, config.as_dict(), groups={label: list(g.names) for label, g in probed.items()})
+        finished = {row["key"]: row for row in existing}
+    try:
+        return _run(
+            model, config, gradient_loader, eval_loader, loss_fn, metrics, metric, probed, sid,
+            finished, store, progress, evaluator,
+        )
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run(
+    model: nn.Module,
+    config: SweepConfig,
+    gradient_loader: Iterable[Any],
+    eval_loader: Iterable[Any],
+    loss_fn: LossFn,
+    metrics: dict[str, Metric],
+    metric: str,
+    probed: dict[str, ParameterGroup],
+    sid: str,
+    finished: dict[str, dict[str, Any]],
+    store: ResultsStore | None,
+    progress: bool,
+    evaluator: Evaluator | None,
+) -> list[dict[str, Any]]:
+    plans = []
+    for label, group in probed.items():
+        plans.append(_Plan(label, group, group.numel(model), {}, 0.0, _settings(config, label)))
+    total = sum(len(plan.settings) for plan in plans)
+    todo = total - sum(1 for plan in plans for s in plan.settings if s[-1] in finished)
+    if todo == 0:
+        logger.info("all %d rows are already in the results file", total)
+        return [finished[s[-1]] for plan in plans for s in plan.settings]
+
+    # the data set gradient, once, on the union of the groups (Algorithm 2, step 1)
+    union = ParameterGroup("union", tuple(dict.fromkeys(n for g in probed.values() for n in g.names)))
+    gradient = dataset_gradient(model, gradient_loader, loss_fn, union, progress=progress)
+    for plan in plans:
+        plan.gradient = {name: gradient[name] for name in plan.group.names}
+        plan.G = lp_norm(plan.gradient, 2)
+
+    # the clean model, once
+    full = FullEvaluator(model, eval_loader, gradient_loader if config.measure_gradient_data else None, loss_fn, metrics)
+    clean = full.evaluate()
+    _check_resumed(finished, clean, metric)
+    evaluator = evaluator or full
+
+    rows = []
+    bar = _bar(todo, progress)
+    try:
+        for plan in plans:
+            logger.info("group %s: k = %d, G = %.3g", plan.label, plan.k, plan.G)
+            scale: dict[tuple[float, int | None], float] = {}
+            for method, p, n, eps, trial, key in plan.settings:
+                if key in finished:
+                    rows.append(finished[key])
+                    continue
+                n_eff = plan.k if n is None or n > plan.k else n
+                if (p, n) not in scale:
+                    # ||top_n(g)||_q, so that first_order = eps * scale (Proposition 1)
+                    scale[(p, n)] = dual_norm(plan.gradient, Constraint(p, 1.0, n_eff))
+                start = time.perf_counter()
+                constraint = Constraint(p, eps, n_eff)
+                corruption = _corruption(model, config, plan, method, constraint, key, gradient_loader, loss_fn)
+                with corrupted(model, corruption):
+                    after = evaluator.evaluate(plan.group)
+                row = _row(config, sid, plan, method, p, n, n_eff, eps, trial, key, clean, after, metric, scale[(p, n)])
+                row["seconds"] = time.perf_counter() - start
+                if store is not None:
+                    store.append(row)
+                rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sweep", leave=False, dynamic_ncols=True)
+
+
+def _corruption(
+    model: nn.Module,
+    config: SweepConfig,
+    plan: _Plan,
+    method: str,
+    constraint: Constraint,
+    key: str,
+    gradient_loader: Iterable[Any],
+    loss_fn: LossFn,
+) -> Corruption:
+    if method == "random":
+        generator = torch.Generator().manual_seed(row_seed(config.seed, key))
+        return random_corruption(model, constraint, plan.group, generator=generator)
+    if method == "gradient":
+        return gradient_corruption(plan.gradient, constraint, plan.group)
+    return iterative_corruption(
+        model, constraint, gradient_loader, loss_fn, plan.group, steps=config.iterative_steps, gradient=plan.gradient
+    )
+
+
+def _row(
+    config: SweepConfig,
+    sid: str,
+    plan: _Plan,
+    method: str,
+    p: float,
+    n: int | None,
+    n_eff: int,
+    eps: float,
+    trial: int,
+    key: str,
+    clean: Mapping[str, float],
+    after: Mapping[str, float],
+    metric: str,
+    scale: float,
+) -> dict[str, Any]:
+    evaluated, gradient_data = _unpack(after, metric, config.measure_gradient_data)
+    first_order = eps * scale
+    grad_before = clean["gradient"]["loss"] if config.measure_gradient_data else None
+    grad_after = gradient_data["loss"] if gradient_data is not None else None
+    ratio = None
+    if grad_before is not None and grad_after is not None and first_order > 0:
+        ratio = (grad_after - grad_before) / first_order
+    return {
+        "sweep_id": sid,
+        "key": key,
+        "task": config.task,
+        "grouping": config.grouping,
+        "group": plan.label,
+        "method": method,
+        "p": p,
+        "eps": eps,
+        "n": n_eff,
+        "n_requested": n,
+        "k": plan.k,
+        "trial": trial,
+        "loss_before": clean["eval"]["loss"],
+        "loss_after": evaluated["loss"],
+        "loss_change": evaluated["loss"] - clean["eval"]["loss"],
+        "metric": metric,
+        "metric_before": clean["eval"][metric],
+        "metric_after": evaluated[metric],
+        "grad_loss_before": grad_before,
+        "grad_loss_after": grad_after,
+        "first_order": first_order,
+        "G": plan.G,
+        "ratio": ratio,
+        "seconds": None,
+    }
+
+
+def _unpack(
+    result: Mapping[str, Any], metric: str, gradient_data: bool
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Check an evaluator's answer: (evaluation-data values, gradient-data values or None)."""
+    if not isinstance(result, Mapping) or not isinstance(result.get("eval"), Mapping):
+        raise ValueError(
+            f"an evaluator must return {{'eval': {{...}}, 'gradient': {{...}}}}, got {type(result).__name__} "
+            f"with keys {sorted(result) if isinstance(result, Mapping) else None}"
+        )
+    evaluated = {k: float(v) for k, v in result["eval"].items()}
+    for name in ("loss", metric):
+        if name not in evaluated:
+            raise ValueError(f"the evaluator returned no {name!r} on the evaluation data (it returned {sorted(evaluated)})")
+    if not gradient_data:
+        return evaluated, None
+    if not isinstance(result.get("gradient"), Mapping) or "loss" not in result["gradient"]:
+        raise ValueError("the evaluator returned no loss on the gradient's data ('gradient': {'loss': ...})")
+    return evaluated, {k: float(v) for k, v in result["gradient"].items()}
+
+
+def _check_resumed(finished: Mapping[str, Mapping[str, Any]], clean: Mapping[str, float], metric: str) -> None:
+    """A resumed file must come from the same weights: compare the clean loss it recorded."""
+    if not finished:
+        return
+    row = next(iter(finished.values()))
+    recorded = row.get("loss_before")
+    loss = clean["eval"]["loss"]
+    if isinstance(recorded, (int, float)) and not math.isclose(recorded, loss, rel_tol=1e-6, abs_tol=1e-12):
+        raise ValueError(
+            f"the results file was written for a model whose clean loss is {recorded!r}, but this model's is "
+            f"{loss!r}: not the same weights or data; write to another file"
+        )
+
