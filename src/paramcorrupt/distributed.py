@@ -33,38 +33,51 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 __all__ = [
     "ExactDistributedSampler",
     "PeerFailedError",
+    "RankFailedError",
     "ShardedLoader",
     "all_gather_objects",
     "all_reduce_scalars",
     "all_reduce_sums",
     "barrier",
+    "batch_part",
     "broadcast_object",
+    "ddp",
+    "free_port",
     "get_rank",
     "get_world_size",
+    "grad_divisor",
     "init_from_env",
     "is_distributed",
     "is_main_process",
+    "local",
+    "map_ordered",
+    "no_sync",
     "session",
     "shard",
     "spawn",
     "split",
+    "unwrap",
     "use_distributed",
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: all_reduce_sums packs tensors into float64 buffers of at most this many bytes
 BUCKET_BYTES = 32 * 2**20
@@ -72,6 +85,20 @@ BUCKET_BYTES = 32 * 2**20
 
 class PeerFailedError(RuntimeError):
     """A collective failed because another process of the run stopped (its error is its own)."""
+
+
+class RankFailedError(RuntimeError):
+    """Work split across ranks failed on one rank; raised on every rank, with that rank's error.
+
+    Attributes:
+        rank: the rank that failed.
+        item: a description of the work item it failed on.
+        remote_traceback: the failing rank's traceback, as text.
+    """
+
+    def __init__(self, rank: int, item: str, error: str, remote_traceback: str = "") -> None:
+        super().__init__(f"rank {rank} failed on {item}: {error}")
+        self.rank, self.item, self.remote_traceback = rank, item, remote_traceback
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,8 +125,33 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+_local = threading.local()
+
+
+@contextmanager
+def local() -> Iterator[None]:
+    """Inside the block, ``distributed=None`` means "not distributed" on this process.
+
+    For work split across ranks (each rank computing *different* probe rows): the core
+    functions called there must not all-reduce, or the ranks would wait on each other's
+    unrelated collectives. Ranks, world size and explicit ``distributed=True`` are unchanged.
+
+    Example:
+        >>> with local():
+        ...     use_distributed(None)
+        False
+    """
+    depth = getattr(_local, "depth", 0)
+    _local.depth = depth + 1
+    try:
+        yield
+    finally:
+        _local.depth = depth
+
+
 def use_distributed(distributed: bool | None) -> bool:
-    """Resolve a ``distributed`` argument: ``None`` means "when a process group is initialised".
+    """Resolve a ``distributed`` argument: ``None`` means "when a process group is initialised"
+    (and not inside :func:`local`).
 
     Raises:
         RuntimeError: ``True`` was asked for but no process group is initialised.
@@ -109,7 +161,7 @@ def use_distributed(distributed: bool | None) -> bool:
         (False, False)
     """
     if distributed is None:
-        return is_distributed()
+        return is_distributed() and not getattr(_local, "depth", 0)
     if distributed and not is_distributed():
         raise RuntimeError(
             "distributed=True needs an initialised torch.distributed process group "
@@ -374,6 +426,191 @@ def barrier() -> None:
     if is_distributed():
         with _collective("barrier"):
             dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# work split across ranks
+
+
+def map_ordered(
+    items: Sequence[T],
+    fn: Callable[[T], R],
+    *,
+    on_result: Callable[[T, R], None] | None = None,
+    describe: Callable[[T], str] = repr,
+    progress: Callable[[int], None] | None = None,
+    distributed: bool | None = None,
+) -> list[R]:
+    """``[fn(item) for item in items]`` with the items split round-robin across the ranks.
+
+    The items go in rounds of ``world_size``: in round ``j`` rank ``r`` computes item
+    ``j * world_size + r`` inside :func:`local` (so the core functions it calls do not
+    all-reduce), then the round's results are all-gathered. Every rank returns all results,
+    in item order; ``on_result(item, result)`` runs on rank 0 only, in item order, as soon as
+    a round is gathered — the place to append a row to a results file, so that a killed run
+    loses at most one round, and nothing is ever written by two processes.
+
+    Every rank must call it with the same items. When ``fn`` raises on some rank, the round
+    is still gathered: rank 0 hands on the results that come before the failed item, and
+    every rank raises :class:`RankFailedError` naming the rank, the item (``describe``) and
+    its error. Not distributed, it is a plain loop.
+
+    Args:
+        items: the work items (the same list on every rank).
+        fn: computes one item's result (picklable).
+        on_result: called on rank 0 with each finished item and result, in order.
+        describe: names an item in error messages.
+        progress: called on rank 0 with the number of items finished in each round.
+        distributed: ``None``: when a process group is initialised.
+
+    Example:
+        >>> map_ordered([1, 2, 3], lambda x: x * x)
+        [1, 4, 9]
+    """
+    items = list(items)
+    if not use_distributed(distributed):
+        results = []
+        for item in items:
+            result = fn(item)
+            if on_result is not None:
+                on_result(item, result)
+            if progress is not None:
+                progress(1)
+            results.append(result)
+        return results
+    rank, world = get_rank(), get_world_size()
+    results = []
+    for start in range(0, len(items), world):
+        index = start + rank
+        payload: tuple[str, Any]
+        if index >= len(items):
+            payload = ("idle", None)
+        else:
+            try:
+                with local():
+                    payload = ("ok", fn(items[index]))
+            except Exception as error:  # handed to every rank below
+                payload = ("error", (f"{type(error).__name__}: {error}", traceback.format_exc()))
+        gathered = all_gather_objects(payload)
+        done = [
+            (items[start + r], value)
+            for r, (status, value) in enumerate(gathered)
+            if status != "idle"
+        ]
+        failed = next((r for r, (status, _) in enumerate(gathered) if status == "error"), None)
+        for offset, (item, value) in enumerate(done):
+            if failed is not None and offset >= failed:
+                break
+            if is_main_process() and on_result is not None:
+                on_result(item, value)
+            results.append(value)
+        if failed is not None:
+            message, remote = gathered[failed][1]
+            raise RankFailedError(failed, describe(items[start + failed]), message, remote)
+        if progress is not None and is_main_process():
+            progress(len(done))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# data-parallel training
+
+
+def batch_part(batch: Any, *, rank: int | None = None, world_size: int | None = None) -> Any:
+    """This rank's rows of a global batch: part ``rank`` of ``world_size`` near-equal pieces.
+
+    Tensors (alone, or in tuples, lists and dicts) are split on dim 0 with
+    ``torch.tensor_split``; pieces differ by at most one row. Every rank iterating the same
+    global batches and training on its part sees, together, exactly the single-process batch.
+
+    Raises:
+        ValueError: when the batch has fewer rows than there are ranks (a rank would get
+            none, and DistributedDataParallel needs every rank in every backward pass).
+
+    Example:
+        >>> x, y = batch_part((torch.arange(5), torch.arange(5)), rank=1, world_size=2)
+        >>> x.tolist()
+        [3, 4]
+    """
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if world_size == 1:
+        return batch
+
+    def part(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            if x.dim() == 0 or x.shape[0] < world_size:
+                rows = 0 if x.dim() == 0 else x.shape[0]
+                raise ValueError(
+                    f"a batch of {rows} rows cannot be split over {world_size} processes: "
+                    "use a batch size of at least the number of processes"
+                )
+            return torch.tensor_split(x, world_size)[rank]
+        if isinstance(x, dict):
+            return {k: part(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(part(v) for v in x)
+        return x  # non-tensor entries (lengths, ids, ...) are shared
+
+    return part(batch)
+
+
+def _sum_hook(state: Any, bucket: Any) -> torch.futures.Future[Tensor]:
+    """DDP communication hook: all-reduce the bucket as a SUM (DDP's default divides by N)."""
+    work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def ddp(model: nn.Module, **kwargs: Any) -> nn.Module:
+    """Wrap ``model`` in DistributedDataParallel whose gradient sync *sums* over the ranks.
+
+    Each rank back-propagates ``W_r * L_r`` (its share of the global batch's weight times its
+    mean loss); the summed gradient divided by the global weight ``sum_r W_r`` is then exactly
+    the single-process gradient of the global batch, whatever the split — this is what
+    ``paramcorrupt.train.training_closure`` does under torch.distributed. One all-reduce per
+    backward pass (DDP's buckets, overlapped with the backward), none twice: the closure
+    uses ``no_sync`` for every micro-batch but the last. Returns ``model`` itself when not
+    distributed. ``kwargs`` go to DistributedDataParallel (``device_ids`` is set to
+    ``LOCAL_RANK`` on CUDA).
+    """
+    if not is_distributed() or isinstance(model, DistributedDataParallel):
+        return model
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type == "cuda":
+        kwargs.setdefault("device_ids", [device.index])
+    wrapped = DistributedDataParallel(model, **kwargs)
+    wrapped.register_comm_hook(None, _sum_hook)
+    wrapped._paramcorrupt_sums = True  # type: ignore[attr-defined]  # read by grad_divisor
+    return wrapped
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (``model`` itself otherwise)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def grad_divisor(model: nn.Module, global_weight: float) -> float:
+    """What to divide synchronised gradients of ``sum_b W_b L_b`` by to get the global mean.
+
+    ``global_weight`` for a :func:`ddp` model (it sums), ``global_weight / N`` for a plain
+    DistributedDataParallel (it averages), ``global_weight`` otherwise.
+    """
+    if isinstance(model, DistributedDataParallel) and not getattr(
+        model, "_paramcorrupt_sums", False
+    ):
+        return global_weight / get_world_size()
+    return global_weight
+
+
+def no_sync(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:
+    """``model.no_sync()`` when ``sync`` is False and ``model`` is DistributedDataParallel.
+
+    For gradient accumulation: wrap every micro-batch's backward but the last, so the
+    accumulated gradient is synchronised once.
+    """
+    if not sync and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
