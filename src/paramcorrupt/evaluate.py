@@ -35,7 +35,11 @@ def evaluate(
         loader: any iterable of batches.
         loss_fn: ``loss_fn(model, batch)`` -> :class:`~paramcorrupt.BatchLoss`; it must return
             the model output when metrics are asked for.
-        metrics: name -> ``metric(output, batch)`` returning ``(total, count)``.
+        metrics: name -> ``metric(output, batch)`` returning ``(total, count)``; the value is
+            ``sum(total) / sum(count)``, or ``metric.finalize(sum(total) / sum(count))`` for a
+            metric with a ``finalize`` attribute (a metric derived after aggregation, such as
+            perplexity = exp of the mean log-likelihood; see
+            :class:`paramcorrupt.tasks.ptb_lm.Perplexity`).
         progress: show a progress bar.
         distributed: all-reduce the sums and counts (float64) over the processes of
             ``torch.distributed``, each evaluating its own shard (see
@@ -79,6 +83,9 @@ def evaluate(
     if weight_sum == 0:
         raise ValueError("the loader yielded no batch: nothing to evaluate")
     out = {"loss": loss_sum / weight_sum}
-    for name in metrics:
+    for name, metric in metrics.items():
         out[name] = totals[name] / counts[name] if counts[name] else float("nan")
+        finalize = getattr(metric, "finalize", None)  # a derived metric, e.g. perplexity = exp
+        if finalize is not None:
+            out[name] = float(finalize(out[name]))
     return out

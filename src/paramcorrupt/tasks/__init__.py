@@ -16,9 +16,23 @@ def _digits(**options: Any) -> Task:
     return digits_task(**options)
 
 
+def _cifar10(**options: Any) -> Task:
+    from .cifar10 import cifar10_task
+
+    return cifar10_task(**options)
+
+
+def _ptb_lm(**options: Any) -> Task:
+    from .ptb_lm import ptb_lm_task
+
+    return ptb_lm_task(**options)
+
+
 #: name -> factory(**options) -> Task. Factories import their dependencies lazily.
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
+    "cifar10": _cifar10,
+    "ptb-lm": _ptb_lm,
 }
 
 
