@@ -56,8 +56,10 @@ def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -
 
     No copy of the model is made: a dense entry saves a copy of its parameter, a sparse entry
     only the n values it overwrites. On exit — normal, by exception or by KeyboardInterrupt —
-    every parameter is restored bit-exactly (``torch.equal``), and the running statistics of
-    batch-norm layers are as they were, whatever mode the model ran in meanwhile.
+    every coordinate the corruption changed is restored bit-exactly (``torch.equal`` on every
+    parameter, as long as the code inside the block does not write to the parameters itself),
+    and the running statistics of batch-norm layers are as they were, whatever mode the model
+    ran in meanwhile.
 
     Everything is validated before the first parameter changes.
 

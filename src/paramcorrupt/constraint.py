@@ -125,6 +125,12 @@ def _as_list(v: Tensor | Mapping[str, Tensor]) -> tuple[list[str] | None, list[T
     raise TypeError(f"expected a Tensor or a mapping name -> Tensor, got {type(v).__name__}")
 
 
+def all_finite(t: Tensor) -> bool:
+    """No NaN or Inf in ``t``, checked chunk by chunk so the temporaries stay small."""
+    flat = t.detach().reshape(-1)
+    return all(bool(torch.isfinite(piece).all()) for piece in flat.split(TOP_N_CHUNK))
+
+
 def _check_tensors(tensors: Sequence[Tensor], names: Sequence[str] | None) -> None:
     for i, t in enumerate(tensors):
         label = names[i] if names is not None else "v"
@@ -132,7 +138,7 @@ def _check_tensors(tensors: Sequence[Tensor], names: Sequence[str] | None) -> No
             raise TypeError(f"{label!r} has dtype {t.dtype}; a floating-point tensor is required")
         if t.numel() == 0:
             raise ValueError(f"{label!r} is empty (numel = 0)")
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise ValueError(f"{label!r} contains NaN or Inf")
 
 
@@ -178,39 +184,52 @@ def dual_norm(v: Tensor | Mapping[str, Tensor], constraint: Constraint) -> float
     return _lp_norm(global_top_n(tensors, n)[1], q)
 
 
+#: elements per chunk of a tensor in :func:`global_top_n` (bounds its temporaries)
+TOP_N_CHUNK = 1 << 20
+
+
 def global_top_n(tensors: Sequence[Tensor], n: int) -> tuple[list[Tensor], list[Tensor]]:
     """The n coordinates of largest |v| across several tensors, without concatenating them.
 
-    Each tensor contributes its own top-min(n, numel) candidates, which are merged into a
-    running set of n: the extra memory is O(n) plus one |v| temporary of the largest tensor.
-    Ties are broken deterministically: by tensor order, then by torch.topk's order.
+    Each tensor is read in chunks of ``max(TOP_N_CHUNK, n)`` elements; every chunk contributes
+    its top-min(n, size) candidates, which are merged into a running set of n. The extra
+    memory is O(n) plus the temporaries of one chunk — never a copy of the group, nor of its
+    largest tensor (CPU ``torch.topk`` alone would take 4x the tensor it reads).
+    Ties are broken deterministically: by tensor order, then position, then topk's order.
 
     Returns:
         ``(indices, values)``: for each tensor, the flat indices it keeps (sorted ascending,
         possibly empty) and v's values there.
+
+    Example:
+        >>> global_top_n([torch.tensor([1.0, -5.0]), torch.tensor([[3.0, 0.5]])], 2)
+        ([tensor([1]), tensor([0])], [tensor([-5.]), tensor([3.])])
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got n={n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got n={n!r}")
     device = tensors[0].device
     best_abs = torch.empty(0, dtype=torch.float64, device=device)
     best_tensor = torch.empty(0, dtype=torch.long, device=device)
     best_index = torch.empty(0, dtype=torch.long, device=device)
+    chunk = max(TOP_N_CHUNK, n)
     for j, t in enumerate(tensors):
         flat = t.detach().reshape(-1)
-        m = min(n, flat.numel())
-        cand_abs, cand_index = torch.topk(flat.abs(), m, sorted=False)
-        merged_abs = torch.cat([best_abs, cand_abs.double()])
-        merged_tensor = torch.cat([best_tensor, torch.full((m,), j, dtype=torch.long, device=device)])
-        merged_index = torch.cat([best_index, cand_index])
-        if merged_abs.numel() > n:
-            # stable descending sort keeps earlier tensors first among equal magnitudes
-            order = torch.sort(merged_abs, descending=True, stable=True).indices[:n]
-            merged_abs, merged_tensor, merged_index = (
-                merged_abs[order],
-                merged_tensor[order],
-                merged_index[order],
-            )
-        best_abs, best_tensor, best_index = merged_abs, merged_tensor, merged_index
+        for start in range(0, flat.numel(), chunk):
+            piece = flat[start : start + chunk]
+            m = min(n, piece.numel())
+            cand_abs, cand_index = torch.topk(piece.abs(), m, sorted=False)
+            merged_abs = torch.cat([best_abs, cand_abs.double()])
+            merged_tensor = torch.cat([best_tensor, torch.full((m,), j, dtype=torch.long, device=device)])
+            merged_index = torch.cat([best_index, cand_index + start])
+            if merged_abs.numel() > n:
+                # a stable descending sort keeps earlier candidates first among equal magnitudes
+                order = torch.sort(merged_abs, descending=True, stable=True).indices[:n]
+                merged_abs, merged_tensor, merged_index = (
+                    merged_abs[order],
+                    merged_tensor[order],
+                    merged_index[order],
+                )
+            best_abs, best_tensor, best_index = merged_abs, merged_tensor, merged_index
     indices, values = [], []
     for j, t in enumerate(tensors):
         idx = torch.sort(best_index[best_tensor == j]).values
@@ -300,8 +319,8 @@ def closed_form(
     p = inf gives eps * sgn(h), p = 2 gives eps * h / ||h||_2.
 
     When v is zero on the whole group (G = 0) every feasible point is optimal and the
-    direction is undefined: the result spreads eps equally, sign +, over the first n
-    coordinates (the tie rule's choice; p = 1: all on the first), so it still lies in S,
+    direction is undefined: the result spreads eps equally, sign +, over the n coordinates
+    the tie rule picks (p = 1: all on one of them), so it still lies in S,
     and a :class:`ZeroVectorWarning` is issued. Nothing is ever divided by zero.
 
     Args:
@@ -332,7 +351,7 @@ def closed_form(
         elif sparse:
             # a 0-dim tensor has no sparse dimension: its indices are (0, nnz)
             coords = torch.stack(torch.unravel_index(idx, t.shape)) if t.dim() else idx.new_empty((0, idx.numel()))
-            out.append(torch.sparse_coo_tensor(coords, val, t.shape).coalesce())
+            out.append(torch.sparse_coo_tensor(coords, val, t.shape, check_invariants=False).coalesce())
         else:
             dense = torch.zeros_like(t, memory_format=torch.contiguous_format)
             dense.view(-1)[idx] = val
