@@ -1,0 +1,313 @@
+"""A small, generic training loop: plain, corruption-resistant or regularised.
+
+It runs any ``loss_fn(model, batch)`` (see :mod:`paramcorrupt.losses`) with any torch
+optimiser — :class:`~paramcorrupt.train.CorruptionResistant` included — and handles what
+such loops usually get wrong: micro-batch accumulation with exact weights, bfloat16
+autocast, a GradScaler, a per-step learning-rate schedule, a checkpoint after every epoch
+that loads with ``torch.load(..., weights_only=True)``, and resuming from it bit-exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._progress import progress_bar
+from .._state import mode
+from ..losses import LossFn, as_batch_loss
+from .optimizer import CorruptionResistant
+
+__all__ = ["fit", "load_checkpoint", "save_checkpoint", "split_batch", "training_closure"]
+
+logger = logging.getLogger(__name__)
+
+Penalty = Callable[[Tensor, Iterable[Tensor]], Tensor]
+
+
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """Split a batch (a tensor, or a tuple/list/dict of tensors sharing dim 0) into ``parts``
+    micro-batches of near-equal size (fewer if the batch is smaller).
+
+    Example:
+        >>> [x.shape[0] for x, _ in split_batch((torch.zeros(10, 2), torch.zeros(10)), 4)]
+        [3, 3, 2, 2]
+    """
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"the number of micro-batches must be an integer >= 1, got {parts!r}")
+    if parts == 1:
+        return [batch]
+
+    def chunks(x: Any) -> list[Any]:
+        if isinstance(x, Tensor):
+            return list(torch.tensor_split(x, min(parts, x.shape[0])))
+        if isinstance(x, dict):
+            split = {k: chunks(v) for k, v in x.items()}
+            count = min(len(v) for v in split.values())
+            return [{k: v[i] for k, v in split.items()} for i in range(count)]
+        if isinstance(x, (tuple, list)):
+            split = [chunks(v) for v in x]
+            count = min(len(v) for v in split)
+            return [type(x)(v[i] for v in split) for i in range(count)]
+        raise TypeError(f"cannot split a batch element of type {type(x).__name__} into micro-batches")
+
+    return chunks(batch)
+
+
+def training_closure(
+    model: nn.Module,
+    loss_fn: LossFn,
+    micro_batches: Sequence[Any],
+    *,
+    penalty: Penalty | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    grad_scaler: Any = None,
+) -> Callable[[], Tensor]:
+    """The closure of one step: clear the gradients, back-propagate every micro-batch, return
+    the loss.
+
+    The micro-batch losses are weighted by their weights (examples or tokens) so that the
+    accumulated gradient is that of the whole batch's mean loss, whatever the split. Called
+    twice by :class:`~paramcorrupt.train.CorruptionResistant`, which picks a_hat on the
+    accumulated gradient.
+
+    Args:
+        model: the network (its gradients are cleared at the start of each call).
+        loss_fn: ``loss_fn(model, batch)`` -> BatchLoss, tensor or (loss, weight).
+        micro_batches: the pieces of the batch (a list of one for no accumulation).
+        penalty: a loss transform ``penalty(loss, params)`` such as
+            :class:`~paramcorrupt.train.RegularizedLoss` (only with one micro-batch: the
+            norm of an accumulated gradient does not split into micro-batches).
+        autocast_dtype: run the forward pass under ``torch.autocast`` with this dtype
+            (``torch.bfloat16`` on CPU).
+        grad_scaler: back-propagate ``grad_scaler.scale(loss)``.
+
+    Returns:
+        A closure returning the batch's mean loss (detached).
+    """
+    micro_batches = list(micro_batches)
+    if not micro_batches:
+        raise ValueError("a step needs at least one micro-batch")
+    if penalty is not None and len(micro_batches) > 1:
+        raise ValueError("a gradient penalty needs the whole batch's gradient: use it without micro-batches")
+    params = [p for p in model.parameters() if p.requires_grad]
+    device_type = next(iter(params)).device.type if params else "cpu"
+
+    def backward(loss: Tensor) -> None:
+        (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
+
+    def forward(micro: Any) -> tuple[Tensor, float]:
+        context = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+        with context:
+            result = as_batch_loss(loss_fn(model, micro), micro)
+            loss = result.loss if penalty is None else penalty(result.loss, params)
+        return loss, result.weight
+
+    def closure() -> Tensor:
+        model.zero_grad(set_to_none=True)
+        if len(micro_batches) == 1:
+            loss, _ = forward(micro_batches[0])
+            backward(loss)
+            return loss.detach()
+        # sum_b W_b dL_b, back-propagated micro-batch by micro-batch (one graph alive at a
+        # time), then divided by sum_b W_b: the gradient of the whole batch's mean loss
+        total, loss_sum = 0.0, 0.0
+        for micro in micro_batches:
+            loss, weight = forward(micro)
+            backward(loss * weight)
+            total += weight
+            loss_sum = loss_sum + loss.detach().double() * weight
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(total)
+        return (loss_sum / total).float()
+
+    return closure
+
+
+def save_checkpoint(path: str | os.PathLike[str], **states: Any) -> None:
+    """``torch.save`` a dict of state dicts and plain values, atomically (write, then rename).
+
+    Only tensors, numbers, strings, lists and dicts go in, so the file loads with
+    ``weights_only=True`` (no code is unpickled).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(states, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def _generator_of(loader: Any) -> torch.Generator | None:
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "generator", None)):
+        if isinstance(obj, torch.Generator):
+            return obj
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator):
+            return gen
+    return None
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Any],
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    scheduler: Any = None,
+    penalty: Penalty | None = None,
+    micro_batches: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    grad_scaler: Any = None,
+    max_grad_norm: float | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``epochs`` epochs; return one record per epoch.
+
+    Each batch is one optimiser step: :class:`~paramcorrupt.train.CorruptionResistant` gets
+    a closure (it runs it twice), any other optimiser runs it once. The scheduler, if any,
+    steps after every optimiser step. The model is in training mode during the fit and its
+    modes are restored afterwards.
+
+    Args:
+        model: the network.
+        optimizer: any torch optimiser, or a :class:`~paramcorrupt.train.CorruptionResistant`.
+        loader: re-iterable batches (shuffled by a ``torch.Generator`` it exposes as
+            ``.generator`` for resuming to be exact).
+        loss_fn: ``loss_fn(model, batch)`` (see :mod:`paramcorrupt.losses`).
+        epochs: the total number of epochs (a resumed fit runs only the remaining ones).
+        scheduler: a learning-rate scheduler stepped after each step.
+        penalty: a loss transform such as :class:`~paramcorrupt.train.RegularizedLoss`.
+        micro_batches: split each batch into this many micro-batches and accumulate.
+        autocast_dtype: forward under ``torch.autocast`` with this dtype.
+        grad_scaler: a ``torch.amp.GradScaler`` (give the same one to CorruptionResistant).
+        max_grad_norm: clip the gradient norm, for plain optimisers (CorruptionResistant
+            clips itself: set its ``max_grad_norm``).
+        checkpoint: a file to save after every epoch (model, optimiser, scheduler, scaler,
+            RNG and loader-generator states, the history).
+        resume: continue from ``checkpoint`` when it exists.
+        progress: show a progress bar.
+        on_epoch_end: called as ``on_epoch_end(epoch, record)`` after every epoch.
+
+    Returns:
+        ``[{"epoch", "loss", "seconds", "lr", "skipped"}, ...]`` for every epoch, the resumed
+        ones included.
+
+    Raises:
+        ValueError: for epochs < 1, a GradScaler not shared with CorruptionResistant, or
+            ``max_grad_norm`` with CorruptionResistant.
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> data = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))]
+        >>> from paramcorrupt.losses import classification_loss
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> [round(r["epoch"]) for r in fit(model, opt, data, classification_loss, epochs=2)]
+        [1, 2]
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    resistant = isinstance(optimizer, CorruptionResistant)
+    if resistant and optimizer.grad_scaler is not grad_scaler:
+        raise ValueError("give the same GradScaler to CorruptionResistant(grad_scaler=...) and to fit(grad_scaler=...)")
+    if resistant and max_grad_norm is not None:
+        raise ValueError("CorruptionResistant clips the combined gradient itself: set its max_grad_norm instead")
+    generator = _generator_of(loader)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if grad_scaler is not None and state.get("grad_scaler") is not None:
+            grad_scaler.load_state_dict(state["grad_scaler"])
+        if generator is not None and state.get("loader_generator") is not None:
+            generator.set_state(state["loader_generator"])
+        torch.set_rng_state(state["rng"])
+        history = [dict(r) for r in state["history"]]
+        start_epoch = int(state["epoch"])
+        logger.info("resumed from %s after epoch %d", checkpoint, start_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with mode(model, True):
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            loss_sum, count, skipped = 0.0, 0, 0
+            batches = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}")
+            for batch in batches:
+                closure = training_closure(
+                    model,
+                    loss_fn,
+                    split_batch(batch, micro_batches),
+                    penalty=penalty,
+                    autocast_dtype=autocast_dtype,
+                    grad_scaler=grad_scaler,
+                )
+                if resistant:
+                    loss = optimizer.step(closure)
+                    skipped += int(optimizer.skipped)
+                else:
+                    with torch.enable_grad():
+                        loss = closure()
+                    if grad_scaler is not None:
+                        grad_scaler.unscale_(optimizer)
+                    if max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    if grad_scaler is not None:
+                        scale = grad_scaler.get_scale()
+                        grad_scaler.step(optimizer)
+                    else:
+                        optimizer.step()
+                if grad_scaler is not None:
+                    grad_scaler.update()
+                    if not resistant and grad_scaler.get_scale() < scale:
+                        skipped += 1
+                if scheduler is not None:
+                    scheduler.step()
+                loss_sum += float(loss)
+                count += 1
+            if count == 0:
+                raise ValueError("the loader yielded no batch")
+            record = {
+                "epoch": float(epoch + 1),
+                "loss": loss_sum / count,
+                "seconds": time.perf_counter() - started,
+                "lr": float(optimizer.param_groups[0]["lr"]) if "lr" in optimizer.param_groups[0] else math.nan,
+                "skipped": float(skipped),
+            }
+            history.append(record)
+            logger.info("epoch %d: loss %.4f (%.1f s)", epoch + 1, record["loss"], record["seconds"])
+            if checkpoint is not None:
+                save_checkpoint(
+                    checkpoint,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=None if scheduler is None else scheduler.state_dict(),
+                    grad_scaler=None if grad_scaler is None else grad_scaler.state_dict(),
+                    loader_generator=None if generator is None else generator.get_state(),
+                    rng=torch.get_rng_state(),
+                    epoch=epoch + 1,
+                    history=history,
+                )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+    return history
