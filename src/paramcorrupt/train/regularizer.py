@@ -56,7 +56,7 @@ def gradient_norm(
         p: the corruption's norm (q is its dual: p = 2 -> ||g||_2, p = inf -> ||g||_1).
         n: keep only the n largest |g_i| across all ``params`` (default None: all).
         create_graph: keep the graph of g so that the result can be back-propagated
-            (double back-propagation).
+            (double back-propagation). The graph of ``loss`` is kept either way.
 
     Example:
         >>> w = torch.tensor([3.0, -4.0], requires_grad=True)
@@ -67,7 +67,8 @@ def gradient_norm(
     """
     _check(None, p, n)
     params = _params(params)
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+    # the graph of L is kept: L itself is back-propagated too (L_a = L + lam ||g||_q)
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph, retain_graph=True, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, params)]
     q = dual_exponent(float(p))
     if n is not None and n < sum(g.numel() for g in grads):
