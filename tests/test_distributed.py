@@ -17,6 +17,13 @@ from paramcorrupt.losses import accuracy, classification_loss
 
 N_EXAMPLES = 37  # odd: the shards cannot be even
 
+#: fork starts the 2 processes in milliseconds (spawn re-imports torch: seconds each)
+START = "fork" if "fork" in __import__("multiprocessing").get_all_start_methods() else "spawn"
+
+
+def _spawn(fn, *args):
+    return D.spawn(fn, 2, *args, start_method=START)
+
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
@@ -92,7 +99,7 @@ def test_dataset_gradient_and_evaluate_match_single_process():
         accumulate_dtype=None,
     )
 
-    results = D.spawn(_gradient_worker, 2)
+    results = _spawn(_gradient_worker)
 
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
     assert sorted(n for r in results for n in r["batch_shard_sizes"]) == sorted(
@@ -153,3 +160,125 @@ def test_exact_sampler_and_sharded_loader_partition_the_data():
             )
             == 7
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# probe sweeps: rows split across ranks, written by rank 0, resumable
+
+
+def _probe_setup():
+    from paramcorrupt import select
+    from paramcorrupt.probe.sweep import SweepConfig
+
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 4)
+    )
+    with torch.no_grad():
+        model.train()(torch.randn(32, 1, 6, 6))
+    model.eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(41, 1, 6, 6, generator=g), torch.randint(0, 4, (41,), generator=g)
+    xe, ye = torch.randn(23, 1, 6, 6, generator=g), torch.randint(0, 4, (23,), generator=g)
+    gradient_loader = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 41, 8)]
+    eval_loader = [(xe[i : i + 10], ye[i : i + 10]) for i in range(0, 23, 10)]
+    groups = {"conv": select(model, "0"), "norm": select(model, "1"), "fc": select(model, "4")}
+    config = SweepConfig(
+        methods=["random", "gradient", "iterative"], trials=2, p_values=["inf"], n_values=[None, 5],
+        eps_values=[1e-2], iterative_steps=2, task="test-distributed",
+    )
+    return model, config, gradient_loader, eval_loader, groups
+
+
+class _FailingEvaluator:
+    """Raises on rank ``fail_rank`` at its ``fail_at``-th row (1-based)."""
+
+    def __init__(self, inner, fail_rank: int, fail_at: int) -> None:
+        self.inner, self.fail_rank, self.fail_at, self.calls = inner, fail_rank, fail_at, 0
+
+    def evaluate(self, group):
+        self.calls += 1
+        if D.get_rank() == self.fail_rank and self.calls == self.fail_at:
+            raise ValueError("injected failure")
+        return self.inner.evaluate(group)
+
+
+def _probe_worker(path: str, fail_rank: int | None = None, fail_at: int = 0) -> list[dict]:
+    from paramcorrupt.probe import FullEvaluator, ResultsStore, sweep
+
+    model, config, gradient_loader, eval_loader, groups = _probe_setup()
+    metrics = {"accuracy": accuracy}
+    evaluator = None
+    if fail_rank is not None:
+        full = FullEvaluator(model, eval_loader, gradient_loader, classification_loss, metrics)
+        evaluator = _FailingEvaluator(full, fail_rank, fail_at)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = sweep(
+        model, config, gradient_loader, eval_loader, classification_loss, metrics,
+        groups=groups, store=ResultsStore(path), progress=False, evaluator=evaluator,
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    return rows
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> None:
+    assert [r["key"] for r in a] == [r["key"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for field in ra:
+            if field == "seconds":
+                continue
+            va, vb = ra[field], rb[field]
+            if isinstance(va, float) and isinstance(vb, float):
+                assert va == vb or abs(va - vb) <= 1e-6 * max(abs(va), abs(vb)), (ra["key"], field, va, vb)
+            else:
+                assert va == vb, (ra["key"], field, va, vb)
+
+
+def test_distributed_probe_rows_equal_single_process_rows(tmp_path):
+    from paramcorrupt.probe import ResultsStore, read_results, sweep
+
+    model, config, gradient_loader, eval_loader, groups = _probe_setup()
+    single = sweep(
+        model, config, gradient_loader, eval_loader, classification_loss, {"accuracy": accuracy},
+        groups=groups, store=ResultsStore(tmp_path / "single.jsonl"), progress=False,
+    )
+    assert len(single) == 3 * 2 * 4  # groups x n x (2 random + gradient + iterative)
+
+    results = _spawn(_probe_worker, str(tmp_path / "dist.jsonl"))
+
+    _same_rows(results[0], single)
+    _same_rows(results[1], single)  # every rank returns every row
+    header, written = read_results(tmp_path / "dist.jsonl")
+    _, written_single = read_results(tmp_path / "single.jsonl")
+    assert header["sweep_id"] == single[0]["sweep_id"]
+    _same_rows(written, written_single)  # written once, by rank 0, in the single-process order
+
+
+def test_failing_rank_ends_the_probe_with_a_clear_error_and_no_partial_row(tmp_path):
+    import torch.multiprocessing as mp
+
+    from paramcorrupt.probe import ResultsStore, read_results, sweep
+
+    model, config, gradient_loader, eval_loader, groups = _probe_setup()
+    single = sweep(
+        model, config, gradient_loader, eval_loader, classification_loss, {"accuracy": accuracy},
+        groups=groups, store=None, progress=False,
+    )
+    path = tmp_path / "dist.jsonl"
+    # rank 1 fails on its 3rd row, i.e. row 6 (rows 2r + 1 are rank 1's)
+    with pytest.raises(mp.ProcessRaisedException) as failure:
+        _spawn(_probe_worker, str(path), 1, 3)
+    message = str(failure.value)
+    assert "RankFailedError: rank 1 failed on row " in message and "ValueError: injected failure" in message
+    assert repr(single[5]["key"]) in message
+    data = path.read_bytes()
+    assert data.endswith(b"\n")  # no half-written line
+    _, partial = read_results(path)
+    _same_rows(partial, single[:5])  # the rows before the failed one, complete, in order
+
+    # resuming (same command, no failure) completes the file: equal to an uninterrupted run
+    _spawn(_probe_worker, str(path))
+    _, final = read_results(path)
+    _same_rows(final, single)
+    assert len({r["key"] for r in final}) == len(final)

@@ -31,6 +31,7 @@ helper is the identity, and the core functions take exactly their old code path.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import tempfile
 import threading
@@ -68,6 +69,7 @@ __all__ = [
     "local",
     "map_ordered",
     "no_sync",
+    "on_main",
     "session",
     "shard",
     "spawn",
@@ -512,6 +514,33 @@ def map_ordered(
     return results
 
 
+def on_main(fn: Callable[[], R], *, distributed: bool | None = None) -> R:
+    """``fn()`` on rank 0 only, its result broadcast to every rank (picklable).
+
+    For what one process must do alone — opening a results file (which is locked), reading
+    what it holds. An exception on rank 0 is raised on every rank (the same type and
+    message, when it pickles), so all of them stop together. Not distributed: ``fn()``.
+    """
+    if not use_distributed(distributed):
+        return fn()
+    payload: tuple[str, Any] = ("ok", None)
+    if is_main_process():
+        try:
+            payload = ("ok", fn())
+        except Exception as error:
+            try:
+                pickle.dumps(error)
+                payload = ("error", error)
+            except Exception:
+                payload = ("error", RankFailedError(0, "work done on rank 0", f"{type(error).__name__}: {error}"))
+            broadcast_object(payload)
+            raise
+    box = broadcast_object(payload)
+    if box[0] == "error":
+        raise box[1]
+    return box[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # data-parallel training
 
@@ -687,22 +716,31 @@ def _spawn_entry(
         dist.destroy_process_group()
 
 
-def spawn(fn: Callable[..., T], world_size: int = 2, *args: Any, backend: str = "gloo") -> list[T]:
-    """Run ``fn(*args)`` in ``world_size`` fresh local processes joined in a process group.
+def spawn(
+    fn: Callable[..., T],
+    world_size: int = 2,
+    *args: Any,
+    backend: str = "gloo",
+    start_method: str = "spawn",
+) -> list[T]:
+    """Run ``fn(*args)`` in ``world_size`` local processes joined in a process group.
 
-    ``fn`` must be importable (a module-level function); its return values (anything
-    ``torch.save`` can write) come back in rank order. If any rank raises, the others are
-    terminated and a ``torch.multiprocessing.ProcessRaisedException`` carrying that rank's
-    traceback is raised here. For tests, notebooks and benchmarks; real runs use torchrun.
+    Its return values (anything ``torch.save`` can write) come back in rank order. If any
+    rank raises, the others are terminated and a ``torch.multiprocessing.ProcessRaisedException``
+    carrying that rank's traceback is raised here. With ``start_method="spawn"`` (the
+    default, safe with CUDA) ``fn`` must be importable and each process starts a fresh
+    interpreter (seconds); ``"fork"`` (POSIX, CPU only) starts in milliseconds. For tests,
+    notebooks and benchmarks; real runs use torchrun.
     """
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="paramcorrupt-spawn-") as out_dir:
-        mp.spawn(
+        mp.start_processes(
             _spawn_entry,
             args=(fn, world_size, free_port(), backend, out_dir, args),
             nprocs=world_size,
             join=True,
+            start_method=start_method,
         )
         return [
             torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)

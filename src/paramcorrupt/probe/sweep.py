@@ -47,6 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as D
 from ..apply import corrupted
 from ..constraint import Constraint, dual_norm, lp_norm
 from ..corruption import Corruption, gradient_corruption, iterative_corruption, random_corruption
@@ -354,6 +355,7 @@ def sweep(
     store: ResultsStore | None = None,
     progress: bool = True,
     evaluator: Evaluator | None = None,
+    distributed: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run every group x method x p x n x eps (x trial) of ``config``; return the rows.
 
@@ -375,6 +377,12 @@ def sweep(
         progress: show progress bars.
         evaluator: measures the corrupted model (default: :class:`FullEvaluator`); see
             :class:`Evaluator`.
+        distributed: split the work over the processes of ``torch.distributed`` (default
+            ``None``: when a process group is initialised). Every rank calls ``sweep`` with
+            the same model and arguments; the gradient is taken on sharded data and
+            all-reduced, the rows are split round-robin across ranks (each evaluated by one
+            rank on the full evaluation data), gathered, and written by rank 0 alone. Every
+            rank returns all rows. See :func:`paramcorrupt.distributed.map_ordered`.
 
     Returns:
         The rows (dicts with the fields of :data:`ROW_FIELDS`).
@@ -404,14 +412,19 @@ def sweep(
         group.tensors(model)  # every name must exist in the model
     sid = sweep_id(config, groups)
 
+    distributed = D.use_distributed(distributed)
+    progress = progress and D.is_main_process()
     finished: dict[str, dict[str, Any]] = {}
-    if store is not None:
-        existing = store.open(sid, config.as_dict(), groups={label: list(g.names) for label, g in probed.items()})
+    if store is not None:  # opened by rank 0 alone; what it holds goes to every rank
+        existing = D.on_main(
+            lambda: store.open(sid, config.as_dict(), groups={label: list(g.names) for label, g in probed.items()}),
+            distributed=distributed,
+        )
         finished = {row["key"]: row for row in existing}
     try:
         return _run(
             model, config, gradient_loader, eval_loader, loss_fn, metrics, metric, probed, sid,
-            finished, store, progress, evaluator,
+            finished, store, progress, evaluator, distributed,
         )
     finally:
         if store is not None:
@@ -432,6 +445,7 @@ def _run(
     store: ResultsStore | None,
     progress: bool,
     evaluator: Evaluator | None,
+    distributed: bool = False,
 ) -> list[dict[str, Any]]:
     plans = []
     for label, group in probed.items():
@@ -444,47 +458,57 @@ def _run(
 
     # the data set gradient, once, on the union of the groups (Algorithm 2, step 1)
     union = ParameterGroup("union", tuple(dict.fromkeys(n for g in probed.values() for n in g.names)))
-    gradient = dataset_gradient(model, gradient_loader, loss_fn, union, progress=progress)
+    gradient = dataset_gradient(
+        model, D.shard(gradient_loader) if distributed else gradient_loader, loss_fn, union,
+        progress=progress, distributed=distributed,
+    )
     for plan in plans:
         plan.gradient = {name: gradient[name] for name in plan.group.names}
         plan.G = lp_norm(plan.gradient, 2)
 
     # the clean model, once
     full = FullEvaluator(model, eval_loader, gradient_loader if config.measure_gradient_data else None, loss_fn, metrics)
-    clean = full.evaluate()
+    with D.local():  # every rank measures the clean model itself: rows bit-identical to one process
+        clean = full.evaluate()
     _check_resumed(finished, clean, metric)
     evaluator = evaluator or full
 
-    rows = []
+    scale: dict[tuple[str, float, int | None], float] = {}
+
+    def compute(item: tuple[_Plan, tuple[str, float, int | None, float, int, str]]) -> dict[str, Any]:
+        plan, (method, p, n, eps, trial, key) = item
+        n_eff = plan.k if n is None or n > plan.k else n
+        if (plan.label, p, n) not in scale:
+            if not any(label == plan.label for label, _, _ in scale):
+                logger.info("group %s: k = %d, G = %.3g", plan.label, plan.k, plan.G)
+            # ||top_n(g)||_q, so that first_order = eps * scale (Proposition 1)
+            scale[(plan.label, p, n)] = dual_norm(plan.gradient, Constraint(p, 1.0, n_eff))
+        start = time.perf_counter()
+        constraint = Constraint(p, eps, n_eff)
+        corruption = _corruption(model, config, plan, method, constraint, key, gradient_loader, loss_fn)
+        with corrupted(model, corruption):
+            after = evaluator.evaluate(plan.group)
+        row = _row(config, sid, plan, method, p, n, n_eff, eps, trial, key, clean, after, metric, scale[(plan.label, p, n)])
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    # one process: a plain loop; distributed: rows split round-robin, rank 0 appends them
+    todo_items = [(plan, s) for plan in plans for s in plan.settings if s[-1] not in finished]
     bar = _bar(todo, progress)
     try:
-        for plan in plans:
-            logger.info("group %s: k = %d, G = %.3g", plan.label, plan.k, plan.G)
-            scale: dict[tuple[float, int | None], float] = {}
-            for method, p, n, eps, trial, key in plan.settings:
-                if key in finished:
-                    rows.append(finished[key])
-                    continue
-                n_eff = plan.k if n is None or n > plan.k else n
-                if (p, n) not in scale:
-                    # ||top_n(g)||_q, so that first_order = eps * scale (Proposition 1)
-                    scale[(p, n)] = dual_norm(plan.gradient, Constraint(p, 1.0, n_eff))
-                start = time.perf_counter()
-                constraint = Constraint(p, eps, n_eff)
-                corruption = _corruption(model, config, plan, method, constraint, key, gradient_loader, loss_fn)
-                with corrupted(model, corruption):
-                    after = evaluator.evaluate(plan.group)
-                row = _row(config, sid, plan, method, p, n, n_eff, eps, trial, key, clean, after, metric, scale[(p, n)])
-                row["seconds"] = time.perf_counter() - start
-                if store is not None:
-                    store.append(row)
-                rows.append(row)
-                if bar is not None:
-                    bar.update(1)
+        computed = D.map_ordered(
+            todo_items,
+            compute,
+            on_result=None if store is None else (lambda _, row: store.append(row)),
+            describe=lambda item: f"row {item[1][-1]!r}",
+            progress=None if bar is None else bar.update,
+            distributed=distributed,
+        )
     finally:
         if bar is not None:
             bar.close()
-    return rows
+    by_key = {row["key"]: row for row in computed}
+    return [finished[s[-1]] if s[-1] in finished else by_key[s[-1]] for plan in plans for s in plan.settings]
 
 
 def _bar(total: int, enabled: bool) -> Any:
