@@ -172,7 +172,11 @@ def _probe_setup():
 
     torch.manual_seed(3)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 4)
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 36, 4),
     )
     with torch.no_grad():
         model.train()(torch.randn(32, 1, 6, 6))
@@ -184,8 +188,13 @@ def _probe_setup():
     eval_loader = [(xe[i : i + 10], ye[i : i + 10]) for i in range(0, 23, 10)]
     groups = {"conv": select(model, "0"), "norm": select(model, "1"), "fc": select(model, "4")}
     config = SweepConfig(
-        methods=["random", "gradient", "iterative"], trials=2, p_values=["inf"], n_values=[None, 5],
-        eps_values=[1e-2], iterative_steps=2, task="test-distributed",
+        methods=["random", "gradient", "iterative"],
+        trials=2,
+        p_values=["inf"],
+        n_values=[None, 5],
+        eps_values=[1e-2],
+        iterative_steps=2,
+        task="test-distributed",
     )
     return model, config, gradient_loader, eval_loader, groups
 
@@ -214,8 +223,16 @@ def _probe_worker(path: str, fail_rank: int | None = None, fail_at: int = 0) -> 
         evaluator = _FailingEvaluator(full, fail_rank, fail_at)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = sweep(
-        model, config, gradient_loader, eval_loader, classification_loss, metrics,
-        groups=groups, store=ResultsStore(path), progress=False, evaluator=evaluator,
+        model,
+        config,
+        gradient_loader,
+        eval_loader,
+        classification_loss,
+        metrics,
+        groups=groups,
+        store=ResultsStore(path),
+        progress=False,
+        evaluator=evaluator,
     )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     return rows
@@ -230,7 +247,12 @@ def _same_rows(a: list[dict], b: list[dict]) -> None:
                 continue
             va, vb = ra[field], rb[field]
             if isinstance(va, float) and isinstance(vb, float):
-                assert va == vb or abs(va - vb) <= 1e-6 * max(abs(va), abs(vb)), (ra["key"], field, va, vb)
+                assert va == vb or abs(va - vb) <= 1e-6 * max(abs(va), abs(vb)), (
+                    ra["key"],
+                    field,
+                    va,
+                    vb,
+                )
             else:
                 assert va == vb, (ra["key"], field, va, vb)
 
@@ -240,8 +262,15 @@ def test_distributed_probe_rows_equal_single_process_rows(tmp_path):
 
     model, config, gradient_loader, eval_loader, groups = _probe_setup()
     single = sweep(
-        model, config, gradient_loader, eval_loader, classification_loss, {"accuracy": accuracy},
-        groups=groups, store=ResultsStore(tmp_path / "single.jsonl"), progress=False,
+        model,
+        config,
+        gradient_loader,
+        eval_loader,
+        classification_loss,
+        {"accuracy": accuracy},
+        groups=groups,
+        store=ResultsStore(tmp_path / "single.jsonl"),
+        progress=False,
     )
     assert len(single) == 3 * 2 * 4  # groups x n x (2 random + gradient + iterative)
 
@@ -258,19 +287,29 @@ def test_distributed_probe_rows_equal_single_process_rows(tmp_path):
 def test_failing_rank_ends_the_probe_with_a_clear_error_and_no_partial_row(tmp_path):
     import torch.multiprocessing as mp
 
-    from paramcorrupt.probe import ResultsStore, read_results, sweep
+    from paramcorrupt.probe import read_results, sweep
 
     model, config, gradient_loader, eval_loader, groups = _probe_setup()
     single = sweep(
-        model, config, gradient_loader, eval_loader, classification_loss, {"accuracy": accuracy},
-        groups=groups, store=None, progress=False,
+        model,
+        config,
+        gradient_loader,
+        eval_loader,
+        classification_loss,
+        {"accuracy": accuracy},
+        groups=groups,
+        store=None,
+        progress=False,
     )
     path = tmp_path / "dist.jsonl"
     # rank 1 fails on its 3rd row, i.e. row 6 (rows 2r + 1 are rank 1's)
     with pytest.raises(mp.ProcessRaisedException) as failure:
         _spawn(_probe_worker, str(path), 1, 3)
     message = str(failure.value)
-    assert "RankFailedError: rank 1 failed on row " in message and "ValueError: injected failure" in message
+    assert (
+        "RankFailedError: rank 1 failed on row " in message
+        and "ValueError: injected failure" in message
+    )
     assert repr(single[5]["key"]) in message
     data = path.read_bytes()
     assert data.endswith(b"\n")  # no half-written line
