@@ -1,0 +1,63 @@
+"""``paramcorrupt train`` and ``paramcorrupt compare`` (one-epoch runs on digits)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from paramcorrupt.cli import main
+from paramcorrupt.cli.train import MethodConfig, parse_method
+
+FAST = ["--epochs", "1", "--batch-size", "256", "--quiet", "--eval-eps", "0.1,0.3", "--random-trials", "1", "--threads", "1"]
+
+
+def test_train_writes_weights_results_and_a_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "resistant:eps=0.2:n=500", "--out", str(out), *FAST]) == 0
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["eps"] == 0.2 and result["config"]["n"] == 500
+    assert set(result["gradient"]) == {"0.1", "0.3"} and 0 <= result["clean"] <= 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    printed = capsys.readouterr().out
+    assert "| w/o corruption |" in printed and "gradient corruption" in printed
+
+
+def test_compare_writes_table2_and_reuses_finished_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "plain", "regularised:lam=0.01", "--seeds", "0,1", "--out", str(out), *FAST]
+    assert main(args) == 0
+    table = (out / "table2.md").read_text()
+    assert "| plain | regularised (λ=0.01, p=2) |" in table and "± " in table
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    first = capsys.readouterr().out
+    assert main(args) == 0  # reuses results.json: same numbers
+    assert (out / "table2.md").read_text() == table
+    assert "clean" in first
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        pytest.param(["train", "--method", "sam"], "unknown method", id="unknown-method"),
+        pytest.param(["train", "--method", "resistant:rho=1"], "bad method setting", id="bad-setting"),
+        pytest.param(["train", "--method", "resistant:alpha=2"], "alpha", id="alpha-out-of-range"),
+        pytest.param(["train", "--method", "resistant:eps=0"], "eps", id="eps-zero"),
+        pytest.param(["train", "--task", "cifar10"], "digits task only", id="other-task"),
+        pytest.param(["compare", "--methods", "plain", "plain"], "same settings", id="duplicate"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "x"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_parse_method_settings():
+    base = MethodConfig(eps=0.1)
+    config = parse_method("resistant:eps=0.3:p=inf:n=all:interval=4", base)
+    assert (config.method, config.eps, config.p, config.n, config.interval) == ("resistant", 0.3, float("inf"), None, 4)
+    assert parse_method("regularized", base).method == "regularised"
