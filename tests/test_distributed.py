@@ -321,3 +321,106 @@ def test_failing_rank_ends_the_probe_with_a_clear_error_and_no_partial_row(tmp_p
     _, final = read_results(path)
     _same_rows(final, single)
     assert len({r["key"] for r in final}) == len(final)
+
+
+# ---------------------------------------------------------------------------------------------
+# corruption-resistant training under DistributedDataParallel
+
+TRAIN_RUNS = {  # name -> (optimizer, micro-batches per rank)
+    "resistant": ("resistant", 1),
+    "resistant-topn-accumulate": ("resistant-topn", 2),
+    "plain": ("plain", 1),
+}
+
+
+def _train_setup(kind: str):
+    from paramcorrupt.train import CorruptionResistant
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    g = torch.Generator().manual_seed(6)
+    batches = [  # 5 global batches of 9 rows: split 5 + 4 over 2 ranks
+        (
+            torch.randn(9, 6, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (9,), generator=g),
+        )
+        for _ in range(5)
+    ]
+    sgd = {"lr": 0.1, "momentum": 0.9}
+    if kind == "plain":
+        optimizer = torch.optim.SGD(model.parameters(), **sgd)
+    elif kind == "resistant":
+        optimizer = CorruptionResistant(
+            model.parameters(), torch.optim.SGD, eps=0.05, p=2, alpha=0.5, model=model, **sgd
+        )
+    else:  # sparse top-n with L_inf: the perturbation depends on which 7 coordinates win
+        optimizer = CorruptionResistant(
+            model.parameters(),
+            torch.optim.SGD,
+            eps=0.05,
+            p=float("inf"),
+            n=7,
+            alpha=0.5,
+            model=model,
+            **sgd,
+        )
+    return model, optimizer, batches
+
+
+def _train_worker() -> dict:
+    from paramcorrupt.train import fit
+
+    syncs = []
+    hook = D._sum_hook
+
+    def counting_hook(state, bucket):  # every DDP gradient synchronisation goes through here
+        syncs.append(bucket.buffer().numel())
+        return hook(state, bucket)
+
+    D._sum_hook = counting_hook
+    out = {}
+    for name, (kind, micro) in TRAIN_RUNS.items():
+        syncs.clear()
+        model, optimizer, batches = _train_setup(kind)
+        history = fit(model, optimizer, batches, classification_loss, epochs=1, micro_batches=micro)
+        params = sum(p.numel() for p in model.parameters())
+        out[name] = {
+            "state": model.state_dict(),
+            "loss": history[0]["loss"],
+            "synced": sum(syncs) / params,
+        }
+    return out
+
+
+def test_distributed_training_equals_single_process_training():
+    from paramcorrupt.train import fit
+
+    single = {}
+    for name, (kind, _) in TRAIN_RUNS.items():
+        model, optimizer, batches = _train_setup(kind)
+        history = fit(
+            model, optimizer, batches, classification_loss, epochs=1
+        )  # whole global batches
+        single[name] = {"state": model.state_dict(), "loss": history[0]["loss"]}
+
+    results = _spawn(_train_worker)
+
+    for name, (kind, _) in TRAIN_RUNS.items():
+        ref = single[name]["state"]
+        start = _train_setup(kind)[0].state_dict()
+        for rank in (0, 1):
+            state = results[rank][name]["state"]
+            for key in ref:
+                moved = float((ref[key] - start[key]).norm())
+                assert moved > 0
+                assert float((state[key] - ref[key]).norm()) <= 1e-9 * moved, (name, rank, key)
+            assert (
+                abs(results[rank][name]["loss"] - single[name]["loss"]) < 1e-6
+            )  # returned as float32
+        # every rank holds bit-identical parameters: the same a_hat (top-n) was chosen everywhere
+        assert all(
+            torch.equal(results[0][name]["state"][k], results[1][name]["state"][k]) for k in ref
+        )
+        # each gradient synchronised once: 2 passes per resistant step, 1 per plain step, 5 steps
+        expected = 5 * (1 if kind == "plain" else 2)
+        assert results[0][name]["synced"] == expected, (name, results[0][name]["synced"])

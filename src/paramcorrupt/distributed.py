@@ -532,7 +532,10 @@ def on_main(fn: Callable[[], R], *, distributed: bool | None = None) -> R:
                 pickle.dumps(error)
                 payload = ("error", error)
             except Exception:
-                payload = ("error", RankFailedError(0, "work done on rank 0", f"{type(error).__name__}: {error}"))
+                payload = (
+                    "error",
+                    RankFailedError(0, "work done on rank 0", f"{type(error).__name__}: {error}"),
+                )
             broadcast_object(payload)
             raise
     box = broadcast_object(payload)

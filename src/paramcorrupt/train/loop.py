@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from .. import distributed as D
 from .._progress import progress_bar
 from .._state import mode
 from ..losses import LossFn, as_batch_loss
@@ -70,6 +72,7 @@ def training_closure(
     penalty: Penalty | None = None,
     autocast_dtype: torch.dtype | None = None,
     grad_scaler: Any = None,
+    distributed: bool | None = None,
 ) -> Callable[[], Tensor]:
     """The closure of one step: clear the gradients, back-propagate every micro-batch, return
     the loss.
@@ -89,6 +92,13 @@ def training_closure(
         autocast_dtype: run the forward pass under ``torch.autocast`` with this dtype
             (``torch.bfloat16`` on CPU).
         grad_scaler: back-propagate ``grad_scaler.scale(loss)``.
+        distributed: under ``torch.distributed`` (default ``None``: when a process group is
+            initialised), ``micro_batches`` are this rank's part of the global batch and
+            ``model`` is wrapped by :func:`paramcorrupt.distributed.ddp`: each rank
+            back-propagates sum_b W_b L_b (every micro-batch but the last under ``no_sync``,
+            so the gradient is synchronised once per call), and the summed gradient is
+            divided by the global weight — the single-process gradient of the global batch,
+            the same on every rank. The returned loss is the global batch's.
 
     Returns:
         A closure returning the batch's mean loss (detached).
@@ -98,6 +108,14 @@ def training_closure(
         raise ValueError("a step needs at least one micro-batch")
     if penalty is not None and len(micro_batches) > 1:
         raise ValueError("a gradient penalty needs the whole batch's gradient: use it without micro-batches")
+    distributed = D.use_distributed(distributed)
+    if distributed and penalty is not None:
+        raise ValueError(
+            "a gradient penalty needs the whole batch's gradient in one process: it is not supported under "
+            "torch.distributed (use the resistant method, whose finite-difference form is equivalent)"
+        )
+    if distributed and not isinstance(model, DistributedDataParallel):
+        raise ValueError("under torch.distributed, wrap the model with paramcorrupt.distributed.ddp(model) first")
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = next(iter(params)).device.type if params else "cpu"
 
@@ -113,22 +131,27 @@ def training_closure(
 
     def closure() -> Tensor:
         model.zero_grad(set_to_none=True)
-        if len(micro_batches) == 1:
+        if len(micro_batches) == 1 and not distributed:
             loss, _ = forward(micro_batches[0])
             backward(loss)
             return loss.detach()
         # sum_b W_b dL_b, back-propagated micro-batch by micro-batch (one graph alive at a
         # time), then divided by sum_b W_b: the gradient of the whole batch's mean loss
         total, loss_sum = 0.0, 0.0
-        for micro in micro_batches:
-            loss, weight = forward(micro)
-            backward(loss * weight)
+        for i, micro in enumerate(micro_batches):
+            with D.no_sync(model, sync=i == len(micro_batches) - 1):  # DDP syncs the last backward only
+                loss, weight = forward(micro)
+                backward(loss * weight)
             total += weight
             loss_sum = loss_sum + loss.detach().double() * weight
+        divisor = total
+        if distributed:  # the gradient is summed over ranks: divide by the global weight
+            total, global_loss = D.all_reduce_scalars([total, float(loss_sum)])
+            loss_sum, divisor = torch.tensor(global_loss, dtype=torch.float64), D.grad_divisor(model, total)
         with torch.no_grad():
             for p in params:
                 if p.grad is not None:
-                    p.grad.div_(total)
+                    p.grad.div_(divisor)
         return (loss_sum / total).float()
 
     return closure
@@ -179,6 +202,7 @@ def fit(
     resume: bool = True,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    distributed: bool | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs; return one record per epoch.
 
@@ -206,6 +230,13 @@ def fit(
         resume: continue from ``checkpoint`` when it exists.
         progress: show a progress bar.
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after every epoch.
+        distributed: data-parallel training under ``torch.distributed`` (default ``None``:
+            when a process group is initialised). Every rank iterates the same global batches
+            (seed the loader alike) and trains on its part (:func:`~paramcorrupt.distributed.batch_part`)
+            through :func:`~paramcorrupt.distributed.ddp`; gradients are synchronised once per
+            pass, so :class:`CorruptionResistant` picks a_hat (top-n included) from the
+            all-reduced gradient, identically on every rank, and the parameters follow the
+            single-process ones. Rank 0 alone writes the checkpoint.
 
     Returns:
         ``[{"epoch", "loss", "seconds", "lr", "skipped"}, ...]`` for every epoch, the resumed
@@ -233,8 +264,13 @@ def fit(
     generator = _generator_of(loader)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    if checkpoint is not None and resume and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
+    distributed = D.use_distributed(distributed)
+    state = None
+    if checkpoint is not None and resume:  # read by rank 0, handed to every rank
+        state = D.on_main(
+            lambda: load_checkpoint(checkpoint) if Path(checkpoint).exists() else None, distributed=distributed
+        )
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -248,19 +284,24 @@ def fit(
         start_epoch = int(state["epoch"])
         logger.info("resumed from %s after epoch %d", checkpoint, start_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
-    with mode(model, True):
+    net = D.ddp(model) if distributed else model  # the passes run through DDP; the rest sees the model
+    progress = progress and D.is_main_process()
+    with mode(net, True):
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             loss_sum, count, skipped = 0.0, 0, 0
             batches = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}")
             for batch in batches:
+                if distributed:
+                    batch = D.batch_part(batch)  # this rank's rows of the global batch
                 closure = training_closure(
-                    model,
+                    net,
                     loss_fn,
                     split_batch(batch, micro_batches),
                     penalty=penalty,
                     autocast_dtype=autocast_dtype,
                     grad_scaler=grad_scaler,
+                    distributed=distributed,
                 )
                 if resistant:
                     loss = optimizer.step(closure)
@@ -296,7 +337,7 @@ def fit(
             }
             history.append(record)
             logger.info("epoch %d: loss %.4f (%.1f s)", epoch + 1, record["loss"], record["seconds"])
-            if checkpoint is not None:
+            if checkpoint is not None and D.is_main_process():
                 save_checkpoint(
                     checkpoint,
                     model=model.state_dict(),
