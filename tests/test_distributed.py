@@ -368,27 +368,26 @@ def _train_setup(kind: str):
 
 
 def _train_worker() -> dict:
+    import torch.distributed as dist
+
     from paramcorrupt.train import fit
 
-    syncs = []
-    hook = D._sum_hook
+    reduced = []
+    all_reduce = dist.all_reduce
 
-    def counting_hook(state, bucket):  # every DDP gradient synchronisation goes through here
-        syncs.append(bucket.buffer().numel())
-        return hook(state, bucket)
+    def counting_all_reduce(tensor, *args, **kwargs):  # DDP's sync goes through the summing hook
+        reduced.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
 
-    D._sum_hook = counting_hook
+    dist.all_reduce = counting_all_reduce
     out = {}
     for name, (kind, micro) in TRAIN_RUNS.items():
-        syncs.clear()
         model, optimizer, batches = _train_setup(kind)
-        history = fit(model, optimizer, batches, classification_loss, epochs=1, micro_batches=micro)
         params = sum(p.numel() for p in model.parameters())
-        out[name] = {
-            "state": model.state_dict(),
-            "loss": history[0]["loss"],
-            "synced": sum(syncs) / params,
-        }
+        reduced.clear()
+        history = fit(model, optimizer, batches, classification_loss, epochs=1, micro_batches=micro)
+        syncs = [n for n in reduced if n == params]  # gradient buckets (the model fits one bucket)
+        out[name] = {"state": model.state_dict(), "loss": history[0]["loss"], "synced": len(syncs)}
     return out
 
 

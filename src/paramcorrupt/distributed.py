@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 import tempfile
 import threading
 import traceback
@@ -58,6 +59,7 @@ __all__ = [
     "barrier",
     "batch_part",
     "broadcast_object",
+    "command_session",
     "ddp",
     "free_port",
     "get_rank",
@@ -587,7 +589,7 @@ def batch_part(batch: Any, *, rank: int | None = None, world_size: int | None = 
     return part(batch)
 
 
-def _sum_hook(state: Any, bucket: Any) -> torch.futures.Future[Tensor]:
+def _sum_hook(state, bucket):  # no annotations: DDP checks them (none, or its own types)
     """DDP communication hook: all-reduce the bucket as a SUM (DDP's default divides by N)."""
     work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True)
     return work.get_future().then(lambda fut: fut.value()[0])
@@ -684,6 +686,47 @@ def session(backend: str | None = None) -> Iterator[bool]:
     finally:
         if made and is_distributed():
             dist.destroy_process_group()
+
+
+@contextmanager
+def command_session(
+    backend: str | None = None, *, error: type[Exception] | None = None
+) -> Iterator[bool]:
+    """A command-line command's process group: :func:`session`, plus stdout on rank 0 only.
+
+    Under torchrun every rank runs the whole command; only rank 0 prints results (the other
+    ranks' stdout goes to ``os.devnull``; their stderr — warnings, errors — stays). An
+    exception leaving the block is re-raised with ``[rank r/N]`` in front of its message
+    when the run is distributed, so the launcher's output says which process failed; a
+    :class:`RankFailedError` or :class:`PeerFailedError` becomes ``error`` (the CLI's
+    one-line error type) when given. Yields whether the run is distributed; in a single
+    process it only yields False.
+    """
+    with session(backend) as on:
+        if not on:
+            yield False
+            return
+        quiet = None
+        if not is_main_process():
+            quiet = open(os.devnull, "w")  # noqa: SIM115 - closed below
+            saved, sys.stdout = sys.stdout, quiet
+        try:
+            yield True
+        except Exception as failure:
+            tag = f"[rank {get_rank()}/{get_world_size()}]"
+            if error is not None and isinstance(failure, (RankFailedError, PeerFailedError)):
+                raise error(f"{tag} {failure}") from failure
+            if (
+                failure.args
+                and isinstance(failure.args[0], str)
+                and not failure.args[0].startswith("[rank ")
+            ):
+                failure.args = (f"{tag} {failure.args[0]}", *failure.args[1:])
+            raise
+        finally:
+            if quiet is not None:
+                sys.stdout = saved
+                quiet.close()
 
 
 def free_port() -> int:

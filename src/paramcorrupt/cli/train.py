@@ -26,6 +26,7 @@ radius (mean of ``--random-trials`` draws) is reported beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed as D
 from ..apply import corrupted
 from ..constraint import Constraint
 from ..corruption import gradient_corruption, random_corruption
@@ -202,6 +204,8 @@ def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int
     model = task.model
     metric = task.primary_metric
     group = select(model, name="all")
+    # under torchrun each rank measures its shard and the sums are all-reduced (same numbers)
+    task = replace(task, gradient_loader=D.shard(task.gradient_loader), eval_loader=D.shard(task.eval_loader))
     clean = evaluate(model, task.eval_loader, task.loss_fn, task.metrics)
     gradient = dataset_gradient(model, task.gradient_loader, task.loss_fn, group)
     generator = torch.Generator().manual_seed(10_000 + seed)
@@ -240,16 +244,19 @@ def run_one(
     ``out``; a finished run with the same recipe and evaluation is read back instead."""
     results_path = out / "results.json"
     settings = {"config": asdict(config), "seed": seed, "task": task_name, "eval_eps": list(eval_eps), "random_trials": random_trials}
-    if reuse and results_path.exists():
-        previous = json.loads(results_path.read_text())
-        if {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
-            return previous
-    out.mkdir(parents=True, exist_ok=True)
+    # under torchrun rank 0 reads and writes the files; every rank trains and evaluates
+    previous = D.on_main(lambda: json.loads(results_path.read_text()) if reuse and results_path.exists() else None)
+    if previous is not None and {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
+        return previous
+    if D.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
     task, record = train_model(config, seed, task_name=task_name, checkpoint=out / "checkpoint.pt", progress=progress)
-    torch.save(task.model.state_dict(), out / "model.pt")
+    if D.is_main_process():
+        torch.save(task.model.state_dict(), out / "model.pt")
     metrics = table2_metrics(task, eval_eps, random_trials=random_trials, seed=seed)
     result = {**settings, "label": config.label(), **metrics, **record}
-    results_path.write_text(json.dumps(result, indent=1, default=float))
+    if D.is_main_process():
+        results_path.write_text(json.dumps(result, indent=1, default=float))
     return result
 
 
@@ -387,12 +394,24 @@ def _setup(args: argparse.Namespace) -> None:
         raise ValueError(f"--random-trials must be >= 0, got {args.random_trials}")
 
 
+def _distributed(run: Any) -> Any:
+    """Under ``torchrun``: one process group for the command, output and files from rank 0."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        with D.command_session(error=CLIError):
+            return run(args)
+
+    return wrapper
+
+
+@_distributed
 def run_train(args: argparse.Namespace) -> int:
     _setup(args)
     config = parse_method(args.method, _base_config(args))
     _validate(config)
     checkpoint = args.out / "checkpoint.pt"
-    if args.no_resume and checkpoint.exists():
+    if args.no_resume and D.is_main_process() and checkpoint.exists():
         checkpoint.unlink()
     print(f"training {config.label()} on {args.task} (seed {args.seed}, {config.epochs} epochs) ...", flush=True)
     result = run_one(
@@ -411,6 +430,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_distributed
 def run_compare(args: argparse.Namespace) -> int:
     _setup(args)
     base = _base_config(args)
@@ -448,11 +468,12 @@ def run_compare(args: argparse.Namespace) -> int:
         checks.append(f"\n{label} vs {labels[0]}:")
         checks.extend(goal_check(results, labels[0], label, args.eval_eps))
     text = table + "\n" + "\n".join(checks) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table2.md").write_text(text)
-    with (args.out / "results.jsonl").open("w") as f:
-        for r in results:
-            f.write(json.dumps(r, default=float) + "\n")
+    if D.is_main_process():
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table2.md").write_text(text)
+        with (args.out / "results.jsonl").open("w") as f:
+            for r in results:
+                f.write(json.dumps(r, default=float) + "\n")
     print()
     print(text)
     print(f"table: {args.out / 'table2.md'}; rows: {args.out / 'results.jsonl'}")
