@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramcorrupt import BatchLoss, classification_loss, corrupted, select, sequence_loss
+from paramcorrupt import BatchLoss, accuracy, classification_loss, corrupted, select, sequence_loss
 from paramcorrupt.losses import token_accuracy
 from paramcorrupt.probe.reuse import ReusingEvaluator, split_at
 from paramcorrupt.probe.sweep import Evaluator, FullEvaluator, SweepConfig, sweep
@@ -82,7 +82,7 @@ def digits_groups(model: nn.Module) -> dict[str, object]:
 
 def test_every_group_of_a_residual_network_matches_full_evaluation(digits):
     model, eval_loader, gradient_loader = digits
-    metrics = {"accuracy": __import__("paramcorrupt").accuracy}
+    metrics = {"accuracy": accuracy}
     reusing = ReusingEvaluator(model, eval_loader, gradient_loader, classification_loss, metrics)
     full = FullEvaluator(model, eval_loader, gradient_loader, classification_loss, metrics)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -231,7 +231,7 @@ def test_a_shuffled_loader_gets_full_passes_with_identical_results(digits, caplo
                 want = FullEvaluator(model, _replay(shuffled, seed), None, classification_loss).evaluate(group)
             assert_same_results(got, want)
     assert reusing.stats["full_batches"] > 0
-    assert "differs from the one its activations were cached for" in caplog.text
+    assert "differ from those its activations were cached for" in caplog.text
 
 
 def _replay(loader: Batches, calls: int) -> list:
@@ -337,8 +337,6 @@ def test_sequence_loss_models_are_served(caplog):
 
 def test_sweep_rows_equal_with_and_without_reuse(digits):
     model, eval_loader, gradient_loader = digits
-    from paramcorrupt import accuracy
-
     groups = {"layer1": select(model, "layer1"), "layer2": select(model, "layer2"), "fc": select(model, "fc")}
     config = SweepConfig(methods=("random", "gradient"), trials=2, eps_values=(0.05, 0.2), task="test")
     metrics = {"accuracy": accuracy}

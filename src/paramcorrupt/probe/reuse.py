@@ -45,6 +45,8 @@ Limits.
   served with full passes only if the graph does not read the parameter elsewhere.
 - Only calls to the top-level model are served; a ``loss_fn`` that calls submodules directly
   (``model.encoder(...)``) is evaluated with full passes.
+- Forward hooks of modules upstream of the cut run when a batch's cache is built, not when it
+  is reused.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from ..evaluate import evaluate as full_evaluate
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
 
-__all__ = ["Cut", "ReusingEvaluator", "split_at"]
+__all__ = ["CannotSplit", "Cut", "ReusingEvaluator", "split_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -365,15 +367,16 @@ class ReusingEvaluator:
             kept at most, over all groups; 0 evaluates everything with full passes.
 
     Example:
-        >>> from paramcorrupt import classification_loss, corrupted, select
+        >>> from paramcorrupt import classification_loss, corrupted, evaluate, select
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         >>> data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
         >>> evaluator = ReusingEvaluator(model, data, None, classification_loss)
-        >>> group = select(model, "2")
+        >>> group = select(model, "2")  # the last layer: the first two run once per batch
+        >>> evaluator.cut(group).boundary
+        ('_1',)
         >>> with corrupted(model, {"2.weight": torch.full((3, 8), 0.1)}):
-        ...     reused = evaluator.evaluate(group)
-        ...     from paramcorrupt import evaluate
-        ...     abs(reused["eval"]["loss"] - evaluate(model, data, classification_loss)["loss"]) < 1e-6
+        ...     reused = evaluator.evaluate(group)["eval"]["loss"]
+        ...     reused == evaluate(model, data, classification_loss)["loss"]
         True
     """
 
@@ -559,8 +562,9 @@ class ReusingEvaluator:
             if not cache.warned_mismatch:
                 cache.warned_mismatch = True
                 logger.warning(
-                    "batch %d of the %s data differs from the one its activations were cached for "
-                    "(is the loader shuffled or augmented?): such batches get full passes",
+                    "the inputs of batch %d of the %s data differ from those its activations were cached for "
+                    "(a shuffled or augmenting loader, or a loss_fn calling the model on other inputs): "
+                    "such calls get full passes",
                     where[1],
                     where[0],
                 )
