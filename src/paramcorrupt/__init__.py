@@ -15,6 +15,14 @@ from .gradient import dataset_gradient
 from .groups import PARAMETER_TYPES, ParameterGroup, parameter_types, select
 from .indicator import IndicatorResult, RandomStats, indicator
 from .losses import BatchLoss, accuracy, classification_loss, sequence_loss
+from .train import (
+    CorruptionResistant,
+    RegularizedLoss,
+    finite_difference_gradient,
+    fit,
+    gradient_norm,
+    regularized_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -23,9 +31,11 @@ __all__ = [
     "BatchLoss",
     "Constraint",
     "Corruption",
+    "CorruptionResistant",
     "IndicatorResult",
     "ParameterGroup",
     "RandomStats",
+    "RegularizedLoss",
     "ZeroVectorWarning",
     "accuracy",
     "classification_loss",
@@ -34,15 +44,19 @@ __all__ = [
     "dataset_gradient",
     "dual_norm",
     "evaluate",
+    "finite_difference_gradient",
+    "fit",
     "frozen_norm_stats",
     "global_top_n",
     "gradient_corruption",
+    "gradient_norm",
     "indicator",
     "iterative_corruption",
     "losses",
     "lp_norm",
     "parameter_types",
     "random_corruption",
+    "regularized_loss",
     "select",
     "sequence_loss",
     "tasks",

@@ -50,19 +50,21 @@ GROUP_KEYS = {"eps": "corruption_eps", "p": "corruption_p", "n": "corruption_n",
 
 
 def perturbation(
-    grads: Sequence[Tensor], constraint: Constraint
+    grads: Sequence[Tensor], constraint: Constraint, *, max_abs: float | None = None
 ) -> tuple[list[Tensor | None], list[Tensor]] | None:
     """a_hat = argmax_{a in S} a.g on one group (Definition 4), as (indices, values).
 
     Top-n is global across the group's tensors; ``indices[j] is None`` marks a dense entry.
     An n larger than the group counts as n = k. Returns ``None`` when g = 0 on the whole group
     (every point of S is then a maximiser; training takes no perturbation there).
+    ``max_abs`` is max |g_i| when the caller already has it.
     """
     k = sum(g.numel() for g in grads)
     if constraint.n is not None and constraint.n >= k:
         constraint = Constraint(constraint.p, constraint.eps, None)
-    scale = max(float(g.detach().abs().max()) for g in grads)
-    if scale == 0.0:
+    if max_abs is None:
+        max_abs = max(float(g.detach().abs().max()) for g in grads)
+    if max_abs == 0.0:
         return None
     return sparse_closed_form([g.detach() for g in grads], constraint)
 
@@ -382,12 +384,12 @@ class CorruptionResistant(Optimizer):
         finite = True
         for i, group in enumerate(self.param_groups):
             constraint, alpha = _group_settings(group)
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not params:
                 continue
             grads = [p.grad for p in params]
-            top = torch.stack([g.detach().abs().amax().float() for g in grads]).max()
-            if not torch.isfinite(top):
+            top = float(torch.stack([g.detach().abs().amax().float() for g in grads]).max())
+            if not math.isfinite(top):
                 if self.grad_scaler is None:
                     raise ValueError(
                         f"the gradient at w of parameter group {i} contains Inf or NaN; cannot take the "
@@ -395,7 +397,7 @@ class CorruptionResistant(Optimizer):
                     )
                 finite = False
             if finite and alpha > 0:
-                found = perturbation(grads, constraint)
+                found = perturbation(grads, constraint, max_abs=top)
                 if found is not None:
                     plan.append((params, found[0], found[1]))
         if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
