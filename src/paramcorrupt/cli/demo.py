@@ -1,32 +1,39 @@
-"""``paramcorrupt demo``: train the digits model and compare random with gradient-based
-corruption, the paper's Table 1 in miniature."""
+"""``paramcorrupt demo``: train the digits model, compare random with gradient-based
+corruption (the paper's Table 1 in miniature), probe its parameters by type and by position
+(Figures 3-5), and write a Markdown report with figures.
+
+Every measurement goes through :func:`paramcorrupt.probe.sweep`; the output folder holds
+
+- ``results.jsonl``: Table 1, all parameters, L_inf, n = k and n = 100;
+- ``probe-type.jsonl`` and ``probe-position.jsonl``: the probes, L_inf, n = 100;
+- ``report/report.md`` and its figures (when matplotlib is installed).
+
+The demo's own files are rewritten on every run (it retrains the model).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .._progress import progress_bar
-from ..apply import corrupted
-from ..constraint import Constraint
-from ..corruption import gradient_corruption, random_corruption
-from ..evaluate import evaluate
-from ..gradient import dataset_gradient
 from ..groups import select
 
 EPS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 SIZES = (None, 100)
+#: the probes: (grouping, n values); L_inf, random and gradient-based, every eps of EPS
+PROBES = (("type", (100,)), ("position", (100,)))
+RESULTS = "results.jsonl"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="train a digits model and compare random with gradient-based corruption")
+    parser = sub.add_parser(
+        "demo", help="train a digits model, compare random with gradient-based corruption, probe it, write a report"
+    )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the trials")
@@ -35,52 +42,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def table1_rows(task: Any, *, eps_values, sizes, trials: int, seed: int, progress: bool) -> list[dict[str, Any]]:
-    """Rows of random vs gradient-based L_inf corruption over every parameter."""
-    model = task.model
-    group = select(model, name="all")
-    k = group.numel(model)
-    gradient = dataset_gradient(model, task.gradient_loader, task.loss_fn, group)
+def _identity(args: argparse.Namespace) -> str:
+    return f"digits(seed={args.seed},epochs={args.epochs})"
 
-    def measure() -> tuple[float, dict[str, float]]:
-        train = evaluate(model, task.gradient_loader, task.loss_fn)
-        test = evaluate(model, task.eval_loader, task.loss_fn, task.metrics)
-        return train["loss"], test
 
-    train_before, test_before = measure()
-    rows = []
-    settings = [(n, eps) for n in sizes for eps in eps_values]
-    for n, eps in progress_bar(settings, enabled=progress, desc="demo"):
-        constraint = Constraint(math.inf, eps, n)
-        generator = torch.Generator().manual_seed(seed)
-        corruptions = [gradient_corruption(gradient, constraint, group)]
-        corruptions += [random_corruption(model, constraint, group, generator=generator) for _ in range(trials)]
-        for trial, corruption in enumerate(corruptions):
-            start = time.perf_counter()
-            with corrupted(model, corruption):
-                train_after, test_after = measure()
-            rows.append(
-                {
-                    "method": corruption.method,
-                    "group": group.name,
-                    "p": "inf",
-                    "eps": eps,
-                    "n": k if n is None else n,
-                    "k": k,
-                    "trial": 0 if corruption.method == "gradient" else trial - 1,
-                    "loss_before": test_before["loss"],
-                    "loss_after": test_after["loss"],
-                    "metric": task.primary_metric,
-                    "metric_before": test_before[task.primary_metric],
-                    "metric_after": test_after[task.primary_metric],
-                    "train_loss_before": train_before,
-                    "train_loss_after": train_after,
-                    "first_order": corruption.info.get("first_order"),
-                    "G": corruption.info.get("G"),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-    return rows
+def table1_rows(
+    task: Any, *, eps_values=EPS, sizes=SIZES, trials: int, seed: int, progress: bool,
+    path: Path | None = None, identity: str = "digits",
+) -> list[dict[str, Any]]:
+    """Rows of random vs gradient-based L_inf corruption over every parameter (Table 1).
+
+    Rows have the sweep's schema (:data:`paramcorrupt.probe.ROW_FIELDS`); with ``path`` they
+    are written there as well.
+    """
+    from ..probe.store import ResultsStore
+    from ..probe.sweep import SweepConfig, sweep
+
+    config = SweepConfig(
+        methods=("gradient", "random"), trials=trials, p_values=(math.inf,), n_values=sizes,
+        eps_values=eps_values, seed=seed, task=identity, grouping="all", metric=task.primary_metric,
+    )
+    store = None
+    if path is not None:
+        path.unlink(missing_ok=True)  # the demo retrains: its files start afresh
+        store = ResultsStore(path)
+    return sweep(
+        task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
+        groups={"all": select(task.model, name="all")}, store=store, progress=progress,
+    )
+
+
+def probe_rows(
+    task: Any, grouping: str, *, sizes, eps_values=EPS, trials: int, seed: int, progress: bool,
+    path: Path | None = None, identity: str = "digits",
+) -> list[dict[str, Any]]:
+    """Random vs gradient-based L_inf corruption of each group of one of the task's groupings."""
+    from ..probe.grouping import GROUPINGS
+    from ..probe.store import ResultsStore
+    from ..probe.sweep import SweepConfig, sweep
+
+    make = task.groupings.get(grouping) or GROUPINGS[grouping]
+    config = SweepConfig(
+        methods=("gradient", "random"), trials=trials, p_values=(math.inf,), n_values=sizes,
+        eps_values=eps_values, seed=seed, task=identity, grouping=grouping, metric=task.primary_metric,
+    )
+    store = None
+    if path is not None:
+        path.unlink(missing_ok=True)
+        store = ResultsStore(path)
+    return sweep(
+        task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
+        groups=make(task.model), store=store, progress=progress,
+    )
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
@@ -93,13 +106,43 @@ def _summary(rows: list[dict[str, Any]]) -> str:
         rand = [r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "random"]
         grad = next(r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "gradient")
         acc = np.array([r["metric_after"] for r in rand]) * 100
-        dloss = np.array([r["train_loss_after"] - r["train_loss_before"] for r in rand])
+        dloss = np.array([r["grad_loss_after"] - r["grad_loss_before"] for r in rand])
         lines.append(
             f"| {n} | {eps:g} | {acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.2f} "
             f"| {grad['metric_after'] * 100:.2f} | {dloss.mean():+.2e} "
-            f"| {grad['train_loss_after'] - grad['train_loss_before']:+.2e} | {grad['first_order']:.2e} |"
+            f"| {grad['grad_loss_after'] - grad['grad_loss_before']:+.2e} | {grad['first_order']:.2e} |"
         )
     return "\n".join(lines)
+
+
+def _probe_summary(rows: list[dict[str, Any]]) -> str:
+    """Gradient-based accuracy per group (rows) and eps (columns)."""
+    grad = [r for r in rows if r["method"] == "gradient"]
+    eps_values = sorted({r["eps"] for r in grad})
+    groups = list(dict.fromkeys(r["group"] for r in grad))
+    lines = [
+        "| group | k | " + " | ".join(f"eps {e:g}" for e in eps_values) + " |",
+        "|---|---|" + "---|" * len(eps_values),
+    ]
+    for group in groups:
+        cells = {r["eps"]: r["metric_after"] * 100 for r in grad if r["group"] == group}
+        k = next(r["k"] for r in grad if r["group"] == group)
+        lines.append(f"| {group} | {k} | " + " | ".join(f"{cells[e]:.2f}" for e in eps_values) + " |")
+    return "\n".join(lines)
+
+
+def _write_report(paths: list[Path], out_dir: Path) -> Path | None:
+    """The report of every results file, by ``paramcorrupt.probe.report.write_report``."""
+    try:
+        from ..probe.report import write_report
+    except ImportError as error:
+        print(f"(no report: {error})")
+        return None
+    try:
+        return write_report(paths, out_dir)
+    except ImportError as error:  # matplotlib missing: the report is an optional extra
+        print(f"(no report: {error})")
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,14 +151,15 @@ def run(args: argparse.Namespace) -> int:
     if args.trials < 1:
         raise ValueError(f"--trials must be >= 1, got {args.trials}")
     start = time.perf_counter()
+    progress = not args.quiet
     print(f"training the digits model (seed {args.seed}, {args.epochs} epochs) ...", flush=True)
     task = get_task("digits", seed=args.seed, epochs=args.epochs)
-    rows = table1_rows(task, eps_values=EPS, sizes=SIZES, trials=args.trials, seed=args.seed, progress=not args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "results.jsonl"
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    identity = _identity(args)
+    path = args.out / RESULTS
+    rows = table1_rows(
+        task, trials=args.trials, seed=args.seed, progress=progress, path=path, identity=identity
+    )
     clean = rows[0]["metric_before"] * 100
     print(
         f"\nRandom vs gradient-based corruption, L_inf, all {rows[0]['k']} parameters of the digits ResNet "
@@ -131,5 +175,22 @@ def run(args: argparse.Namespace) -> int:
         f"\nAt eps = 1e-3, n = k: accuracy drop {drop_grad * 100:.2f} points (gradient) vs "
         f"{drop_rand * 100:.2f} (random, mean): ratio {ratio:.1f}x"
     )
-    print(f"rows written to {path} ({time.perf_counter() - start:.0f} s)")
+    print(f"rows written to {path}")
+
+    paths = [path]
+    for grouping, sizes in PROBES:
+        probe_path = args.out / f"probe-{grouping}.jsonl"
+        probe = probe_rows(
+            task, grouping, sizes=sizes, trials=args.trials, seed=args.seed, progress=progress,
+            path=probe_path, identity=identity,
+        )
+        paths.append(probe_path)
+        print(f"\nProbe by {grouping} (gradient-based, L_inf, n = {sizes[0]}): test accuracy % after corruption\n")
+        print(_probe_summary(probe))
+        print(f"rows written to {probe_path}")
+
+    report = _write_report(paths, args.out / "report")
+    if report is not None:
+        print(f"\nreport: {report}")
+    print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -187,13 +187,8 @@ class ResultsStore:
             _lock(handle, self.path)
             handle.seek(0)
             header, rows, good = _scan(handle.read(), self.path)
-            if header is not None and header.get("sweep_id") != sweep_id:
-                raise ValueError(
-                    f"{self.path} holds the results of another sweep (sweep_id {header.get('sweep_id')}, "
-                    f"task {header.get('config', {}).get('task')!r}, grouping "
-                    f"{header.get('config', {}).get('grouping')!r}); this sweep is {sweep_id}: "
-                    "choose another output file (the existing one is left untouched)"
-                )
+            if header is not None:
+                _same_sweep(header, sweep_id, self.path)
             if rows and not self.resume:
                 raise ValueError(f"{self.path} already holds {len(rows)} rows of this sweep and resume is off")
             handle.seek(0, os.SEEK_END)
@@ -215,6 +210,23 @@ class ResultsStore:
         if rows:
             logger.info("%s: resuming after %d finished rows", self.path, len(rows))
         return rows
+
+    def check(self, sweep_id: str) -> None:
+        """Refuse early, without writing anything, a file that :meth:`open` would refuse.
+
+        Raises:
+            ValueError: when the file belongs to another sweep or is not a results file.
+        """
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; give a file path for the results")
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        header, _, good = _scan(data, self.path)
+        if header is not None:
+            _same_sweep(header, sweep_id, self.path)
+        elif data and good == 0 and not _only_torn_header(data):
+            raise ValueError(f"{self.path} is not a probe results file; choose another output path")
 
     @staticmethod
     def _write(handle: Any, line: str) -> None:
@@ -246,12 +258,27 @@ class ResultsStore:
 
 
 def _torn_header(handle: Any) -> bool:
-    """Whether the file holds nothing but the beginning of one of our headers."""
     handle.seek(0)
     data = handle.read()
     handle.seek(0, os.SEEK_END)
+    return _only_torn_header(data)
+
+
+def _only_torn_header(data: bytes) -> bool:
+    """Whether ``data`` is nothing but the beginning of one of our headers (cut mid-write)."""
+    data = data.rstrip(b"\n")
     start = _HEADER_START
-    return b"\n" not in data.rstrip(b"\n") and (data.startswith(start) or start.startswith(data.rstrip(b"\n")))
+    return b"\n" not in data and (data.startswith(start) or start.startswith(data))
+
+
+def _same_sweep(header: Mapping[str, Any], sweep_id: str, path: Path) -> None:
+    if header.get("sweep_id") != sweep_id:
+        config = header.get("config") or {}
+        raise ValueError(
+            f"{path} holds the results of another sweep (sweep_id {header.get('sweep_id')}, task "
+            f"{config.get('task')!r}, grouping {config.get('grouping')!r}); this sweep is {sweep_id}: "
+            "choose another output file (the existing one is left untouched)"
+        )
 
 
 def _lock(handle: Any, path: Path) -> None:
