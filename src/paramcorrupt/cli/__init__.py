@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["CLIError", "main"]
 
 #: the subcommand modules, in the order ``--help`` lists them
-COMMANDS = ("demo", "train")
+COMMANDS = ("demo", "probe", "train")
 
 
 class CLIError(Exception):
