@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["CLIError", "main"]
 
 #: the subcommand modules, in the order ``--help`` lists them
-COMMANDS = ("demo", "probe", "train")
+COMMANDS = ("demo", "probe", "report", "train")
 
 
 class CLIError(Exception):

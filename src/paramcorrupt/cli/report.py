@@ -1,0 +1,47 @@
+"""``paramcorrupt report``: a Markdown report with PNG figures from results JSONL files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import CLIError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "report",
+        help="write a Markdown report with figures (Table 1, heatmaps, curves, Theorem 1) from results files",
+    )
+    parser.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS.jsonl",
+        help="results file(s) of a sweep or of the demo; rows are pooled",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: report/ next to the first results file)",
+    )
+    parser.add_argument("--title", default=None, help="heading of the report")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from paramcorrupt.probe.report import write_report
+    except ImportError as error:  # pragma: no cover - matplotlib is a declared extra
+        raise CLIError(f"cannot load the report module: {error}") from None
+    try:
+        path = write_report(args.results, args.out, title=args.title)
+    except ImportError as error:  # pragma: no cover
+        raise CLIError(str(error)) from None
+    except OSError as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise CLIError(f"cannot write the report: {error}") from None
+    print(path)
+    return 0
