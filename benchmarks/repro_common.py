@@ -69,8 +69,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "task": {
                 "model": "resnet8",
                 "limit_train": 5000,
-                "limit_test": 2000,
-                "limit_gradient": 2000,
+                "limit_test": 1000,
+                "limit_gradient": 1000,
                 "batch_size": 128,
                 "eval_batch_size": 500,
             },
@@ -106,14 +106,14 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
                 "emb_size": 64,
                 "hidden_size": 64,
                 "limit_train_tokens": 100_000,
-                "limit_eval_tokens": 20_000,
-                "limit_gradient_tokens": 20_000,
-                "batch_size": 20,
+                "limit_eval_tokens": 10_000,
+                "limit_gradient_tokens": 10_000,
+                "batch_size": 10,
                 "eval_batch_size": 10,
                 "gradient_batch_size": 20,
                 "bptt": 35,
             },
-            "train": {"epochs": 2, "lr": 3e-3, "bf16": False},
+            "train": {"epochs": 2, "lr": 5e-3, "bf16": False},
         },
         "full": {
             "task": {
@@ -161,6 +161,10 @@ RESISTANT: dict[str, dict[str, Any]] = {
     "cifar10": {"eps": 0.5, "p": 2.0, "n": None, "alpha": 0.5},
     "ptb-lm": {"eps": 1.0, "p": 2.0, "n": None, "alpha": 0.5},
 }
+
+#: mode -> whether sweeps also measure the loss on the gradient's data (Theorem 2's ratio;
+#: one more pass per row)
+MEASURE_GRADIENT_DATA = {"smoke": True, "quick": False, "full": True}
 
 #: what each task's tables report
 PRIMARY = {"cifar10": "accuracy", "ptb-lm": "log_ppl"}
@@ -357,12 +361,18 @@ def _valid_loader(task: Any, name: str, args: argparse.Namespace) -> Any:
     )
 
 
-def model_paths(args: argparse.Namespace, name: str, variant: str, seed: int) -> dict[str, Path]:
+def model_paths(
+    args: argparse.Namespace, name: str, variant: str, seed: int, ident: str = ""
+) -> dict[str, Path]:
+    """Where a model's files go; the checkpoint's name carries the recipe's digest, so a
+    changed recipe never resumes another one's checkpoint."""
     stem = args.out / "models" / f"{name}-{variant}-seed{seed}"
     return {
         "weights": stem.with_suffix(".pt"),
         "meta": stem.with_suffix(".json"),
-        "checkpoint": stem.with_name(stem.name + ".ckpt.pt"),
+        "checkpoint": stem.with_name(
+            f"{stem.name}.{ident}.ckpt.pt" if ident else f"{stem.name}.ckpt.pt"
+        ),
     }
 
 
@@ -382,7 +392,7 @@ def trained_task(
     rec = recipe(name, args.mode, variant, **recipe_overrides)
     options = task_options(name, args.mode)
     ident = {"task": name, "mode": args.mode, "seed": seed, "options": options, "recipe": rec}
-    paths = model_paths(args, name, variant, seed)
+    paths = model_paths(args, name, variant, seed, _digest(ident))
     task = build_task(name, args, seed=seed)
     if paths["weights"].exists() and paths["meta"].exists() and not args.fresh:
         meta = json.loads(paths["meta"].read_text())
@@ -393,6 +403,7 @@ def trained_task(
             )
             task.model.eval()
             task.info["trained"] = True
+            task.info["model_id"] = meta["id"]
             logger.info("%s %s seed %d: reusing %s", name, variant, seed, paths["weights"])
             return task, meta
         logger.info("%s: the saved model has another recipe; training again", paths["weights"])
@@ -470,6 +481,7 @@ def trained_task(
     }
     torch.save(model.state_dict(), paths["weights"])
     paths["meta"].write_text(json.dumps(meta, indent=1, default=str))
+    task.info["model_id"] = meta["id"]
     return task, meta
 
 
@@ -501,14 +513,19 @@ def run_sweep(
     *,
     groups: Mapping[str, Any] | None = None,
     reuse_activations: bool = False,
-) -> list[dict[str, Any]]:
-    """One probe sweep of ``task``'s model, appended to (and resumed from) ``path``."""
+) -> tuple[list[dict[str, Any]], Path]:
+    """One probe sweep of ``task``'s model, appended to (and resumed from) a results file named
+    ``path`` plus the sweep's id; returns the rows and that file."""
     from paramcorrupt.groups import select
-    from paramcorrupt.probe import ResultsStore, sweep
+    from paramcorrupt.probe import ResultsStore, sweep, sweep_id
 
+    groups = groups or {"all": select(task.model, name="all")}
+    # the file's name carries the model's and the sweep's ids: another model or configuration
+    # writes a new file (a sweep that finds all its rows done would not check the weights)
+    model_id = task.info.get("model_id", "untracked")[:6]
+    path = path.with_name(f"{path.stem}-{model_id}-{sweep_id(config, groups)[:8]}{path.suffix}")
     if args.fresh:
         path.unlink(missing_ok=True)
-    groups = groups or {"all": select(task.model, name="all")}
     evaluator = None
     if reuse_activations:
         from paramcorrupt.probe.reuse import ReusingEvaluator
@@ -534,7 +551,7 @@ def run_sweep(
         evaluator=evaluator,
     )
     logger.info("sweep %s: %d rows (%.0f s)", path.name, len(rows), time.perf_counter() - started)
-    return rows
+    return rows, path
 
 
 def write_probe_report(paths: Iterable[Path], out: Path, title: str) -> Path | None:
@@ -555,8 +572,8 @@ def write_summary(
     header = [f"# {title}", ""]
     if args.mode != "full":
         header += [
-            f"**{args.mode.upper()} MODE** — tiny models on slices of the data, trained for a few steps: "
-            "these numbers test the pipeline and are not a reproduction.",
+            f"**{args.mode.upper()} MODE** — small models on slices of the data, trained for a few "
+            "hundred steps at most: these numbers test the pipeline and are not a reproduction.",
             "",
         ]
     header += [

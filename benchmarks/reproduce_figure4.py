@@ -34,15 +34,15 @@ PAPER_TABLE4 = {
     200: ("10.0", "10.1", "10.3", "71.4"),
     500: ("10.0", "10.9", "9.8", "30.7"),
 }
-LINF = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
-L2 = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
+LINF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+L2 = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 #: mode -> [(grouping, p, n, eps values)]
 SETTINGS = {
     "full": [
         ("type", math.inf, 10, LINF),
         ("position", math.inf, 100, LINF),
         ("position", 2.0, 100, L2),
-        ("position_type", math.inf, 100, (1.0, 5.0, 20.0)),
+        ("position_type", math.inf, 100, (0.5, 5.0)),
     ],
     "quick": [
         ("type", math.inf, 10, LINF),
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             measure_gradient_data=False,
         )
         path = folder / f"cifar10-{grouping}-{_p(p)}-n{n}.jsonl"
-        rows = rc.run_sweep(task, config, path, args, groups=groups, reuse_activations=True)
+        rows, path = rc.run_sweep(task, config, path, args, groups=groups, reuse_activations=True)
         files.append(path)
         part, summary = summarise(grouping, p, n, rows)
         lines += part

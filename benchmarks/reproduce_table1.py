@@ -198,10 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 task=f"{name}:{args.mode}",
                 grouping="all",
                 metric=metric,
-                measure_gradient_data=True,
+                measure_gradient_data=rc.MEASURE_GRADIENT_DATA[args.mode],
             )
             path = folder / f"{name}-n{'all' if n is None else n}.jsonl"
-            rows += rc.run_sweep(task, config, path, args)
+            part_rows, path = rc.run_sweep(task, config, path, args)
+            rows += part_rows
             files.append(path)
         part, summary = summarise(name, rows, metric)
         lines += part

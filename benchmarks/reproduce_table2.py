@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     measure_gradient_data=False,
                 )
                 path = folder / f"{name}-{variant}-seed{seed}.jsonl"
-                rows = rc.run_sweep(task, config, path, args)
+                rows, path = rc.run_sweep(task, config, path, args)
                 files.append(path)
                 results[variant].append(
                     {

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure_gradient_data=False,
     )
     path = folder / "ptb-lm-eps5e-4.jsonl"
-    rows = rc.run_sweep(task, config, path, args, groups={"all": group})
+    rows, path = rc.run_sweep(task, config, path, args, groups={"all": group})
     random_changes = [r["loss_change"] for r in rows if r["method"] == "random"]
     grad_row = next(r for r in rows if r["method"] == "gradient")
 

@@ -286,11 +286,14 @@ class LogPerplexity:
 class Perplexity(LogPerplexity):
     """``perplexity`` = exp(aggregated log-perplexity) (the paper's Table 2 "PPL").
 
-    Its per-batch ``(total, count)`` are those of :class:`LogPerplexity`; ``finalize`` (math.exp)
+    Its per-batch ``(total, count)`` are those of :class:`LogPerplexity`; ``finalize`` (exp)
     is applied by :func:`paramcorrupt.evaluate` to the aggregate ``sum(total) / sum(count)``.
     """
 
-    finalize = staticmethod(math.exp)
+    @staticmethod
+    def finalize(log_ppl: float) -> float:
+        """exp(log_ppl), ``inf`` beyond float range (a destroyed model's perplexity)."""
+        return math.exp(log_ppl) if log_ppl < 709.0 else math.inf
 
 
 def build_lm(vocab_size: int, model: str = "small", **overrides: Any) -> nn.Module:
