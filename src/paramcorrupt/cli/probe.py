@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", type=Path, metavar="PATH", help="state dict (torch.save) or .safetensors to load")
     source.add_argument("--data", metavar="SPEC", help="factory returning a Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])")
     source.add_argument("--epochs", type=int, default=30, help="digits: training epochs when no checkpoint is given (default: 30)")
+    source.add_argument("--data-dir", default=None, help="--task: the folder holding the task's data (cifar10_jpg/, ptb_lm/; default: $PARAMCORRUPT_DATA)")
+    source.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="--task: an option of the task's factory, repeatable (e.g. model=resnet34, limit_test=1000, cache_dir=PATH)")
     grouping = parser.add_argument_group("groups")
     grouping.add_argument("--by", default="type", help="type, position, module, or a grouping the task defines (default: type)")
     grouping.add_argument("--depth", type=int, default=None, help="--by position: cut module paths at this depth")
@@ -359,8 +362,8 @@ def _builtin_source(args: argparse.Namespace, *, train: bool) -> _Source:
     from ..tasks import get_task
 
     name = args.task or "digits"
-    options: dict[str, Any] = {"seed": args.seed}
-    identity = f"{name}(seed={args.seed}"
+    options: dict[str, Any] = {"seed": args.seed, **task_options(args)}
+    identity = f"{name}(" + ",".join(f"{k}={v}" for k, v in sorted(options.items()) if k != "data_dir")
     if name == "digits":
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
@@ -376,6 +379,20 @@ def _builtin_source(args: argparse.Namespace, *, train: bool) -> _Source:
         task.model.eval()
     return _Source(task.name, identity, task.model, task.gradient_loader, task.eval_loader, task.loss_fn,
                    task.metrics, task.primary_metric, task.groupings)
+
+
+def task_options(args: argparse.Namespace) -> dict[str, str]:
+    """``--task-option KEY=VALUE`` (repeatable) and ``--data-dir`` as factory options (values
+    stay strings; the task factories convert them)."""
+    options: dict[str, str] = {}
+    for item in getattr(args, "task_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--task-option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = value.strip()
+    if getattr(args, "data_dir", None) is not None:
+        options["data_dir"] = args.data_dir
+    return options
 
 
 def _groups(args: argparse.Namespace, source: _Source) -> tuple[str, dict[str, Any], list[str] | None]:

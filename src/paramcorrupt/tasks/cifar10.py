@@ -382,7 +382,7 @@ def cifar10_task(
         load_into(net, state_dict, f"the {model} model (depths {net.depths}, widths {net.widths})")
         trained = True
     else:
-        logger.warning("cifar10: no checkpoint given, the %s model is untrained", model)
+        logger.info("cifar10: no checkpoint given, the %s model is untrained", model)
     net.to(device).eval()
 
     train_set = AugmentedImages(

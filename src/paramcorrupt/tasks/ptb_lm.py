@@ -453,7 +453,7 @@ def ptb_lm_task(
         load_into(net, state_dict, f"the {model} language model")
         trained = True
     else:
-        logger.warning("ptb-lm: no checkpoint given, the %s language model is untrained", model)
+        logger.info("ptb-lm: no checkpoint given, the %s language model is untrained", model)
     net.to(device).eval()
 
     train_loader = WindowLoader(_prefix(corpus.train, limit_train), batch_size, bptt, device)
