@@ -744,6 +744,7 @@ def _spawn_entry(
     backend: str,
     out_dir: str,
     args: tuple,
+    threads: int,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -753,7 +754,7 @@ def _spawn_entry(
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world_size),
     )
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    torch.set_num_threads(threads)
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         result = fn(*args)
@@ -768,6 +769,7 @@ def spawn(
     *args: Any,
     backend: str = "gloo",
     start_method: str = "spawn",
+    threads: int | None = None,
 ) -> list[T]:
     """Run ``fn(*args)`` in ``world_size`` local processes joined in a process group.
 
@@ -775,15 +777,21 @@ def spawn(
     rank raises, the others are terminated and a ``torch.multiprocessing.ProcessRaisedException``
     carrying that rank's traceback is raised here. With ``start_method="spawn"`` (the
     default, safe with CUDA) ``fn`` must be importable and each process starts a fresh
-    interpreter (seconds); ``"fork"`` (POSIX, CPU only) starts in milliseconds. For tests,
-    notebooks and benchmarks; real runs use torchrun.
+    interpreter (seconds); ``"fork"`` (POSIX, CPU only) starts in milliseconds but runs each
+    process with one torch thread (OpenMP cannot be used again in a child forked after the
+    parent used it: it would hang). With ``"spawn"`` each process gets ``threads`` torch
+    threads (default ``cores // world_size``). For tests, notebooks and benchmarks; real runs use torchrun.
     """
     import torch.multiprocessing as mp
 
+    if start_method == "fork":
+        threads = 1
+    elif threads is None:
+        threads = max(1, (os.cpu_count() or 1) // world_size)
     with tempfile.TemporaryDirectory(prefix="paramcorrupt-spawn-") as out_dir:
         mp.start_processes(
             _spawn_entry,
-            args=(fn, world_size, free_port(), backend, out_dir, args),
+            args=(fn, world_size, free_port(), backend, out_dir, args, threads),
             nprocs=world_size,
             join=True,
             start_method=start_method,
