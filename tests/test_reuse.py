@@ -156,6 +156,36 @@ def test_untraceable_model_falls_back_to_identical_full_passes(digits, caplog):
     assert reusing.cut(group) is None and reusing.stats["reused"] == 0
 
 
+class BakedScale(nn.Module):
+    """Reads a parameter's value at trace time: the traced graph holds a constant instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(64, 10)
+        self.scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # through _parameters, fx sees the real tensor, not a proxy: .item() bakes its value in
+        return self.body(x.flatten(1)) * self._parameters["scale"].item()
+
+
+def test_a_parameter_baked_into_the_graph_falls_back_to_full_passes(digits):
+    _, eval_loader, _ = digits
+    torch.manual_seed(0)
+    model = BakedScale().eval()
+    reusing = ReusingEvaluator(model, eval_loader, None, classification_loss)
+    full = FullEvaluator(model, eval_loader, None, classification_loss)
+    group = select(model, "scale")
+    for seed in range(2):
+        with corrupted(model, random_delta(model, group.names, 0.5, seed)):
+            assert reusing.evaluate(group) == full.evaluate(group)
+    assert "read by no node of the traced graph" in reusing.why_not(group)
+    # the other parameter is read by the graph: served
+    body = select(model, "body")
+    with corrupted(model, random_delta(model, body.names, 0.5, 0)):
+        assert_same_results(reusing.evaluate(body), full.evaluate(body))
+
+
 @pytest.mark.parametrize("budget", [0, 1, "one batch"])
 def test_memory_budget_bounds_the_cache_and_keeps_results(digits, budget):
     model, eval_loader, gradient_loader = digits
@@ -338,7 +368,9 @@ def test_sequence_loss_models_are_served(caplog):
 def test_sweep_rows_equal_with_and_without_reuse(digits):
     model, eval_loader, gradient_loader = digits
     groups = {"layer1": select(model, "layer1"), "layer2": select(model, "layer2"), "fc": select(model, "fc")}
-    config = SweepConfig(methods=("random", "gradient"), trials=2, eps_values=(0.05, 0.2), task="test")
+    config = SweepConfig(
+        methods=("random", "gradient", "iterative"), trials=2, eps_values=(0.05, 0.2), iterative_steps=2, task="test"
+    )
     metrics = {"accuracy": accuracy}
     args = (model, config, gradient_loader, eval_loader, classification_loss, metrics)
     plain = sweep(*args, groups=groups, progress=False)
@@ -346,7 +378,7 @@ def test_sweep_rows_equal_with_and_without_reuse(digits):
     assert isinstance(evaluator, Evaluator)
     reused = sweep(*args, groups=groups, progress=False, evaluator=evaluator)
     assert evaluator.stats["reused"] > 0
-    assert len(plain) == len(reused) == 3 * 2 * 3
+    assert len(plain) == len(reused) == 3 * 2 * 4
     for a, b in zip(plain, reused):
         a, b = dict(a), dict(b)
         a.pop("seconds"), b.pop("seconds")

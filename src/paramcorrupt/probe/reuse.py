@@ -40,9 +40,11 @@ Limits.
   between evaluations (the cache is then rebuilt), but not during one.
 - The network upstream of the cut must be deterministic: random operations in the prefix
   would be frozen by the cache.
-- A module whose ``forward`` reads a parameter's *value* at trace time (``if self.w.sum() > 0``,
-  ``self.w.item()``) bakes that value into the graph; a group holding such a parameter is
-  served with full passes only if the graph does not read the parameter elsewhere.
+- A ``forward`` that reads a parameter's *value* where fx does not record it (through
+  ``self._parameters`` or ``self.parameters()``, then ``.item()`` or Python control flow)
+  bakes that value into the graph. A group holding such a parameter gets full passes when the
+  graph reads the parameter nowhere else (detected); when it also reads it elsewhere, the
+  baked value would go stale (not detected). Attribute access (``self.w``) is recorded.
 - Only calls to the top-level model are served; a ``loss_fn`` that calls submodules directly
   (``model.encoder(...)``) is evaluated with full passes.
 - Forward hooks of modules upstream of the cut run when a batch's cache is built, not when it
