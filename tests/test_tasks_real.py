@@ -175,7 +175,10 @@ def test_carried_state_is_exact_and_deterministic():
     reference = CarriedStateLoss()
     expected = [float(reference(model, w).loss.detach()) for w in windows[:3]]
     repeated = CarriedStateLoss()
-    got = [float(repeated(model, w).loss) for w in (windows[0], windows[1], windows[1], windows[2])]
+    got = [
+        float(repeated(model, w).loss.detach())
+        for w in (windows[0], windows[1], windows[1], windows[2])
+    ]
     assert got == [expected[0], expected[1], expected[1], expected[2]]
 
 
