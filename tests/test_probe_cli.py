@@ -100,6 +100,17 @@ def _example_run(tmp_path):
     return out
 
 
+def test_reused_activations_give_the_same_rows(results, tmp_path):
+    path, _ = results
+    out = tmp_path / "reuse.jsonl"
+    assert probe(*USER, "--by", "position", *FAST, "--reuse", "--out", out) == 0
+    plain, reused = read_results(path)[1], read_results(out)[1]
+    assert [r["key"] for r in reused] == [r["key"] for r in plain]
+    for a, b in zip(plain, reused):
+        for field in ("loss_after", "metric_after", "grad_loss_after", "first_order"):
+            assert b[field] == pytest.approx(a[field], rel=1e-5, abs=1e-7), (a["key"], field)
+
+
 def test_custom_groups_and_a_subset_of_groups(tmp_path):
     out = tmp_path / "custom.jsonl"
     assert probe(*USER, "--groups", "norms=*.0.weight+*.0.bias,head=head", "--methods", "gradient", "--p", "inf,2", "--n", "all,10", "--eps", "0.1", "--quiet", "--out", out) == 0

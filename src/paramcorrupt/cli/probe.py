@@ -58,6 +58,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as D
+from . import CLIError
+
 __all__ = ["load_checkpoint", "load_state_into", "register", "resolve"]
 
 
@@ -89,8 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep_args.add_argument("--eps", default="1e-3,1e-2,1e-1", help="radii (default: 1e-3,1e-2,1e-1)")
     sweep_args.add_argument("--steps", type=int, default=5, help="iterative: ascent steps after the one-step corruption (default: 5)")
     sweep_args.add_argument("--seed", type=int, default=0, help="seed of the random rows (and of the digits task)")
+    sweep_args.add_argument(
+        "--reuse", action="store_true",
+        help="evaluate only the part of the network downstream of each group, reusing the activations "
+        "before it (equal rows up to float rounding; see paramcorrupt.probe.reuse)",
+    )
     sweep_args.add_argument("--no-gradient-data", action="store_true", help="skip the loss on the gradient's data per row (no Theorem 2 ratio)")
     parser.add_argument("--out", type=Path, default=Path("probe-results.jsonl"), help="results file, resumed when it exists (default: probe-results.jsonl)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: PyTorch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
@@ -475,10 +484,21 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # under torchrun: one process group, the sweep's rows split across ranks, rank 0 prints
+    # and writes the results file (see paramcorrupt.distributed)
+    with D.command_session(error=CLIError):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..probe.store import ResultsStore
     from ..probe.sweep import sweep, sweep_id
 
     start = time.perf_counter()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     user = args.model is not None or args.data is not None
     if user and args.task is not None:
         raise ValueError("give --task or --model/--data, not both")
@@ -497,11 +517,20 @@ def run(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"training the {shell.name} model (seed {args.seed}, {args.epochs} epochs) ...", flush=True)
         source = _builtin_source(args, train=True)
+    D.broadcast_module(source.model)  # every rank probes rank 0's weights, to the last bit
     grouping, groups, keep = _groups(args, source)
     config = _config(args, source, grouping, keep)
+    evaluator = None
+    if args.reuse:
+        from ..probe.reuse import ReusingEvaluator
+
+        evaluator = ReusingEvaluator(
+            source.model, source.eval_loader, source.gradient_loader if config.measure_gradient_data else None,
+            source.loss_fn, source.metrics,
+        )
     rows = sweep(
         source.model, config, source.gradient_loader, source.eval_loader, source.loss_fn, source.metrics,
-        groups=groups, store=store, progress=not args.quiet,
+        groups=groups, store=store, progress=not args.quiet, evaluator=evaluator,
     )
     print(summary(rows))
     print(f"{len(rows)} rows in {args.out} ({time.perf_counter() - start:.0f} s)")
