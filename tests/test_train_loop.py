@@ -97,7 +97,7 @@ def test_fit_with_the_exact_regulariser_and_clipping():
 
 def test_fit_restores_the_model_mode():
     model = small_cnn().eval()
-    fit(model, torch.optim.SGD(model.parameters(), lr=0.01), loader(), classification_loss, epochs=1)
+    fit(model, torch.optim.SGD(model.parameters(), lr=0.01), loader(), classification_loss, epochs=1, progress=True)
     assert not model.training
 
 
