@@ -5,7 +5,7 @@ paper's Table 2 (clean accuracy and accuracy under corruption, baseline vs resis
 and the final weights (a state dict of tensors: ``torch.load(path, weights_only=True)``), then
 evaluates it the way Table 2 does::
 
-    paramcorrupt train --task digits --method resistant --eps 0.1 --alpha 0.5 --out runs/res0
+    paramcorrupt train --task digits --method resistant --eps 0.5 --alpha 0.5 --out runs/res0
 
 ``compare`` runs several methods over several seeds and writes Table 2 as Markdown, mean ±
 std over seeds (finished runs are reused, so an interrupted compare resumes)::
@@ -56,12 +56,12 @@ class MethodConfig:
     """One training recipe: the method and its hyperparameters."""
 
     method: str = "plain"
-    eps: float = 0.1
+    eps: float = 0.5
     p: float = 2.0
     n: int | None = None
     alpha: float = 0.5
     interval: int = 1
-    lam: float = 0.01
+    lam: float = 0.25
     epochs: int = 30
     lr: float = 0.1
     batch_size: int = 64
@@ -229,6 +229,13 @@ def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int
     }
 
 
+def _recipe(config: MethodConfig) -> dict[str, Any]:
+    """The settings that the method uses (what decides whether a finished run can be reused)."""
+    used = {"plain": (), "resistant": ("eps", "p", "n", "alpha", "interval"), "regularised": ("lam", "p")}[config.method]
+    keys = ("method", "epochs", "lr", "batch_size", *used)
+    return {k: v for k, v in asdict(config).items() if k in keys}
+
+
 def run_one(
     config: MethodConfig,
     seed: int,
@@ -243,7 +250,7 @@ def run_one(
     """Train and evaluate one (recipe, seed), writing ``model.pt`` and ``results.json`` in
     ``out``; a finished run with the same recipe and evaluation is read back instead."""
     results_path = out / "results.json"
-    settings = {"config": asdict(config), "seed": seed, "task": task_name, "eval_eps": list(eval_eps), "random_trials": random_trials}
+    settings = {"recipe": _recipe(config), "seed": seed, "task": task_name, "eval_eps": list(eval_eps), "random_trials": random_trials}
     # under torchrun rank 0 reads and writes the files; every rank trains and evaluates
     previous = D.on_main(lambda: json.loads(results_path.read_text()) if reuse and results_path.exists() else None)
     if previous is not None and {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
@@ -254,7 +261,7 @@ def run_one(
     if D.is_main_process():
         torch.save(task.model.state_dict(), out / "model.pt")
     metrics = table2_metrics(task, eval_eps, random_trials=random_trials, seed=seed)
-    result = {**settings, "label": config.label(), **metrics, **record}
+    result = {**settings, "config": asdict(config), "label": config.label(), **metrics, **record}
     if D.is_main_process():
         results_path.write_text(json.dumps(result, indent=1, default=float))
     return result
@@ -342,12 +349,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (default: 0.1)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
-    parser.add_argument("--eps", type=_float, default=0.1, help="resistant: radius of a_hat (default: 0.1)")
+    parser.add_argument("--eps", type=_float, default=0.5, help="resistant: radius of a_hat (default: 0.5, the paper's CIFAR-10 setting)")
     parser.add_argument("--p", type=_float, default=2.0, help="resistant/regularised: the norm p (default: 2)")
-    parser.add_argument("--n", type=_n, default=None, help="resistant: top-n per step, or 'all' (default: all)")
+    parser.add_argument("--n", "--top-n", type=_n, default=None, help="resistant: top-n per step, or 'all' (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     parser.add_argument("--alpha", type=float, default=0.5, help="resistant: weight of L(w + a_hat) (default: 0.5)")
     parser.add_argument("--interval", type=int, default=1, help="resistant: two-pass step every INTERVAL steps (default: 1)")
-    parser.add_argument("--lam", type=float, default=0.01, help="regularised: lambda of L + lambda ||g||_q (default: 0.01)")
+    parser.add_argument("--lam", type=float, default=0.25, help="regularised: lambda of L + lambda ||g||_q (default: 0.25 = alpha * eps)")
     parser.add_argument("--eval-eps", type=_floats, default=DEFAULT_EVAL_EPS, help="L2 radii of the evaluation corruptions (default: 0.05,0.1,0.15,0.2,0.3,0.5)")
     parser.add_argument("--random-trials", type=int, default=3, help="random corruptions per radius (default: 3; 0: none)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
