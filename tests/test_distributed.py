@@ -423,3 +423,102 @@ def test_distributed_training_equals_single_process_training():
         # each gradient synchronised once: 2 passes per resistant step, 1 per plain step, 5 steps
         expected = 5 * (1 if kind == "plain" else 2)
         assert results[0][name]["synced"] == expected, (name, results[0][name]["synced"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line under torchrun: a failing rank, then the same command resumes
+
+DATA_FACTORY = """
+import os
+
+from paramcorrupt.tasks.digits import digits_task
+
+
+def make():
+    task = digits_task(train=False, eval_batch_size=256)
+    fail_at = int(os.environ.get("FAIL_AT", "0"))
+    if fail_at and os.environ.get("RANK") == "1":
+        inner, calls = task.loss_fn, [0]
+
+        def loss_fn(model, batch):
+            calls[0] += 1
+            if calls[0] == fail_at:
+                raise ValueError("injected failure on rank 1")
+            return inner(model, batch)
+
+        task.loss_fn = loss_fn
+    return task
+"""
+
+
+def test_torchrun_probe_fails_cleanly_then_resumes_to_the_single_process_rows(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from paramcorrupt.cli import main
+    from paramcorrupt.probe import read_results
+
+    factory = tmp_path / "data_factory.py"
+    factory.write_text(DATA_FACTORY)
+    args = [
+        "probe",
+        "--data",
+        f"{factory}:make",
+        "--by",
+        "type",
+        "--methods",
+        "random,gradient",
+        "--trials",
+        "1",
+        "--eps",
+        "1e-2",
+        "--top-n",
+        "all",
+        "--no-gradient-data",
+        "--quiet",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        1
+    )  # as each torchrun process (OMP_NUM_THREADS=1); faster on a busy machine
+    try:
+        assert main([*args, "--out", str(tmp_path / "single.jsonl")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    _, single = read_results(tmp_path / "single.jsonl")
+    assert len(single) == 6  # conv, norm, linear x (random, gradient)
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "paramcorrupt",
+        *args,
+        "--out",
+        str(tmp_path / "dist.jsonl"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # batches of 256: 6 of gradient data (rank 1's shard: 3), 2 of evaluation data. Rank 1
+    # calls the loss 3x for the gradient, 2x for the clean model, then 2x per row: calls 6-7
+    # are its 1st row (row 1), 8-9 its 2nd (row 3)
+    failed = subprocess.run(
+        command, env={**env, "FAIL_AT": "8"}, capture_output=True, text=True, timeout=300
+    )
+    assert failed.returncode != 0
+    assert (
+        "rank 1 failed on row " in failed.stderr and "injected failure on rank 1" in failed.stderr
+    ), failed.stderr
+    data = (tmp_path / "dist.jsonl").read_bytes()
+    assert data.endswith(b"\n")  # no half-written row
+    _, partial = read_results(tmp_path / "dist.jsonl")
+    _same_rows(partial, single[:3])  # the rows before the failed one, written once by rank 0
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "6 rows in" in resumed.stdout and resumed.stdout.count("6 rows in") == 1  # rank 0 prints
+    _, final = read_results(tmp_path / "dist.jsonl")
+    _same_rows(final, single)

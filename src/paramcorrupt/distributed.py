@@ -58,6 +58,7 @@ __all__ = [
     "all_reduce_sums",
     "barrier",
     "batch_part",
+    "broadcast_module",
     "broadcast_object",
     "command_session",
     "ddp",
@@ -332,6 +333,11 @@ def split(items: Sequence[T], *, rank: int | None = None, world_size: int | None
 # communication
 
 
+def get_backend_device() -> str:
+    """ "cuda" for NCCL, "cpu" for gloo: where collective buffers must live."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def _comm_device() -> torch.device:
     """Where collective buffers live: the current CUDA device for NCCL, else the CPU."""
     backend = dist.get_backend()
@@ -348,9 +354,9 @@ def _collective(what: str) -> Iterator[None]:
     except PeerFailedError:
         raise
     except (RuntimeError, ConnectionError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise PeerFailedError(
-            f"rank {get_rank()}: {what} failed — another process of the distributed run stopped "
-            f"(its own error says why): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            f"{what} failed: another process of the distributed run stopped (its own error says why); {first}"
         ) from error
 
 
@@ -548,6 +554,26 @@ def on_main(fn: Callable[[], R], *, distributed: bool | None = None) -> R:
 
 # ---------------------------------------------------------------------------------------------
 # data-parallel training
+
+
+def broadcast_module(model: nn.Module, src: int = 0) -> nn.Module:
+    """Copy rank ``src``'s parameters and buffers into ``model`` on every rank (in place).
+
+    For models built independently on each rank (trained from a seed, say), whose weights
+    could differ in the last bit with the thread count: afterwards every rank probes the
+    very same weights. Nothing happens when not distributed.
+    """
+    if not is_distributed():
+        return model
+    with torch.no_grad(), _collective("broadcast of the model's weights"):
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if get_backend_device() == "cpu" and tensor.device.type != "cpu":
+                buffer = tensor.detach().cpu()
+                dist.broadcast(buffer, src=src)
+                tensor.copy_(buffer)
+            else:
+                dist.broadcast(tensor.data, src=src)
+    return model
 
 
 def batch_part(batch: Any, *, rank: int | None = None, world_size: int | None = None) -> Any:

@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep_args.add_argument("--methods", default="random,gradient", help="among random, gradient, iterative (default: random,gradient)")
     sweep_args.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
     sweep_args.add_argument("--p", default="inf", help="norms, e.g. inf,2 (default: inf)")
-    sweep_args.add_argument("--n", default="all", help="numbers of changed parameters, e.g. all,100 (default: all)")
+    sweep_args.add_argument("--n", "--top-n", default="all", help="numbers of changed parameters, e.g. all,100 (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     sweep_args.add_argument("--eps", default="1e-3,1e-2,1e-1", help="radii (default: 1e-3,1e-2,1e-1)")
     sweep_args.add_argument("--steps", type=int, default=5, help="iterative: ascent steps after the one-step corruption (default: 5)")
     sweep_args.add_argument("--seed", type=int, default=0, help="seed of the random rows (and of the digits task)")
