@@ -83,7 +83,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
                 "batch_size": 128,
                 "eval_batch_size": 500,
             },
-            "train": {"epochs": 15, "lr": 0.2, "bf16": True},
+            # 13 epochs: 2.2 cpu-min each (bf16, 1 thread), ~4.4 min wall at the shared
+            # machine's usual load -> <= 60 min (docs/reproduction.md)
+            "train": {"epochs": 13, "lr": 0.2, "bf16": True},
         },
     },
     "ptb-lm": {
@@ -622,3 +624,98 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return out + [""]
+
+
+# ---------------------------------------------------------------------------------------------
+# timing: python benchmarks/repro_common.py --time [--steps N] [--threads T]
+
+
+class _FirstBatches:
+    """The first ``steps`` batches of a loader (re-iterable), for timing."""
+
+    def __init__(self, loader: Any, steps: int) -> None:
+        self.loader, self.steps = loader, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Any:
+        for i, batch in enumerate(self.loader):
+            if i == self.steps:
+                return
+            yield batch
+
+
+def time_epochs(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """Seconds per training epoch (baseline and resistant recipes of ``args.mode``), of one
+    evaluation pass over the test data and of the data set gradient, from ``steps`` steps."""
+    from paramcorrupt.evaluate import evaluate
+    from paramcorrupt.gradient import dataset_gradient
+    from paramcorrupt.train import fit
+
+    out: dict[str, Any] = {"machine": machine(args), "steps": steps}
+    for name in args.tasks:
+        task = build_task(name, args)
+        result: dict[str, Any] = {
+            "steps_per_epoch": len(task.train_loader),
+            "parameters": task.info["parameters"],
+        }
+        for variant in ("baseline", "resistant"):
+            rec = recipe(name, args.mode, variant)
+            model = task.model
+            optimizer = _optimizer(model, rec)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fit(
+                model,
+                optimizer,
+                _FirstBatches(task.train_loader, steps),
+                task.loss_fn,
+                epochs=1,
+                autocast_dtype=torch.bfloat16 if rec["bf16"] else None,
+                max_grad_norm=None if variant == "resistant" else rec["max_grad_norm"],
+            )
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            per_epoch = len(task.train_loader) / steps
+            result[variant] = {
+                "epoch_seconds": wall * per_epoch,
+                "epoch_cpu_seconds": cpu * per_epoch,
+            }
+            logger.info(
+                "%s %s: %.1f min/epoch (%.1f cpu-min)",
+                name,
+                variant,
+                wall * per_epoch / 60,
+                cpu * per_epoch / 60,
+            )
+        for label in ("eval_pass", "gradient"):
+            wall, cpu = time.perf_counter(), time.process_time()
+            if label == "eval_pass":
+                evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics)
+            else:
+                dataset_gradient(task.model, task.gradient_loader, task.loss_fn)
+            result[label] = {
+                "seconds": time.perf_counter() - wall,
+                "cpu_seconds": time.process_time() - cpu,
+            }
+            logger.info(
+                "%s %s: %.1f s (%.1f cpu-s)",
+                name,
+                label,
+                result[label]["seconds"],
+                result[label]["cpu_seconds"],
+            )
+        out[name] = result
+    return out
+
+
+if __name__ == "__main__":
+    _ap = parser("Time the training recipes (seconds per epoch, extrapolated from --steps steps).")
+    _ap.add_argument("--time", action="store_true", help="measure (the only action of this module)")
+    _ap.add_argument(
+        "--steps", type=int, default=20, help="training steps measured per recipe (default: 20)"
+    )
+    _args = _ap.parse_args()
+    setup(_args, "timing")
+    _result = time_epochs(_args, _args.steps)
+    (_args.out / "timing" / "timing.json").write_text(json.dumps(_result, indent=1, default=str))
+    print(json.dumps(_result, indent=1, default=str))

@@ -185,6 +185,17 @@ class WindowLoader:
         """Predicted tokens per pass, ``(T - 1) * B``."""
         return (self.source.size(0) - 1) * self.batch_size
 
+    def shard(self, rank: int, world_size: int) -> WindowLoader:
+        """Columns ``rank, rank + world_size, ...`` (independent streams) for one process of a
+        distributed run (:func:`paramcorrupt.distributed.shard`). Splitting by columns keeps
+        the carried hidden state exact; splitting window by window would break it."""
+        if self.batch_size < world_size:
+            raise ValueError(f"{self.batch_size} columns cannot be shared by {world_size} processes")
+        part = object.__new__(WindowLoader)
+        part.bptt, part.source = self.bptt, self.source[:, rank::world_size].contiguous()
+        part.batch_size = int(part.source.size(1))
+        return part
+
 
 def _window_parts(batch: Any) -> tuple[Tensor, Tensor, int | None]:
     if isinstance(batch, LMWindow):
@@ -249,6 +260,8 @@ class CarriedStateLoss:
         columns = int(inputs.shape[1]) if inputs.dim() == 2 else -1
         state_in = self._incoming(model, start, columns)
         logits, hidden = model(inputs, state_in)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the softmax in float32
+            logits = logits.float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
         repeated = (
             start is not None
