@@ -71,6 +71,8 @@ def _gradient_worker() -> dict:
     out["empty_shard"] = len(list(one)) == 0
     out["grad_one_batch"] = dataset_gradient(model, one, classification_loss)
     out["eval_one_batch"] = evaluate(model, one, classification_loss, metrics)
+    # a language model carrying its hidden state across windows: sharded by columns
+    out["grad_lm"] = dataset_gradient(*_lm(), distributed=True)
     # float32 parameters, accumulate_dtype=None: the reduction still runs in float64
     out["grad_float32"] = dataset_gradient(
         model.float(),
@@ -79,6 +81,17 @@ def _gradient_worker() -> dict:
         accumulate_dtype=None,
     )
     return out
+
+
+def _lm(shard: bool = True):
+    from paramcorrupt.models import LSTMLanguageModel
+    from paramcorrupt.tasks.ptb_lm import CarriedStateLoss, WindowLoader
+
+    torch.manual_seed(7)
+    model = LSTMLanguageModel(20, 4, 4, 1).double().eval()
+    tokens = torch.randint(0, 20, (203,), generator=torch.Generator().manual_seed(8))
+    loader = WindowLoader(tokens, batch_size=7, bptt=5)  # 7 columns: 4 + 3
+    return model, D.shard(loader) if shard else loader, CarriedStateLoss()
 
 
 def _rel_err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -99,6 +112,8 @@ def test_dataset_gradient_and_evaluate_match_single_process():
         accumulate_dtype=None,
     )
 
+    ref_lm = dataset_gradient(*_lm(shard=False))
+
     results = _spawn(_gradient_worker)
 
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
@@ -115,6 +130,7 @@ def test_dataset_gradient_and_evaluate_match_single_process():
             assert all(r[key][k].dtype == torch.float64 for k in ref_grad)
             assert _rel_err(r[key], ref_grad) < 1e-6, key
         assert _rel_err(r["grad_float32"], ref_grad32) < 1e-6
+        assert _rel_err(r["grad_lm"], ref_lm) < 1e-6
         assert abs(r["loss_batches"] - ref_loss) < 1e-9 * abs(ref_loss)
         for key in ("eval_batches", "eval_examples", "eval_one_batch"):
             assert r[key].keys() == ref_eval.keys()

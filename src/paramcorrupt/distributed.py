@@ -280,7 +280,9 @@ def shard(
 ) -> Iterable[T]:
     """This rank's share of ``loader``; the loader itself when not distributed.
 
-    A ``DataLoader`` over a map-style data set (built with ``batch_size``, ``shuffle`` and no
+    A loader with a ``shard(rank, world_size)`` method shards itself (the language-model
+    ``WindowLoader`` gives each rank some of its columns: a batch-by-batch split would break
+    the hidden state carried from window to window). A ``DataLoader`` over a map-style data set (built with ``batch_size``, ``shuffle`` and no
     ``drop_last``) is rebuilt with an :class:`ExactDistributedSampler`: each rank loads only
     its examples, batched as before. Any other re-iterable (a list of batches, a custom
     loader, an iterable data set) is wrapped in a :class:`ShardedLoader`, batch by batch.
@@ -290,6 +292,9 @@ def shard(
     world_size = get_world_size() if world_size is None else world_size
     if world_size == 1:
         return loader
+    custom = getattr(loader, "shard", None)
+    if callable(custom) and not isinstance(loader, ShardedLoader):
+        return custom(rank, world_size)
     if _plain_dataloader(loader):
         dl: DataLoader = loader  # type: ignore[assignment]
         sampler = ExactDistributedSampler(

@@ -220,8 +220,8 @@ class CarriedStateLoss:
         >>> from paramcorrupt.models import LSTMLanguageModel
         >>> model = LSTMLanguageModel(20, 4, 4, 1).eval()
         >>> loss_fn, loader = CarriedStateLoss(), WindowLoader(torch.arange(40) % 20, 2, 5)
-        >>> first = [float(loss_fn(model, w).loss) for w in loader]
-        >>> first == [float(loss_fn(model, w).loss) for w in loader]  # every pass starts from zeros
+        >>> first = [loss_fn(model, w).loss.item() for w in loader]
+        >>> first == [loss_fn(model, w).loss.item() for w in loader]  # every pass starts from zeros
         True
     """
 
