@@ -334,6 +334,29 @@ def test_keyboard_interrupt_leaves_model_bit_identical(tmp_path, where):
     assert_bit_identical(model, before)
 
 
+def test_resuming_with_other_weights_is_refused(tmp_path):
+    model = tiny_net()
+    train, test = loader(16, 1), loader(16, 2)
+    config = SweepConfig(methods=("random", "gradient"), trials=1, eps_values=(1e-2, 1e-1))
+    path = tmp_path / "r.jsonl"
+
+    def stop_after_two_rows(output, batch):
+        stop_after_two_rows.calls += 1
+        if stop_after_two_rows.calls == 4:  # the clean pass, two rows, then the third row
+            raise Interrupt
+        return accuracy(output, batch)
+
+    stop_after_two_rows.calls = 0
+    with pytest.raises(Interrupt):
+        sweep(model, config, train, test, classification_loss, {"accuracy": stop_after_two_rows}, groups=groups_of(model), store=ResultsStore(path), progress=False)
+    content = path.read_bytes()
+    with torch.no_grad():
+        model.fc.weight.mul_(1.1)
+    with pytest.raises(ValueError, match="not the same weights"):
+        sweep(model, config, train, test, classification_loss, {"accuracy": accuracy}, groups=groups_of(model), store=ResultsStore(path), progress=False)
+    assert path.read_bytes() == content
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown method"):
         SweepConfig(methods=("gradient", "adversarial"))

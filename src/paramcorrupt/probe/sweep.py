@@ -550,8 +550,8 @@ def _row(
     eps: float,
     trial: int,
     key: str,
-    clean: Mapping[str, float],
-    after: Mapping[str, float],
+    clean: Mapping[str, Mapping[str, float]],
+    after: Mapping[str, Any],
     metric: str,
     scale: float,
 ) -> dict[str, Any]:
@@ -610,7 +610,9 @@ def _unpack(
     return evaluated, {k: float(v) for k, v in result["gradient"].items()}
 
 
-def _check_resumed(finished: Mapping[str, Mapping[str, Any]], clean: Mapping[str, float], metric: str) -> None:
+def _check_resumed(
+    finished: Mapping[str, Mapping[str, Any]], clean: Mapping[str, Mapping[str, float]], metric: str
+) -> None:
     """A resumed file must come from the same weights: compare the clean loss it recorded."""
     if not finished:
         return
