@@ -246,3 +246,18 @@ def test_resolve_and_load_checkpoint(tmp_path):
         resolve(f"{tmp_path / 'missing.py'}:x")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_demo_writes_table1_probes_and_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--trials", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    _, table1 = read_results(out / "results.jsonl")
+    fields = {"method", "p", "eps", "n", "group", "trial", "loss_before", "loss_after", "metric_before", "metric_after", "first_order"}
+    assert all(fields <= row.keys() for row in table1)
+    assert len(table1) == 2 * 5 * (2 + 1)  # n = k and 100, five eps, random trials + gradient
+    assert {r["group"] for r in read_results(out / "probe-type.jsonl")[1]} == {"conv", "norm", "linear"}
+    assert [g for g in read_results(out / "probe-position.jsonl")[0]["groups"]] == ["stem", "layer1", "layer2", "fc"]
+    report = out / "report" / "report.md"
+    assert report.is_file() and f"report: {report}" in printed
+    assert "| n | eps | random acc (mean ± std) | gradient acc |" in printed
