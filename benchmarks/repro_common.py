@@ -12,8 +12,9 @@ Layout of ``--out`` (default ``runs/reproduction/<mode>``)::
 
     models/<task>-<variant>-seed<s>.pt        final weights (a state dict)
     models/<task>-<variant>-seed<s>.json      recipe, task options, history, clean metrics, times
-    models/<task>-<variant>-seed<s>.ckpt.pt   the per-epoch training checkpoint (resume)
-    <script>/<sweep>.jsonl                     sweep rows (resumable)
+    models/<task>-<variant>-seed<s>.<recipe digest>.ckpt.pt
+                                               the per-epoch training checkpoint (resume)
+    <script>/<sweep>-<model id>-<sweep id>.jsonl   sweep rows (resumable)
     <script>/report/report.md                  the probe report (tables, heatmaps, curves)
     <script>/summary.md, summary.json          paper vs ours, and the claim checks
 
@@ -21,6 +22,10 @@ Sizes. ``smoke`` is for the test suite (seconds per script, tiny models, a few s
 ``quick`` (< 5 minutes per script on the shared 2-core machine) uses small models trained for
 a few hundred steps on slices; ``full`` is the real reproduction (ResNet-20, the "small" LSTM,
 the whole data) — see docs/reproduction.md for the measured times.
+
+``python benchmarks/repro_common.py --time [--quick|--smoke] [--tasks ...] [--steps N]``
+measures seconds per training epoch (baseline and resistant recipes), per evaluation pass and
+per data set gradient.
 """
 
 from __future__ import annotations
