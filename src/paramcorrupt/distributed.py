@@ -14,15 +14,23 @@ What lives here:
 
 * who am I: :func:`is_distributed`, :func:`get_rank`, :func:`get_world_size`,
   :func:`is_main_process`, :func:`use_distributed` (resolves the ``distributed=None`` "auto"
-  argument of :func:`~paramcorrupt.dataset_gradient` and :func:`~paramcorrupt.evaluate`);
-* sharding data: :func:`shard` (any re-iterable loader, batch by batch; a ``DataLoader`` over
-  a map-style data set, example by example with :class:`ExactDistributedSampler`), and
-  :func:`split` for a list of work items (probe configurations);
+  argument of :func:`~paramcorrupt.dataset_gradient`, :func:`~paramcorrupt.evaluate`,
+  ``probe.sweep`` and ``train.fit``), :func:`local` (a block where "auto" means one process);
+* sharding data: :func:`shard` (a loader's own ``shard(rank, world_size)``; a ``DataLoader``
+  over a map-style data set example by example with :class:`ExactDistributedSampler`; any
+  other re-iterable batch by batch with :class:`ShardedLoader`), :func:`split` for a list;
 * communication: :func:`all_reduce_sums` (float64, bucketed: one collective per 32 MiB),
-  :func:`all_reduce_scalars`, :func:`all_gather_objects`, :func:`broadcast_object`, :func:`barrier`;
-  a collective that fails because another rank died raises :class:`PeerFailedError`;
-* process groups: :func:`init_from_env` / :func:`session` (what the CLI uses under torchrun)
-  and :func:`spawn` (run a function in N local processes — tests, notebooks, benchmarks).
+  :func:`all_reduce_scalars`, :func:`all_gather_objects`, :func:`broadcast_object`,
+  :func:`broadcast_module`, :func:`barrier`; a collective that fails because another rank died
+  raises :class:`PeerFailedError`;
+* work split across ranks: :func:`map_ordered` (round-robin, gathered in rounds, rank 0
+  writes in order; a failure on any rank raises :class:`RankFailedError` on every rank) and
+  :func:`on_main` (rank 0 does it, every rank gets the result or the error) — the probe sweep;
+* data-parallel training: :func:`ddp` (DistributedDataParallel whose gradient sync sums),
+  :func:`batch_part`, :func:`no_sync`, :func:`grad_divisor`, :func:`unwrap` — ``train.fit``;
+* process groups: :func:`init_from_env`, :func:`session`, :func:`command_session` (what the
+  CLI uses under torchrun: stdout and files on rank 0, rank-tagged errors) and :func:`spawn`
+  (run a function in N local processes — tests, notebooks, benchmarks).
 
 Single-process behaviour is untouched: when ``torch.distributed`` is not initialised every
 helper is the identity, and the core functions take exactly their old code path.
