@@ -28,11 +28,18 @@ def _ptb_lm(**options: Any) -> Task:
     return ptb_lm_task(**options)
 
 
+def _ptb_dep(**options: Any) -> Task:
+    from .parser import ptb_dep_task
+
+    return ptb_dep_task(**options)
+
+
 #: name -> factory(**options) -> Task. Factories import their dependencies lazily.
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "cifar10": _cifar10,
     "ptb-lm": _ptb_lm,
+    "ptb-dep": _ptb_dep,
 }
 
 

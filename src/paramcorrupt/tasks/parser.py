@@ -1,0 +1,359 @@
+"""The ``ptb-dep`` task: Chen & Manning's MLP dependency parser on NLTK's Penn Treebank sample.
+
+Data (:mod:`paramcorrupt.data.dependency`): ``data_dir`` or ``$PARAMCORRUPT_DATA`` names the
+folder holding ``ptb_dep_nltk/dependency_treebank.zip`` (3,907 well-formed sentences,
+unlabelled). A seeded random ``held_out`` share (10 % by default) of the sentences (or of the
+files, ``split_by="file"``) is the evaluation set; the rest is the training set, its
+vocabulary and the data the gradient is taken on.
+
+Batches:
+
+- ``train_loader`` / ``gradient_loader``: :class:`TransitionBatches`, mappings
+  ``{"features": [B, 36 or 48], "target": [B]}`` of the static oracle's configurations of the
+  training trees (non-projective trees left out), shuffled (training) or in order (gradient);
+- ``eval_loader``: :class:`SentenceBatches`, the held-out sentences ``batch_size`` at a time,
+  mappings with the oracle's ``features`` / ``target`` of the batch's projective trees and the
+  encoded ``sentences``.
+
+The loss (:class:`ParserLoss`) is the mean cross-entropy over oracle transitions (weight: the
+number of transitions). On a batch that carries ``sentences`` it also parses them greedily with
+the model as it is — corrupted weights included — and hands the predicted trees to the
+metrics: ``uas`` (and ``las`` for labelled data), the share of non-punctuation tokens with
+the right head, so ``evaluate(task.model, task.eval_loader, ...)`` gives the UAS. UAS is not
+differentiable: gradient-based corruption uses the gradient of the loss, as in the paper.
+
+Groupings: ``"type"`` — ``embeddings`` (word, POS, label), ``hidden``, ``output``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..groups import ParameterGroup, select
+from ..losses import BatchLoss
+from ..models.mlp_parser import (
+    EncodedSentence,
+    MLPParser,
+    ParserVocab,
+    attachment_scores,
+    oracle,
+    parse,
+)
+from .base import Task
+from .cifar10 import as_int, load_into, load_weights, resolve_device
+
+__all__ = [
+    "ParseOutput",
+    "ParserLoss",
+    "SentenceBatches",
+    "TransitionBatches",
+    "attachment_metric",
+    "parser_groups",
+    "ptb_dep_task",
+    "train_parser",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def oracle_tensors(
+    sentences: Sequence[EncodedSentence], num_labels: int, labelled: bool
+) -> tuple[Tensor, Tensor, int]:
+    """(features [N, F], transitions [N], number of non-projective trees left out)."""
+    feats: list[list[int]] = []
+    moves: list[int] = []
+    skipped = 0
+    for s in sentences:
+        result = oracle(s, num_labels, labelled)
+        if result is None:
+            skipped += 1
+            continue
+        feats += result[0]
+        moves += result[1]
+    width = 48 if labelled else 36
+    x = torch.tensor(feats, dtype=torch.long) if feats else torch.zeros(0, width, dtype=torch.long)
+    return x, torch.tensor(moves, dtype=torch.long), skipped
+
+
+class TransitionBatches:
+    """Re-iterable ``{"features", "target"}`` batches of oracle configurations, in order or
+    shuffled by a seeded generator."""
+
+    def __init__(self, features: Tensor, target: Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> None:
+        self.features, self.target = features, target
+        self.batch_size, self.shuffle = as_int(batch_size, "batch_size"), shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.target) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        n = len(self.target)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield {"features": self.features[start : start + self.batch_size], "target": self.target[start : start + self.batch_size]}
+            else:
+                idx = order[start : start + self.batch_size]
+                yield {"features": self.features[idx], "target": self.target[idx]}
+
+    def shard(self, rank: int, world_size: int) -> TransitionBatches:
+        """Every ``world_size``-th configuration from ``rank`` (one process's part)."""
+        return TransitionBatches(
+            self.features[rank::world_size], self.target[rank::world_size], self.batch_size,
+            shuffle=self.shuffle, seed=int(self.generator.initial_seed()),
+        )
+
+
+class SentenceBatches:
+    """Re-iterable batches of whole sentences: ``{"features", "target", "sentences"}``."""
+
+    def __init__(self, sentences: Sequence[EncodedSentence], batch_size: int, num_labels: int, labelled: bool) -> None:
+        self.sentences = list(sentences)
+        self.batch_size = as_int(batch_size, "batch_size")
+        self.batches = []
+        self.non_projective = 0
+        for start in range(0, len(self.sentences), self.batch_size):
+            part = self.sentences[start : start + self.batch_size]
+            x, y, skipped = oracle_tensors(part, num_labels, labelled)
+            self.non_projective += skipped
+            self.batches.append({"features": x, "target": y, "sentences": part})
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.batches)
+
+    def shard(self, rank: int, world_size: int) -> SentenceBatches:
+        part = object.__new__(SentenceBatches)
+        part.sentences, part.batch_size = self.sentences, self.batch_size
+        part.batches, part.non_projective = self.batches[rank::world_size], self.non_projective
+        return part
+
+
+class ParseOutput(NamedTuple):
+    """What :class:`ParserLoss` hands to metrics."""
+
+    logits: Tensor
+    parses: list | None
+    """greedy ``(heads, labels)`` per sentence of the batch, or None (no sentences)"""
+
+
+class ParserLoss:
+    """Cross-entropy over oracle transitions; parses the batch's ``sentences`` (if any)."""
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> BatchLoss:
+        target = batch["target"]
+        logits = model(batch["features"])
+        if len(target):
+            loss = F.cross_entropy(logits.float(), target)
+        else:  # only non-projective trees in the batch: no oracle transitions
+            loss = logits.sum() * 0.0
+        parses = parse(model, batch["sentences"]) if "sentences" in batch else None
+        return BatchLoss(loss, float(max(len(target), 1)), ParseOutput(logits, parses))
+
+
+def attachment_metric(labelled: bool = False):
+    """``uas`` (``labelled=False``) or ``las``: correct attachments / non-punctuation tokens."""
+
+    def metric(output: ParseOutput, batch: Mapping[str, Any]) -> tuple[int, int]:
+        if output.parses is None:
+            raise ValueError("attachment scores need a batch with 'sentences' (the eval loader)")
+        heads_ok, both_ok, total = attachment_scores(output.parses, batch["sentences"])
+        return (both_ok if labelled else heads_ok), total
+
+    return metric
+
+
+def parser_groups(model: nn.Module) -> dict[str, ParameterGroup]:
+    """``embeddings`` (word, POS and label embeddings), ``hidden``, ``output``."""
+    return {
+        "embeddings": select(model, ["word_embedding", "pos_embedding", "label_embedding"], name="embeddings"),
+        "hidden": select(model, "hidden", name="hidden"),
+        "output": select(model, "output", name="output"),
+    }
+
+
+def train_parser(
+    model: nn.Module,
+    loader: Any,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    decay: float = 0.9,
+    weight_decay: float = 1e-8,
+    eval_fn: Any = None,
+) -> list[dict[str, float]]:
+    """Adam with the learning rate multiplied by ``decay`` after every epoch (the paper's
+    recipe); ``eval_fn(model)`` -> dict is called after every epoch. Returns the history."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
+    loss_fn = ParserLoss()
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        total = count = 0.0
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            out = loss_fn(model, batch)
+            out.loss.backward()
+            optimizer.step()
+            total += float(out.loss.detach()) * out.weight
+            count += out.weight
+        schedule.step()
+        model.eval()
+        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1.0)}
+        if eval_fn is not None:
+            row.update(eval_fn(model))
+        logger.info("ptb-dep epoch %d: %s", epoch + 1, row)
+        history.append(row)
+    model.eval()
+    return history
+
+
+@functools.lru_cache(maxsize=2)
+def _sentences(data_dir: str | None) -> tuple:
+    from ..data.dependency import load_ptb_dependency
+
+    return tuple(load_ptb_dependency(data_dir))
+
+
+def ptb_dep_task(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    held_out: Any = 0.1,
+    split_by: str = "sentence",
+    split_seed: Any = 0,
+    min_count: Any = 2,
+    emb_size: Any = 50,
+    hidden_size: Any = 200,
+    activation: str = "cube",
+    dropout: Any = 0.5,
+    checkpoint: str | os.PathLike[str] | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+    epochs: Any = 0,
+    lr: Any = 1e-3,
+    batch_size: Any = 1024,
+    gradient_batch_size: Any = 4096,
+    eval_batch_size: Any = 512,
+    limit_train_sentences: Any = None,
+    limit_eval_sentences: Any = None,
+    seed: Any = 0,
+    device: str | torch.device | None = None,
+) -> Task:
+    """The PTB dependency-parsing task (see the module's docstring).
+
+    Every option may be given as a string (as ``--task-option KEY=VALUE`` passes it).
+
+    Args:
+        data_dir: the folder containing ``ptb_dep_nltk/dependency_treebank.zip``.
+        cache_dir: accepted for symmetry with the other tasks (unused).
+        held_out: the share of sentences (or files) held out for evaluation.
+        split_by: "sentence" or "file".
+        split_seed: seeds the split.
+        min_count: words seen fewer times in training map to UNK.
+        emb_size, hidden_size, activation ("cube" or "relu"), dropout: the model.
+        checkpoint / state_dict: trained weights.
+        epochs: train this many epochs in the task when no weights are given (default 0:
+            the model stays untrained).
+        lr: Adam's learning rate when training here (decayed by 0.9 per epoch).
+        batch_size, gradient_batch_size, eval_batch_size: transitions per training and
+            gradient batch; sentences per evaluation batch.
+        limit_train_sentences, limit_eval_sentences: keep only the first sentences of each
+            part (tiny slices for tests).
+        seed: seeds the initialisation and the batch order.
+        device: "cpu" (default), "cuda", "auto", ...
+
+    Raises:
+        FileNotFoundError: when the archive (or the checkpoint) is not found.
+        ValueError: for bad options or weights that do not fit the model.
+    """
+    from ..data.dependency import split_sentences
+
+    del cache_dir
+    if checkpoint is not None and state_dict is not None:
+        raise ValueError("give checkpoint or state_dict, not both")
+    seed = as_int(seed, "seed", minimum=0)
+    epochs = as_int(epochs, "epochs", minimum=0)
+    limit_train = as_int(limit_train_sentences, "limit_train_sentences", optional=True)
+    limit_eval = as_int(limit_eval_sentences, "limit_eval_sentences", optional=True)
+    device = resolve_device(device)
+
+    sentences = _sentences(None if data_dir is None else str(data_dir))
+    train, test = split_sentences(sentences, float(held_out), as_int(split_seed, "split_seed", minimum=0), split_by)
+    train, test = train[:limit_train], test[:limit_eval]
+    vocab = ParserVocab(train, as_int(min_count, "min_count"))
+    num_labels = max(1, len(vocab.labels))
+    train_enc = [vocab.encode(s) for s in train]
+    test_enc = [vocab.encode(s) for s in test]
+    x, y, non_projective = oracle_tensors(train_enc, num_labels, vocab.labelled)
+    x, y = x.to(device), y.to(device)
+
+    torch.manual_seed(seed)
+    net = MLPParser(
+        len(vocab.words), len(vocab.pos), len(vocab.labels),
+        emb_size=as_int(emb_size, "emb_size"), hidden_size=as_int(hidden_size, "hidden_size"),
+        activation=activation, dropout=float(dropout),
+    )
+    train_loader = TransitionBatches(x, y, batch_size, shuffle=True, seed=seed)
+    eval_loader = SentenceBatches(test_enc, eval_batch_size, num_labels, vocab.labelled)
+    if device.type != "cpu":
+        for batch in eval_loader.batches:
+            batch["features"], batch["target"] = batch["features"].to(device), batch["target"].to(device)
+    trained = False
+    history: list[dict[str, float]] = []
+    if checkpoint is not None:
+        state_dict = load_weights(checkpoint)
+    if state_dict is not None:
+        load_into(net, state_dict, "the MLP parser")
+        trained = True
+    net.to(device)
+    if state_dict is None and epochs > 0:
+        history = train_parser(net, train_loader, epochs=epochs, lr=float(lr))
+        trained = True
+    elif state_dict is None:
+        logger.info("ptb-dep: no checkpoint given, the parser is untrained")
+    net.eval()
+
+    metrics: dict[str, Any] = {"uas": attachment_metric(False)}
+    if vocab.labelled:
+        metrics["las"] = attachment_metric(True)
+    return Task(
+        name="ptb-dep",
+        model=net,
+        gradient_loader=TransitionBatches(x, y, gradient_batch_size),
+        eval_loader=eval_loader,
+        loss_fn=ParserLoss(),
+        metrics=metrics,
+        primary_metric="uas",
+        higher_is_better=True,
+        groupings={"type": parser_groups, "position": parser_groups},
+        train_loader=train_loader,
+        info={
+            "seed": seed,
+            "trained": trained,
+            "history": history,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "train_sentences": len(train),
+            "eval_sentences": len(test),
+            "train_transitions": len(y),
+            "non_projective_train": non_projective,
+            "non_projective_eval": eval_loader.non_projective,
+            "vocab": {"words": len(vocab.words), "pos": len(vocab.pos), "labels": len(vocab.labels)},
+            "labelled": vocab.labelled,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "device": str(device),
+            "recipe": {"optimizer": "adam", "lr": float(lr), "decay": 0.9, "batch_size": int(batch_size)},
+        },
+    )
