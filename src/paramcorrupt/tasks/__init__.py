@@ -34,12 +34,19 @@ def _ptb_dep(**options: Any) -> Task:
     return ptb_dep_task(**options)
 
 
+def _multi30k(**options: Any) -> Task:
+    from .translation import multi30k_task
+
+    return multi30k_task(**options)
+
+
 #: name -> factory(**options) -> Task. Factories import their dependencies lazily.
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
     "cifar10": _cifar10,
     "ptb-lm": _ptb_lm,
     "ptb-dep": _ptb_dep,
+    "multi30k": _multi30k,
 }
 
 
