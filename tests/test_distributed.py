@@ -1,10 +1,14 @@
 """torch.distributed: 2 gloo processes on CPU give the single-process numbers.
 
-Each test launches its processes once (``paramcorrupt.distributed.spawn``: fresh interpreters,
-a free port) and runs every check of its theme inside them, to keep the suite fast.
+Each test launches its processes once (``paramcorrupt.distributed.spawn``: forked, or fresh
+interpreters with PARAMCORRUPT_TEST_START=spawn; a free port) and runs every check of its
+theme inside them, to keep the suite fast. One test runs the CLI under torchrun.
 """
 
 from __future__ import annotations
+
+import multiprocessing
+import os
 
 import pytest
 import torch
@@ -17,8 +21,15 @@ from paramcorrupt.losses import accuracy, classification_loss
 
 N_EXAMPLES = 37  # odd: the shards cannot be even
 
-#: fork starts the 2 processes in milliseconds (spawn re-imports torch: seconds each)
-START = "fork" if "fork" in __import__("multiprocessing").get_all_start_methods() else "spawn"
+#: fork starts the 2 processes in milliseconds (spawn re-imports torch: seconds each); the
+#: forked processes run one torch thread each (OpenMP is not fork-safe). PARAMCORRUPT_TEST_START
+#: overrides it ("spawn").
+START = os.environ.get(
+    "PARAMCORRUPT_TEST_START", "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+)
+
+#: a hung process group must fail the test, not the CI job (pytest-timeout, a test dependency)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _spawn(fn, *args):
