@@ -69,8 +69,15 @@ def _worker(state: dict, config: SweepConfig, out_dir: str, repeats: int) -> dic
         D.barrier()
         start = time.perf_counter()
         rows = sweep(
-            task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
-            groups=groups, store=ResultsStore(path), progress=False,
+            task.model,
+            config,
+            task.gradient_loader,
+            task.eval_loader,
+            task.loss_fn,
+            task.metrics,
+            groups=groups,
+            store=ResultsStore(path),
+            progress=False,
         )
         D.barrier()
         times.append(time.perf_counter() - start)
@@ -95,7 +102,9 @@ def _worker(state: dict, config: SweepConfig, out_dir: str, repeats: int) -> dic
     from paramcorrupt.train import CorruptionResistant, fit
 
     model = task.model
-    optimizer = CorruptionResistant(model.parameters(), torch.optim.SGD, eps=0.1, model=model, lr=0.01, momentum=0.9)
+    optimizer = CorruptionResistant(
+        model.parameters(), torch.optim.SGD, eps=0.1, model=model, lr=0.01, momentum=0.9
+    )
     batch = next(iter(task.train_loader))
     sizes.clear()
     fit(model, optimizer, [batch], task.loss_fn, epochs=1)
@@ -121,7 +130,9 @@ def _row_difference(a: list[dict], b: list[dict]) -> float:
 
 def _run(world: int, threads: int, state: dict, config: SweepConfig, repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as out_dir:
-        return D.spawn(_worker, world, state, config, out_dir, repeats, threads=threads)  # fresh interpreters
+        return D.spawn(
+            _worker, world, state, config, out_dir, repeats, threads=threads
+        )  # fresh interpreters
 
 
 def main() -> None:
@@ -133,10 +144,17 @@ def main() -> None:
     cores = os.cpu_count() or 1
     trials, eps, repeats = (2, [1e-2, 1e-1], 1) if args.quick else (5, [1e-3, 1e-2, 1e-1], 3)
     config = SweepConfig(
-        methods=["random", "gradient"], trials=trials, p_values=["inf"], n_values=[None, 100], eps_values=eps,
-        task="bench-distributed", grouping="position",
+        methods=["random", "gradient"],
+        trials=trials,
+        p_values=["inf"],
+        n_values=[None, 100],
+        eps_values=eps,
+        task="bench-distributed",
+        grouping="position",
     )
-    print(f"machine: {cores} CPU cores (os.cpu_count), torch {torch.__version__}, gloo on localhost")
+    print(
+        f"machine: {cores} CPU cores (os.cpu_count), torch {torch.__version__}, gloo on localhost"
+    )
     print("training the digits model (3 epochs) ...", flush=True)
     state = {k: v.clone() for k, v in _task(None).model.state_dict().items()}
 
@@ -162,32 +180,49 @@ def main() -> None:
     rows = len(one["rows"])
     params = one["params"]
     print()
-    print(f"(1) sweep, {rows} rows (by position, {len(config.eps_values)} eps, n = all/100, random x{trials} + gradient), "
-          f"median of {repeats}:")
+    print(
+        f"(1) sweep, {rows} rows (by position, {len(config.eps_values)} eps, n = all/100, random x{trials} + gradient), "
+        f"median of {repeats}:"
+    )
     print(f"    1 process   x {full['threads']} threads: {sweep1_full:6.2f} s")
     print(f"    1 process   x {one['threads']} thread:  {sweep1:6.2f} s")
-    print(f"    2 processes x {two[0]['threads']} thread{'s' if two[0]['threads'] > 1 else ' '}: {sweep2:6.2f} s"
-          f"   speed-up {sweep1_full / sweep2:.2f}x over the first, {sweep1 / sweep2:.2f}x over the second")
-    print(f"    rows: same keys and order; largest relative difference of a number {diff:.1e} "
-          "(1 vs 2 torch threads round convolutions differently)")
-    print(f"(2) dataset gradient of the {one['params']:,}-parameter model over the training set: "
-          f"1 process x {full['threads']} threads {grad1_full * 1000:.0f} ms, x 1 thread {grad1 * 1000:.0f} ms, "
-          f"2 processes {grad2 * 1000:.0f} ms")
+    print(
+        f"    2 processes x {two[0]['threads']} thread{'s' if two[0]['threads'] > 1 else ' '}: {sweep2:6.2f} s"
+        f"   speed-up {sweep1_full / sweep2:.2f}x over the first, {sweep1 / sweep2:.2f}x over the second"
+    )
+    print(
+        f"    rows: same keys and order; largest relative difference of a number {diff:.1e} "
+        "(1 vs 2 torch threads round convolutions differently)"
+    )
+    print(
+        f"(2) dataset gradient of the {one['params']:,}-parameter model over the training set: "
+        f"1 process x {full['threads']} threads {grad1_full * 1000:.0f} ms, x 1 thread {grad1 * 1000:.0f} ms, "
+        f"2 processes {grad2 * 1000:.0f} ms"
+    )
     print(f"(3) communication per rank ({params:,} parameters):")
-    print(f"    dataset gradient: {two[0]['gradient_bytes']:,} bytes in {two[0]['gradient_calls']} all_reduce "
-          f"(float64: 8 x (parameters + 2) = {8 * (params + 2):,})")
-    print(f"    CorruptionResistant step under DDP: {two[0]['step_bytes']:,} bytes in {two[0]['step_calls']} all_reduce "
-          f"(2 passes x float32 gradient = {2 * 4 * params:,}, + the global weight and loss per pass)")
+    print(
+        f"    dataset gradient: {two[0]['gradient_bytes']:,} bytes in {two[0]['gradient_calls']} all_reduce "
+        f"(float64: 8 x (parameters + 2) = {8 * (params + 2):,})"
+    )
+    print(
+        f"    CorruptionResistant step under DDP: {two[0]['step_bytes']:,} bytes in {two[0]['step_calls']} all_reduce "
+        f"(2 passes x float32 gradient = {2 * 4 * params:,}, + the global weight and loss per pass)"
+    )
     print("    (bytes handed to all_reduce; gloo's ring sends about 2 (N-1)/N times that per rank)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"cores": cores, "rows": rows, "params": params,
-                 "sweep_seconds": {"1x all cores": sweep1_full, "1x1": sweep1, "2": sweep2},
-                 "gradient_seconds": {"1x all cores": grad1_full, "1x1": grad1, "2": grad2},
-                 "gradient_bytes": two[0]["gradient_bytes"],
-                 "step_bytes": two[0]["step_bytes"]},
-                f, indent=1,
+                {
+                    "cores": cores,
+                    "rows": rows,
+                    "params": params,
+                    "sweep_seconds": {"1x all cores": sweep1_full, "1x1": sweep1, "2": sweep2},
+                    "gradient_seconds": {"1x all cores": grad1_full, "1x1": grad1, "2": grad2},
+                    "gradient_bytes": two[0]["gradient_bytes"],
+                    "step_bytes": two[0]["step_bytes"],
+                },
+                f,
+                indent=1,
             )
 
 

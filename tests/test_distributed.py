@@ -25,7 +25,8 @@ N_EXAMPLES = 37  # odd: the shards cannot be even
 #: forked processes run one torch thread each (OpenMP is not fork-safe). PARAMCORRUPT_TEST_START
 #: overrides it ("spawn").
 START = os.environ.get(
-    "PARAMCORRUPT_TEST_START", "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    "PARAMCORRUPT_TEST_START",
+    "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn",
 )
 
 #: a hung process group must fail the test, not the CI job (pytest-timeout, a test dependency)
