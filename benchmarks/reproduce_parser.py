@@ -1,0 +1,263 @@
+"""Reproduce the paper's parsing results: Table 1 (gradient-based vs random corruption, L_inf,
+n = k and n = 100) and the vulnerability of the parameter types (embeddings, hidden, output)
+for Chen & Manning's MLP parser on NLTK's PTB dependency sample (``ptb-dep``).
+
+    .venv/bin/python benchmarks/reproduce_parser.py            # full: 10 epochs, 3 random trials
+    .venv/bin/python benchmarks/reproduce_parser.py --quick    # < 5 min: 2 epochs, 2 trials
+    .venv/bin/python benchmarks/reproduce_parser.py --smoke    # seconds: a slice, 1 epoch
+
+The model is trained first (Adam 1e-3, decay 0.9 per epoch, batch 1024, as the paper's
+appendix) unless a model with the same options is in ``--out``/models. The gradient is the
+data set gradient of the oracle-transition loss on the training split; UAS (punctuation not
+scored) is measured by greedy parsing of the held-out split. Writes ``parser/summary.md``
+(the paper's numbers beside ours), ``summary.json``, the sweep rows and the probe report.
+
+The generic machinery here (:func:`run_family`) also drives ``reproduce_transformer.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import repro_common as rc  # noqa: E402
+
+#: the paper's Table 1, PTB-Parsing column (UAS %): (n, eps) -> (random, proposed)
+PAPER_PARSER = {
+    "clean": 87.3,
+    (None, 1e-4): ("*", "*"),
+    (None, 1e-3): ("*", "80.6 (-6.7)"),
+    (None, 1e-2): ("79.8 (-7.5)", "6.1 (-81.2)"),
+    (None, 1e-1): ("0.0 (-87.3)", "0.0 (-87.3)"),
+    (None, 1.0): ("0.0 (-87.3)", "0.0 (-87.3)"),
+    (100, 1e-2): ("*", "64.6 (-22.7)"),
+    (100, 1e-1): ("*", "11.0 (-76.3)"),
+    (100, 1.0): ("87.1 (-0.2)", "0.0 (-87.3)"),
+    (100, 10.0): ("31.9 (-55.4)", "0.0 (-87.3)"),
+    (100, 100.0): ("0.0 (-87.3)", "0.0 (-87.3)"),
+}
+
+FAMILY = {
+    "task": "ptb-dep",
+    "metric": "uas",
+    "unit": "UAS %",
+    "scale": 100.0,
+    "paper": PAPER_PARSER,
+    "grouping": "type",
+    "sizes": {
+        "smoke": {
+            "task": {"limit_train_sentences": 200, "limit_eval_sentences": 40, "hidden_size": 32},
+            "epochs": 1,
+            "table1": [(None, (1e-3, 1e-1), 1), (100, (1.0, 100.0), 1)],
+            "groups": {"p": math.inf, "n": 100, "eps": (1.0,)},
+        },
+        "quick": {
+            "task": {},
+            "epochs": 2,
+            "table1": [(None, (1e-4, 1e-3, 1e-2, 1e-1, 1.0), 2), (100, (1e-2, 1e-1, 1.0, 10.0, 100.0), 2)],
+            "groups": {"p": math.inf, "n": 100, "eps": (0.1, 1.0)},
+        },
+        "full": {
+            "task": {},
+            "epochs": 10,
+            "table1": [(None, (1e-4, 1e-3, 1e-2, 1e-1, 1.0), 3), (100, (1e-2, 1e-1, 1.0, 10.0, 100.0), 3)],
+            "groups": {"p": math.inf, "n": 100, "eps": (0.01, 0.1, 1.0)},
+        },
+    },
+}
+
+logger = logging.getLogger("reproduction")
+
+
+def arguments(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = rc.parser(description, tasks=())
+    return ap.parse_args(argv)
+
+
+def setup(args: argparse.Namespace, script: str) -> Path:
+    """Threads, logging, the data folder and the output folder (``rc.setup`` without its
+    check of the task names, which lists the image and language-model tasks only)."""
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.data_dir is None and not os.environ.get("PARAMCORRUPT_DATA"):
+        default = rc.ROOT.parent / "shared" / "data"
+        if default.is_dir():
+            args.data_dir = str(default)
+    args.out = Path(args.out or rc.ROOT / "runs" / "reproduction" / args.mode)
+    (args.out / script).mkdir(parents=True, exist_ok=True)
+    return args.out / script
+
+
+def trained(family: Mapping[str, Any], args: argparse.Namespace, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """The task with its model trained in the task (``epochs``), reused from ``--out``/models
+    when a model with the same options exists."""
+    import torch
+
+    from paramcorrupt.evaluate import evaluate
+    from paramcorrupt.tasks import get_task
+
+    size = family["sizes"][args.mode]
+    options = {**size["task"], "seed": seed, "epochs": size["epochs"]}
+    ident = {"task": family["task"], "mode": args.mode, "options": options}
+    digest = rc._digest(ident)
+    folder = args.out / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{family['task']}-seed{seed}.{digest}.pt"
+    meta_path = weights.with_suffix(".json")
+    common = {"data_dir": args.data_dir, "device": args.device}
+    if weights.exists() and meta_path.exists() and not args.fresh:
+        task = get_task(family["task"], **common, **{**options, "epochs": 0}, checkpoint=str(weights))
+        task.info["model_id"] = digest
+        logger.info("%s: reusing %s", family["task"], weights)
+        return task, json.loads(meta_path.read_text())
+    started = time.perf_counter()
+    task = get_task(family["task"], **common, **options)
+    seconds = time.perf_counter() - started
+    clean = evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics)
+    meta = {
+        "id": digest,
+        **ident,
+        "history": task.info.get("history"),
+        "build_and_train_seconds": seconds,
+        "clean": clean,
+        "parameters": task.info.get("parameters"),
+        "machine": rc.machine(args),
+    }
+    torch.save(task.model.state_dict(), weights)
+    meta_path.write_text(json.dumps(meta, indent=1, default=str))
+    task.info["model_id"] = digest
+    logger.info("%s trained in %.0f s: %s", family["task"], seconds, clean)
+    return task, meta
+
+
+def _cell(value: float | None, clean: float, scale: float) -> str:
+    if value is None:
+        return "—"
+    shown, base = scale * value, scale * clean
+    if abs(shown - base) < 0.1:
+        return f"{shown:.2f} *"
+    return f"{shown:.2f} ({shown - base:+.2f})"
+
+
+def table1(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Namespace) -> tuple[list[str], dict, list[Path]]:
+    """Random vs gradient-based corruption of every parameter (L_inf)."""
+    from paramcorrupt.probe import SweepConfig
+
+    metric, scale, paper = family["metric"], family["scale"], family["paper"]
+    rows, files = [], []
+    for n, eps_values, trials in family["sizes"][args.mode]["table1"]:
+        config = SweepConfig(
+            methods=("random", "gradient"), trials=trials, p_values=(math.inf,), n_values=(n,),
+            eps_values=eps_values, seed=0, task=f"{family['task']}:{args.mode}", grouping="all",
+            metric=metric, measure_gradient_data=False,
+        )
+        path = folder / f"table1-n{'all' if n is None else n}.jsonl"
+        part, path = rc.run_sweep(task, config, path, args)
+        rows += part
+        files.append(path)
+    clean = rows[0]["metric_before"]
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["n_requested"], r["eps"], r["method"]), []).append(r)
+    settings = sorted({(n, eps) for n, eps, _ in by}, key=lambda s: (s[0] is not None, s[0] or 0, s[1]))
+    out, data = [], []
+    for n, eps in settings:
+        rand = [r["metric_after"] for r in by.get((n, eps, "random"), [])]
+        grad = by.get((n, eps, "gradient"), [])
+        r_metric = rc.mean(rand)
+        g_metric = grad[0]["metric_after"] if grad else None
+        p_rand, p_grad = paper.get((n, eps), ("", ""))
+        out.append(["k" if n is None else n, f"{eps:g}", p_rand, p_grad, _cell(r_metric, clean, scale), _cell(g_metric, clean, scale)])
+        data.append({"n": n, "eps": eps, "random_metric": r_metric, "gradient_metric": g_metric, "random_trials": len(rand)})
+    wins = sum(
+        (d["gradient_metric"] is not None and d["random_metric"] is not None and d["gradient_metric"] <= d["random_metric"] + 1e-12)
+        for d in data
+    )
+    lines = [
+        f"## Table 1: {family['task']} ({family['unit']}; k = {rows[0]['k']:,} parameters)",
+        "",
+        f"Clean: paper {paper['clean']}, ours {scale * clean:.2f}.",
+        "",
+        *rc.table(["n", "eps", "paper random", "paper gradient", "ours random (mean)", "ours gradient"], out),
+        f"Gradient-based at least as damaging as random in {wins} of {len(data)} settings.",
+        "",
+    ]
+    return lines, {"clean": clean, "k": rows[0]["k"], "rows": data, "gradient_wins": wins}, files
+
+
+def groups_sweep(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Namespace) -> tuple[list[str], dict, list[Path]]:
+    """Gradient-based corruption of each group of the family's grouping (n coordinates)."""
+    from paramcorrupt.probe import SweepConfig
+
+    spec = family["sizes"][args.mode]["groups"]
+    grouping = family["grouping"]
+    groups = task.groupings[grouping](task.model)
+    config = SweepConfig(
+        methods=("gradient",), p_values=(spec["p"],), n_values=(spec["n"],), eps_values=spec["eps"],
+        seed=0, task=f"{family['task']}:{args.mode}", grouping=grouping, metric=family["metric"],
+        measure_gradient_data=False,
+    )
+    rows, path = rc.run_sweep(task, config, folder / f"groups-{grouping}.jsonl", args, groups=groups)
+    clean, scale = rows[0]["metric_before"], family["scale"]
+    eps_values = list(spec["eps"])
+    table_rows, data = [], {}
+    for label in groups:
+        mine = {r["eps"]: r["metric_after"] for r in rows if r["group"] == label}
+        table_rows.append([label, *(_cell(mine.get(e), clean, scale) for e in eps_values)])
+        data[label] = mine
+    p = "inf" if math.isinf(spec["p"]) else f"{spec['p']:g}"
+    lines = [
+        f"## Groups by {grouping}: gradient-based corruption, L_{p}, n = {spec['n']}",
+        "",
+        *rc.table([grouping, *(f"eps {e:g}" for e in eps_values)], table_rows),
+    ]
+    return lines, {"clean": clean, "groups": data, "eps": eps_values}, [path]
+
+
+def run_family(family: Mapping[str, Any], script: str, title: str, argv: Sequence[str] | None, extra: Any = None) -> int:
+    args = arguments(title, argv)
+    folder = setup(args, script)
+    task, meta = trained(family, args)
+    lines = [
+        f"Model: {task.info.get('parameters', 0):,} parameters; training: {meta.get('build_and_train_seconds', float('nan')):.0f} s "
+        f"(task build included); history: {meta.get('history')}",
+        "",
+    ]
+    data: dict[str, Any] = {"model": meta}
+    part, summary, files = table1(family, task, folder, args)
+    lines += part
+    data["table1"] = summary
+    part, summary, more = groups_sweep(family, task, folder, args)
+    lines += part
+    data["groups"] = summary
+    files += more
+    if extra is not None:
+        part, summary, more = extra(family, task, folder, args)
+        lines += part
+        data["extra"] = summary
+        files += more
+    rc.write_probe_report(files, folder / "report", title)
+    path = rc.write_summary(folder, title, lines, data, args)
+    print(path.read_text())
+    return 0
+
+
+@rc.main_guard
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_family(FAMILY, "parser", "MLP parser (ptb-dep): Table 1 and parameter types", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
