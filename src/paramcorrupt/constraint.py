@@ -244,7 +244,8 @@ def _maximiser_values(h: Sequence[Tensor], constraint: Constraint) -> list[Tenso
     Returns tensors of the same shapes with ||a||_p = eps over all of them.
     """
     p, eps = constraint.p, constraint.eps
-    scale = max(float(x.abs().max()) if x.numel() else 0.0 for x in h)
+    nonempty = [x for x in h if x.numel()]
+    scale = float(torch.stack(torch._foreach_norm(nonempty, math.inf)).max()) if nonempty else 0.0
     if scale == 0.0:
         # G = 0: every feasible a is optimal (a.v = 0). Spread eps equally, with sign +,
         # over the kept coordinates (the first ones, by the tie rule), so a stays in S.
@@ -276,6 +277,10 @@ def _maximiser_values(h: Sequence[Tensor], constraint: Constraint) -> list[Tenso
                 o.view(-1)[i] = eps * torch.sign(flat[i])
                 break
         return out
+    if p == 2 and 1e-30 < scale < 1e30:
+        # a = eps h / ||h||_2; at this scale the squares neither overflow nor underflow
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(nonempty)).double()))
+        return list(torch._foreach_mul(list(h), eps / norm))
     # |h|^(1/(p-1)) computed on h / max|h| so that nothing overflows; p = 2 needs no power
     expo = 1.0 / (p - 1.0)
     unnormalised = []
