@@ -322,34 +322,13 @@ def build_task(name: str, args: argparse.Namespace, *, seed: int = 0, **extra: A
 
 
 def _optimizer(model: torch.nn.Module, rec: Mapping[str, Any]) -> torch.optim.Optimizer:
-    from paramcorrupt.train import CorruptionResistant
+    """The recipe's optimiser (see :func:`paramcorrupt.train.recipe.build_optimizer`), wrapped
+    in CorruptionResistant for the resistant variant."""
+    from paramcorrupt.train.recipe import build_optimizer
 
-    if rec["optimizer"] == "sgd":
-        base, kwargs = (
-            torch.optim.SGD,
-            {
-                "lr": rec["lr"],
-                "momentum": rec["momentum"],
-                "nesterov": rec["nesterov"],
-                "weight_decay": rec["weight_decay"],
-            },
-        )
-    else:
-        base, kwargs = torch.optim.Adam, {"lr": rec["lr"], "weight_decay": rec["weight_decay"]}
-    if rec["variant"] == "resistant":
-        r = rec["resistant"]
-        return CorruptionResistant(
-            model.parameters(),
-            base,
-            eps=r["eps"],
-            p=r["p"],
-            n=r["n"],
-            alpha=r["alpha"],
-            model=model,
-            max_grad_norm=rec["max_grad_norm"],
-            **kwargs,
-        )
-    return base(model.parameters(), **kwargs)
+    return build_optimizer(
+        model, rec, resistant=rec["resistant"] if rec["variant"] == "resistant" else None
+    )
 
 
 def _valid_loader(task: Any, name: str, args: argparse.Namespace) -> Any:
@@ -395,6 +374,7 @@ def trained_task(
     with the same recipe and task options exists, else trained (resuming a checkpoint)."""
     from paramcorrupt.evaluate import evaluate
     from paramcorrupt.train import fit
+    from paramcorrupt.train.recipe import build_scheduler, fit_options
 
     rec = recipe(name, args.mode, variant, **recipe_overrides)
     options = task_options(name, args.mode)
@@ -419,13 +399,8 @@ def trained_task(
         paths["checkpoint"].unlink(missing_ok=True)
     model = task.model
     optimizer = _optimizer(model, rec)
-    steps = rec["epochs"] * len(task.train_loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=rec["lr"],
-        total_steps=steps,
-        pct_start=rec["pct_start"],
-        cycle_momentum=rec["optimizer"] == "sgd",
+    scheduler = build_scheduler(
+        optimizer, rec, steps_per_epoch=len(task.train_loader), epochs=rec["epochs"]
     )
     valid = _valid_loader(task, name, args)
     watch_path = paths["checkpoint"].with_suffix(".watch.json")
@@ -459,8 +434,7 @@ def trained_task(
         task.loss_fn,
         epochs=rec["epochs"],
         scheduler=scheduler,
-        autocast_dtype=torch.bfloat16 if rec["bf16"] else None,
-        max_grad_norm=None if resistant else rec["max_grad_norm"],
+        **fit_options(rec, resistant=resistant),
         checkpoint=paths["checkpoint"],
         resume=not args.fresh,
         progress=args.progress,
@@ -657,6 +631,7 @@ def time_epochs(args: argparse.Namespace, steps: int) -> dict[str, Any]:
     from paramcorrupt.evaluate import evaluate
     from paramcorrupt.gradient import dataset_gradient
     from paramcorrupt.train import fit
+    from paramcorrupt.train.recipe import fit_options
 
     out: dict[str, Any] = {"machine": machine(args), "steps": steps}
     for name in args.tasks:
@@ -676,8 +651,7 @@ def time_epochs(args: argparse.Namespace, steps: int) -> dict[str, Any]:
                 _FirstBatches(task.train_loader, steps),
                 task.loss_fn,
                 epochs=1,
-                autocast_dtype=torch.bfloat16 if rec["bf16"] else None,
-                max_grad_norm=None if variant == "resistant" else rec["max_grad_norm"],
+                **fit_options(rec, resistant=variant == "resistant"),
             )
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             per_epoch = len(task.train_loader) / steps

@@ -7,6 +7,14 @@ evaluates it the way Table 2 does::
 
     paramcorrupt train --task digits --method resistant --eps 0.5 --alpha 0.5 --out runs/res0
 
+Every registered task trains (``digits``, ``cifar10``, ``ptb-lm``, ...): ``--task-option
+KEY=VALUE`` (repeatable) and ``--data-dir`` go to the task's factory as in ``paramcorrupt
+probe``, and the optimiser, schedule, gradient clipping and number of epochs come from the
+task's recipe (``task.info["recipe"]``, see :mod:`paramcorrupt.train.recipe`); ``--epochs``,
+``--lr`` and ``--batch-size`` override it::
+
+    paramcorrupt train --task ptb-lm --data-dir ../shared/data --task-option model=tiny --epochs 1
+
 ``compare`` runs several methods over several seeds and writes Table 2 as Markdown, mean ±
 std over seeds (finished runs are reused, so an interrupted compare resumes)::
 
@@ -19,7 +27,8 @@ override the command's options: ``resistant:eps=0.2:alpha=1``, ``resistant:inter
 Evaluation (the paper's Table 2, "n = k, L2-norm, all parameters can be corrupted"): the
 gradient-based corruption a_hat (Definition 4) of every parameter, L2, n = k, at each
 ``--eval-eps``, with the gradient taken on the training set in evaluation mode (as the paper
-does for every task but ImageNet); accuracy on the test set. Random L2 corruption of the same
+does for every task but ImageNet); the task's primary metric on its evaluation data (accuracy,
+shown in %; PTB's log-perplexity, shown as perplexity). Random L2 corruption of the same
 radius (mean of ``--random-trials`` draws) is reported beside it.
 """
 
@@ -31,7 +40,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +54,16 @@ from ..corruption import gradient_corruption, random_corruption
 from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import select
-from ..train import CorruptionResistant, RegularizedLoss, fit
+from ..train import RegularizedLoss, fit
+from ..train.recipe import build_optimizer, build_scheduler, fit_options
 from . import CLIError
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("plain", "resistant", "regularised")
 DEFAULT_EVAL_EPS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+#: epochs when neither the task's recipe nor --epochs says
+DEFAULT_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class MethodConfig:
     lam: float = 0.25
     epochs: int = 30
     lr: float = 0.1
-    batch_size: int = 64
+    batch_size: int | None = 64
 
     def label(self) -> str:
         if self.method == "plain":
@@ -150,42 +162,128 @@ def _validate(config: MethodConfig) -> None:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
 
 
-def _task(name: str, seed: int, batch_size: int) -> Any:
-    if name != "digits":
-        raise CLIError(f"training is available for the digits task only (got --task {name})")
-    from ..tasks.digits import digits_task
+@dataclass(frozen=True)
+class TaskSetup:
+    """The task a command trains: its name, factory options (strings, as ``--task-option``
+    gives them; ``data_dir`` included), its training recipe and the identity that finished
+    runs are matched by (the name, plus the options but ``data_dir`` and ``cache_dir``)."""
 
-    return digits_task(seed=seed, batch_size=batch_size, train=False)
+    name: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    identity: str = "digits"
+
+
+def _build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
+    """The task for ``seed``, its model untrained."""
+    if setup.name == "digits":
+        from ..tasks.digits import DIGITS_RECIPE
+
+        options: dict[str, Any] = {k: _number(v) for k, v in setup.options.items()}
+        options.update(batch_size=DIGITS_RECIPE["batch_size"] if batch_size is None else batch_size, train=False)
+    else:
+        options = dict(setup.options)
+    from ..tasks import get_task
+
+    try:
+        return get_task(setup.name, seed=seed, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            key = str(error).rpartition("argument")[2].strip(" '\"")
+            raise CLIError(f"unknown --task-option {key!r} for the {setup.name} task") from None
+        raise
+    except FileNotFoundError as error:
+        text = error.args[-1] if error.args else str(error)
+        raise FileNotFoundError(
+            f"{text} (give --data-dir or set PARAMCORRUPT_DATA; without data, training is available for the digits task only)"
+        ) from None
+
+
+def _number(text: Any) -> Any:
+    """A digits option from the command line: an int or float when it reads as one."""
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def task_setup(
+    name: str,
+    options: dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+) -> tuple[TaskSetup, MethodConfig]:
+    """Check the task and its options (building it once, untrained) and read its recipe:
+    the setup and the base MethodConfig (epochs, lr, batch size: the arguments, else the
+    recipe's)."""
+    from ..tasks import TASKS
+
+    if name not in TASKS:
+        raise CLIError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    options = dict(options or {})
+    for key in ("seed", "train", "checkpoint", "state_dict", "epochs"):
+        if key in options:
+            raise CLIError(f"--task-option {key} is set by the train command; use its own options instead")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if name != "digits" and batch_size is not None:
+        if "batch_size" in options:
+            raise CLIError("give the batch size once: --batch-size or --task-option batch_size")
+        options["batch_size"] = str(batch_size)
+    identity = name
+    shown = {k: v for k, v in sorted(options.items()) if k not in ("data_dir", "cache_dir")}
+    if shown:
+        identity += "(" + ",".join(f"{k}={v}" for k, v in shown.items()) + ")"
+    setup = TaskSetup(name, options, {}, identity)
+    task = _build_task(setup, seed, batch_size)
+    if task.train_loader is None:
+        raise CLIError(f"the {name} task has no training data (train_loader)")
+    recipe = dict(task.info.get("recipe") or {})
+    if "lr" not in recipe and lr is None:
+        raise CLIError(f"the {name} task gives no training recipe with a learning rate; give --lr")
+    if batch_size is None:
+        batch_size = recipe.get("batch_size", getattr(task.train_loader, "batch_size", None))
+    config = MethodConfig(
+        epochs=int(epochs if epochs is not None else recipe.get("epochs", DEFAULT_EPOCHS)),
+        lr=float(lr if lr is not None else recipe["lr"]),
+        batch_size=None if batch_size is None else int(batch_size),
+    )
+    return replace(setup, recipe=recipe), config
 
 
 def train_model(
-    config: MethodConfig, seed: int, *, task_name: str = "digits", checkpoint: Path | None = None, progress: bool = False
+    config: MethodConfig,
+    seed: int,
+    *,
+    task_name: str = "digits",
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    setup: TaskSetup | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train one model with one recipe (the digits recipe: SGD, Nesterov momentum 0.9,
-    weight decay 5e-4, one-cycle schedule peaking at ``lr``); return the task and a record."""
+    """Train one model with one method and the task's recipe (for digits: SGD, Nesterov
+    momentum 0.9, weight decay 5e-4, one-cycle schedule peaking at ``lr``), the recipe's
+    ``lr`` and ``epochs`` replaced by the config's; return the task and a record."""
     _validate(config)
-    task = _task(task_name, seed, config.batch_size)
+    setup = setup or TaskSetup(task_name, identity=task_name)
+    task = _build_task(setup, seed, config.batch_size)
     model = task.model
-    base = {"lr": config.lr, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
+    recipe = {**(task.info.get("recipe") or {}), **setup.recipe, "lr": config.lr, "epochs": config.epochs}
     penalty = None
-    if config.method == "resistant":
-        optimizer: torch.optim.Optimizer = CorruptionResistant(
-            model.parameters(),
-            torch.optim.SGD,
-            eps=config.eps,
-            p=config.p,
-            n=config.n,
-            alpha=config.alpha,
-            interval=config.interval,
-            model=model,
-            **base,
-        )
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), **base)
-        if config.method == "regularised":
-            penalty = RegularizedLoss(config.lam, config.p)
-    steps = config.epochs * len(task.train_loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    resistant = config.method == "resistant"
+    settings = None
+    if resistant:
+        settings = {"eps": config.eps, "p": config.p, "n": config.n, "alpha": config.alpha, "interval": config.interval}
+    optimizer = build_optimizer(model, recipe, resistant=settings)
+    if config.method == "regularised":
+        penalty = RegularizedLoss(config.lam, config.p)
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch=len(task.train_loader), epochs=config.epochs)
     started = time.perf_counter()
     history = fit(
         model,
@@ -197,6 +295,7 @@ def train_model(
         penalty=penalty,
         checkpoint=checkpoint,
         progress=progress,
+        **fit_options(recipe, resistant=resistant),
     )
     model.eval()
     # the epochs' own times: a fit resumed from a checkpoint counts the epochs run before too
@@ -206,7 +305,7 @@ def train_model(
 
 
 def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Clean accuracy and accuracy under L2, n = k corruption of every parameter (Table 2)."""
+    """The primary metric clean and under L2, n = k corruption of every parameter (Table 2)."""
     model = task.model
     metric = task.primary_metric
     group = select(model, name="all")
@@ -225,7 +324,7 @@ def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int
             with corrupted(model, random_corruption(model, constraint, group, generator=generator)):
                 values.append(evaluate(model, task.eval_loader, task.loss_fn, task.metrics)[metric])
         random_rows[f"{eps:g}"] = float(np.mean(values)) if values else None
-    return {
+    out = {
         "metric": metric,
         "clean": clean[metric],
         "clean_loss": clean["loss"],
@@ -233,6 +332,9 @@ def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int
         "random": random_rows,
         "k": group.numel(model),
     }
+    if metric not in _DISPLAY:  # the known metrics' direction is in _DISPLAY
+        out["higher_is_better"] = bool(getattr(task, "higher_is_better", True))
+    return out
 
 
 def _recipe(config: MethodConfig) -> dict[str, Any]:
@@ -252,18 +354,20 @@ def run_one(
     task_name: str = "digits",
     progress: bool = False,
     reuse: bool = True,
+    setup: TaskSetup | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one (recipe, seed), writing ``model.pt`` and ``results.json`` in
     ``out``; a finished run with the same recipe and evaluation is read back instead."""
     results_path = out / "results.json"
-    settings = {"recipe": _recipe(config), "seed": seed, "task": task_name, "eval_eps": list(eval_eps), "random_trials": random_trials}
+    setup = setup or TaskSetup(task_name, identity=task_name)
+    settings = {"recipe": _recipe(config), "seed": seed, "task": setup.identity, "eval_eps": list(eval_eps), "random_trials": random_trials}
     # under torchrun rank 0 reads and writes the files; every rank trains and evaluates
     previous = D.on_main(lambda: json.loads(results_path.read_text()) if reuse and results_path.exists() else None)
     if previous is not None and {k: previous.get(k) for k in settings} == json.loads(json.dumps(settings)):
         return previous
     if D.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    task, record = train_model(config, seed, task_name=task_name, checkpoint=out / "checkpoint.pt", progress=progress)
+    task, record = train_model(config, seed, checkpoint=out / "checkpoint.pt", progress=progress, setup=setup)
     if D.is_main_process():
         torch.save(task.model.state_dict(), out / "model.pt")
     metrics = table2_metrics(task, eval_eps, random_trials=random_trials, seed=seed)
@@ -278,14 +382,41 @@ def run_one(
 # --------------------------------------------------------------------------------------
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float) * 100
+#: metric -> (what the tables call it, value -> shown value, higher is better)
+_DISPLAY: dict[str, tuple[str, Any, bool]] = {
+    "accuracy": ("Accuracy (%)", lambda v: v * 100, True),
+    "uas": ("UAS (%)", lambda v: v * 100, True),
+    "las": ("LAS (%)", lambda v: v * 100, True),
+    "log_ppl": ("Perplexity (lower is better)", math.exp, False),
+    "perplexity": ("Perplexity (lower is better)", lambda v: v, False),
+    "loss": ("Loss (lower is better)", lambda v: v, False),
+    "bleu": ("BLEU", lambda v: v, True),
+}
+
+
+def display(metric: str, higher_is_better: bool = True) -> tuple[str, Any, bool]:
+    """How a metric is shown: (title, value -> shown value, higher is better). Accuracy in %,
+    PTB's log-perplexity as perplexity, anything else as it is."""
+    if metric in _DISPLAY:
+        return _DISPLAY[metric]
+    return (f"{metric} ({'higher' if higher_is_better else 'lower'} is better)", lambda v: v, higher_is_better)
+
+
+def _display_of(results: list[dict[str, Any]]) -> tuple[str, Any, bool]:
+    first = results[0] if results else {}
+    return display(first.get("metric", "accuracy"), first.get("higher_is_better", True))
+
+
+def _stats(values: list[float], shown: Any = lambda v: v * 100) -> tuple[float, float]:
+    arr = np.asarray([shown(v) for v in values], dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
 def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: tuple[float, ...]) -> str:
     """Table 2's layout: rows "w/o corruption" and each eps; a column per method, mean ± std
-    over seeds (accuracy, %), the difference to the first column in brackets."""
+    over seeds (accuracy in %, log-perplexity as perplexity: see :func:`display`), the
+    difference to the first column in brackets."""
+    title, shown, _ = _display_of(results)
     by_label = {label: [r for r in results if r["label"] == label] for label in labels}
     seeds = sorted({r["seed"] for r in results})
     header = "| | ε | " + " | ".join(labels) + " |"
@@ -295,7 +426,7 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
         cells = []
         base_mean = None
         for i, label in enumerate(labels):
-            mean, std = _stats([pick(r) for r in by_label[label]])
+            mean, std = _stats([pick(r) for r in by_label[label]], shown)
             if i == 0:
                 base_mean = mean
                 cells.append(f"{mean:.2f} ± {std:.2f}")
@@ -314,7 +445,7 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
     times = [f"{label}: {np.mean([r['train_seconds'] for r in by_label[label]]):.1f} s" for label in labels]
     lines.append("")
     lines.append(
-        f"Accuracy (%) on the test set, mean ± std (ddof=1) over seeds {', '.join(map(str, seeds))}; "
+        f"{title} on the test set, mean ± std (ddof=1) over seeds {', '.join(map(str, seeds))}; "
         "corruption: L2, n = k (all parameters), gradient-based a_hat with the gradient of the "
         "training set (Definition 4), random = mean of the random draws. "
         f"Mean training time per model: {'; '.join(times)}."
@@ -323,25 +454,30 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
 
 
 def goal_check(results: list[dict[str, Any]], baseline: str, candidate: str, eval_eps: tuple[float, ...]) -> list[str]:
-    """Where the baseline loses >= 10 points: is the candidate higher by more than one std
-    (the larger of the two)? And is its clean accuracy within 0.5 points?"""
+    """Where the baseline loses >= 10 points: is the candidate better by more than one std
+    (the larger of the two)? And is its clean value within 0.5 points? (Points of the shown
+    metric: accuracy in %, perplexity; "better" follows the metric's direction.)"""
     base = [r for r in results if r["label"] == baseline]
     cand = [r for r in results if r["label"] == candidate]
+    _, shown, higher = _display_of(base or cand)
+    sign = 1.0 if higher else -1.0  # sign * (a - b) > 0: a is better than b
+    better = "higher" if higher else "lower"
     lines = []
-    clean_b, _ = _stats([r["clean"] for r in base])
-    clean_c, _ = _stats([r["clean"] for r in cand])
-    lines.append(f"clean: {clean_c:.2f} vs {clean_b:.2f} ({clean_c - clean_b:+.2f}; goal >= -0.50: {'met' if clean_c - clean_b >= -0.5 else 'NOT met'})")
+    clean_b, _ = _stats([r["clean"] for r in base], shown)
+    clean_c, _ = _stats([r["clean"] for r in cand], shown)
+    goal = ">= -0.50" if higher else "<= +0.50"
+    lines.append(f"clean: {clean_c:.2f} vs {clean_b:.2f} ({clean_c - clean_b:+.2f}; goal {goal}: {'met' if sign * (clean_c - clean_b) >= -0.5 else 'NOT met'})")
     met = 0
     for eps in eval_eps:
         key = f"{eps:g}"
-        mb, sb = _stats([r["gradient"][key] for r in base])
-        mc, sc = _stats([r["gradient"][key] for r in cand])
-        if clean_b - mb < 10:
+        mb, sb = _stats([r["gradient"][key] for r in base], shown)
+        mc, sc = _stats([r["gradient"][key] for r in cand], shown)
+        if sign * (clean_b - mb) < 10:
             continue
-        ok = mc - mb > max(sb, sc)
+        ok = sign * (mc - mb) > max(sb, sc)
         met += ok
-        lines.append(f"eps={key}: baseline loses {clean_b - mb:.1f} points; {mc:.2f} ± {sc:.2f} vs {mb:.2f} ± {sb:.2f}: {'higher by more than one std' if ok else 'NOT higher by more than one std'}")
-    lines.append(f"eps values where the baseline loses >= 10 points and the candidate is higher by > 1 std: {met}")
+        lines.append(f"eps={key}: baseline loses {sign * (clean_b - mb):.1f} points; {mc:.2f} ± {sc:.2f} vs {mb:.2f} ± {sb:.2f}: {f'{better} by more than one std' if ok else f'NOT {better} by more than one std'}")
+    lines.append(f"eps values where the baseline loses >= 10 points and the candidate is {better} by > 1 std: {met}")
     return lines
 
 
@@ -351,10 +487,13 @@ def goal_check(results: list[dict[str, Any]], baseline: str, candidate: str, eva
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="digits", help="the task (default: digits; the only one that trains here)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
-    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (default: 0.1)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
+    parser.add_argument("--task", default="digits", help="the task: digits (default), cifar10, ptb-lm, ... (see paramcorrupt.tasks.TASKS)")
+    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the task's factory, e.g. model=tiny, limit_train=512 (repeatable)")
+    parser.add_argument("--data-dir", default=None, help="the folder holding the task's data (cifar10_jpg/, ptb_lm/; default: $PARAMCORRUPT_DATA)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: the task's recipe; digits: 30; else {DEFAULT_EPOCHS})")
+    parser.add_argument("--lr", type=float, default=None, help="(peak) learning rate (default: the task's recipe; digits: 0.1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the task's; digits: 64)")
     parser.add_argument("--eps", type=_float, default=0.5, help="resistant: radius of a_hat (default: 0.5, the paper's CIFAR-10 setting)")
     parser.add_argument("--p", type=_float, default=2.0, help="resistant/regularised: the norm p (default: 2)")
     parser.add_argument("--n", "--top-n", type=_n, default=None, help="resistant: top-n per step, or 'all' (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
@@ -384,18 +523,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.set_defaults(run=run_compare)
 
 
-def _base_config(args: argparse.Namespace) -> MethodConfig:
-    return MethodConfig(
-        eps=args.eps,
-        p=args.p,
-        n=args.n,
-        alpha=args.alpha,
-        interval=args.interval,
-        lam=args.lam,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
+def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, MethodConfig]:
+    from .probe import task_options
+
+    setup, base = task_setup(
+        args.task, task_options(args), seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size
     )
+    return setup, replace(base, eps=args.eps, p=args.p, n=args.n, alpha=args.alpha, interval=args.interval, lam=args.lam)
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -421,21 +555,22 @@ def _distributed(run: Any) -> Any:
 @_distributed
 def run_train(args: argparse.Namespace) -> int:
     _setup(args)
-    config = parse_method(args.method, _base_config(args))
+    setup, base = _base_config(args, args.seed)
+    config = parse_method(args.method, base)
     _validate(config)
     checkpoint = args.out / "checkpoint.pt"
     if args.no_resume and D.is_main_process() and checkpoint.exists():
         checkpoint.unlink()
-    print(f"training {config.label()} on {args.task} (seed {args.seed}, {config.epochs} epochs) ...", flush=True)
+    print(f"training {config.label()} on {setup.identity} (seed {args.seed}, {config.epochs} epochs) ...", flush=True)
     result = run_one(
         config,
         args.seed,
         args.out,
         eval_eps=args.eval_eps,
         random_trials=args.random_trials,
-        task_name=args.task,
         progress=not args.quiet,
         reuse=False,
+        setup=setup,
     )
     print()
     print(table2_markdown([result], [result["label"]], args.eval_eps))
@@ -446,15 +581,15 @@ def run_train(args: argparse.Namespace) -> int:
 @_distributed
 def run_compare(args: argparse.Namespace) -> int:
     _setup(args)
-    base = _base_config(args)
+    if not args.seeds:
+        raise CLIError("--seeds needs at least one seed")
+    setup, base = _base_config(args, args.seeds[0])
     configs = [parse_method(spec, base) for spec in args.methods]
     for config in configs:
         _validate(config)
     labels = [c.label() for c in configs]
     if len(set(labels)) != len(labels):
         raise CLIError(f"two methods have the same settings: {labels}")
-    if not args.seeds:
-        raise CLIError("--seeds needs at least one seed")
     results = []
     for config in configs:
         for seed in args.seeds:
@@ -465,12 +600,13 @@ def run_compare(args: argparse.Namespace) -> int:
                 args.out / f"{config.slug()}-seed{seed}",
                 eval_eps=args.eval_eps,
                 random_trials=args.random_trials,
-                task_name=args.task,
                 progress=not args.quiet,
+                setup=setup,
             )
+            _, shown, _ = _display_of([result])
             print(
-                f"{config.label()} seed {seed}: clean {result['clean'] * 100:.2f}, "
-                + ", ".join(f"ε={k}: {v * 100:.1f}" for k, v in result["gradient"].items())
+                f"{config.label()} seed {seed}: clean {shown(result['clean']):.2f}, "
+                + ", ".join(f"ε={k}: {shown(v):.1f}" for k, v in result["gradient"].items())
                 + f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )

@@ -17,9 +17,26 @@ from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from .base import Task
 
-__all__ = ["DigitsResNet", "digits_data", "digits_task", "train_classifier"]
+__all__ = ["DIGITS_RECIPE", "DigitsResNet", "digits_data", "digits_task", "train_classifier"]
 
 logger = logging.getLogger(__name__)
+
+#: how the digits model trains (:func:`train_classifier`'s numbers, and ``paramcorrupt train``'s
+#: defaults): SGD with Nesterov momentum 0.9, weight decay 5e-4, a one-cycle schedule peaking
+#: at lr 0.1 after 15% of the steps, 30 epochs of batches of 64. See
+#: :mod:`paramcorrupt.train.recipe` for the keys.
+DIGITS_RECIPE: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",
+    "pct_start": 0.15,
+    "max_grad_norm": None,
+    "epochs": 30,
+    "batch_size": 64,
+}
 
 
 class BasicBlock(nn.Module):
@@ -185,5 +202,11 @@ def digits_task(
         higher_is_better=True,
         groupings={"type": groups_by_type, "position": groups_by_position},
         train_loader=train_loader,
-        info={"seed": seed, "epochs": epochs, "train_size": len(y_train), "test_size": len(y_test)},
+        info={
+            "seed": seed,
+            "epochs": epochs,
+            "train_size": len(y_train),
+            "test_size": len(y_test),
+            "recipe": {**DIGITS_RECIPE, "epochs": epochs, "batch_size": batch_size},
+        },
     )
