@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
+from ..models.resnet import BasicBlock
 from .base import Task
 
 __all__ = ["DIGITS_RECIPE", "DigitsResNet", "digits_data", "digits_task", "train_classifier"]
@@ -37,27 +38,6 @@ DIGITS_RECIPE: dict[str, Any] = {
     "epochs": 30,
     "batch_size": 64,
 }
-
-
-class BasicBlock(nn.Module):
-    """conv-bn-relu-conv-bn plus the identity (or a 1x1 conv + bn projection)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
 
 
 class DigitsResNet(nn.Module):
