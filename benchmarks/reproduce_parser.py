@@ -148,7 +148,7 @@ def trained(
     ident: dict[str, Any] = {"task": family["task"], "mode": args.mode, "options": options}
     if variant != "baseline":
         ident["variant"] = variant
-        ident["resistant"] = family["resistant"]
+        ident["resistant"] = {k: v for k, v in family["resistant"].items() if not callable(v)}
     digest = rc._digest(ident)
     folder = args.out / "models"
     folder.mkdir(parents=True, exist_ok=True)
