@@ -108,6 +108,20 @@ def test_beam_one_equals_greedy():
     assert len(beam_search(model, batch[:2], beam=4)) == 2
 
 
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_incremental_decoding_equals_full_decoding(normalize_before):
+    torch.manual_seed(0)
+    model = TransformerModel(12, 12, d_model=16, ffn_dim=32, heads=2, layers=2, dropout=0.0, normalize_before=normalize_before).eval()
+    src = torch.tensor([[4, 5, 6, 0], [7, 8, 9, 10]])
+    prefix = torch.tensor([[1, 5, 6, 7], [1, 9, 4, 4]])
+    memory, mask = model.encode(src)
+    full = model.decode(prefix, memory, mask)
+    cache = None
+    for step in range(prefix.shape[1]):
+        logits, cache = model.decode_step(prefix[:, step], step, memory, mask, cache)
+        torch.testing.assert_close(logits, full[:, step], rtol=1e-5, atol=1e-5)
+
+
 def test_copy_task_learns_and_bleu_metric():
     torch.manual_seed(0)
     src, tgt = _toy(128)

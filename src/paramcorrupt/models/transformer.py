@@ -13,8 +13,10 @@ Parameter names follow fairseq::
 heads=4, layers=6)``; :data:`TRANSFORMERS` holds the CPU-sized variants.
 
 Decoding: :func:`greedy_decode` (a batch at a time) and :func:`beam_search` (one sentence at
-a time, fairseq's stopping rule: a beam ends when ``beam`` hypotheses have ended; scores are
-summed log-probabilities divided by ``length ** len_penalty``). Beam 1 is greedy decoding.
+a time), both incremental (:meth:`TransformerModel.decode_step` caches each decoder layer's
+inputs, so a step computes one new position). Beam search follows fairseq's stopping rule (a
+beam ends when ``beam`` hypotheses have ended); scores are summed log-probabilities divided by
+``length ** len_penalty``. Beam 1 is greedy decoding.
 """
 
 from __future__ import annotations
@@ -97,6 +99,17 @@ class DecoderLayer(EncoderLayer):
 
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor, memory_mask: Tensor) -> Tensor:  # type: ignore[override]
         x = self._block(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, h, self_mask))
+        x = self._block(x, self.cross_attn_layer_norm, lambda h: self.cross_attn(h, memory, memory_mask))
+        return self._block(x, self.final_layer_norm, lambda h: self.fc2(self.dropout(F.relu(self.fc1(h)))))
+
+    def step(self, x: Tensor, past: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+        """One new position ``x`` [B, 1, d] attending to the layer inputs ``past`` [B, t, d]
+        (itself included): the last row of :meth:`forward` on the whole prefix."""
+        if self.normalize_before:
+            norm = self.self_attn_layer_norm
+            x = x + self.dropout(self.self_attn(norm(x), norm(past)))
+        else:
+            x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, past)))
         x = self._block(x, self.cross_attn_layer_norm, lambda h: self.cross_attn(h, memory, memory_mask))
         return self._block(x, self.final_layer_norm, lambda h: self.fc2(self.dropout(F.relu(self.fc1(h)))))
 
@@ -191,6 +204,23 @@ class TransformerModel(nn.Module):
         weight = self.decoder.embed_tokens.weight if self.decoder.output_projection is None else self.decoder.output_projection.weight
         return F.linear(x, weight)
 
+    def decode_step(
+        self, token: Tensor, step: int, memory: Tensor, memory_mask: Tensor, cache: list[Tensor] | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Incremental decoding: the logits [B, V] after ``token`` [B] at position ``step``,
+        and the cache (each decoder layer's inputs at positions 0..step, [B, step + 1, d]).
+        Equal to ``decode(prefix)[:, -1]`` without recomputing the earlier positions."""
+        x = self._embed(self.decoder, token[:, None], offset=step)
+        new_cache = []
+        for i, layer in enumerate(self.decoder.layers):
+            past = x if cache is None else torch.cat([cache[i], x], dim=1)
+            new_cache.append(past)
+            x = layer.step(x, past, memory, memory_mask)
+        if self.decoder.layer_norm is not None:
+            x = self.decoder.layer_norm(x)
+        weight = self.decoder.embed_tokens.weight if self.decoder.output_projection is None else self.decoder.output_projection.weight
+        return F.linear(x[:, 0], weight), new_cache
+
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask)
@@ -209,12 +239,13 @@ def greedy_decode(model: TransformerModel, src: Tensor, *, bos: int = 1, eos: in
     ``<eos>`` or its length limit (``max_len``, default 1.5 x source length + 10)."""
     limits = _limits(src, model.pad, max_len)
     memory, mask = model.encode(src)
-    ys = torch.full((src.shape[0], 1), bos, dtype=torch.long, device=src.device)
+    token = torch.full((src.shape[0],), bos, dtype=torch.long, device=src.device)
     done = [False] * src.shape[0]
     out: list[list[int]] = [[] for _ in range(src.shape[0])]
-    for _ in range(max(limits)):
-        logits = model.decode(ys, memory, mask)[:, -1].float().nan_to_num(nan=-1e30)
-        nxt = logits.argmax(dim=-1)
+    cache = None
+    for step in range(max(limits)):
+        logits, cache = model.decode_step(token, step, memory, mask, cache)
+        nxt = logits.float().nan_to_num(nan=-1e30).argmax(dim=-1)
         for i, token in enumerate(nxt.tolist()):
             if done[i]:
                 continue
@@ -225,7 +256,7 @@ def greedy_decode(model: TransformerModel, src: Tensor, *, bos: int = 1, eos: in
                 done[i] = len(out[i]) >= limits[i]
         if all(done):
             break
-        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        token = nxt
     return out
 
 
@@ -246,29 +277,34 @@ def beam_search(
     for row, limit in zip(src, limits):
         row = row[row != model.pad][None]
         memory, mask = model.encode(row)
-        hyps = [([], 0.0)]  # (tokens, summed log-probability)
+        hyps: list[tuple[list[int], float]] = [([], 0.0)]  # (tokens, summed log-probability)
         finished: list[tuple[list[int], float]] = []
+        token = torch.tensor([bos], dtype=torch.long, device=src.device)
+        cache = None
         for step in range(limit + 1):
-            ys = torch.tensor([[bos, *h] for h, _ in hyps], dtype=torch.long, device=src.device)
-            logp = F.log_softmax(model.decode(ys, memory.expand(len(hyps), -1, -1), mask).float()[:, -1], dim=-1)
-            logp = logp.nan_to_num(nan=-1e30)
             if step == limit:  # out of length: every live hypothesis ends here
                 finished += [(h, s) for h, s in hyps]
                 break
+            logits, cache = model.decode_step(token, step, memory.expand(len(hyps), -1, -1), mask, cache)
+            logp = F.log_softmax(logits.float(), dim=-1).nan_to_num(nan=-1e30)
             scores = (torch.tensor([s for _, s in hyps], device=logp.device)[:, None] + logp).view(-1)
             top = scores.topk(min(2 * beam, scores.numel()))
             vocab = logp.shape[1]
-            nxt = []
+            nxt, origins = [], []
             for rank, (score, flat) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-                h, token = hyps[flat // vocab][0], flat % vocab
-                if token == eos:
+                h, word = hyps[flat // vocab][0], flat % vocab
+                if word == eos:
                     if rank < beam:
                         finished.append((h, score))
                 elif len(nxt) < beam:
-                    nxt.append((h + [token], score))
+                    nxt.append((h + [word], score))
+                    origins.append(flat // vocab)
             if len(finished) >= beam or not nxt:
                 break
             hyps = nxt
+            index = torch.tensor(origins, dtype=torch.long, device=src.device)
+            cache = [c.index_select(0, index) for c in cache]
+            token = torch.tensor([h[-1] for h, _ in hyps], dtype=torch.long, device=src.device)
         best = max(finished, key=lambda f: f[1] / (max(len(f[0]) + 1, 1) ** len_penalty))
         results.append(best[0])
     return results
