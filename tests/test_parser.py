@@ -186,3 +186,26 @@ def test_task_end_to_end_on_a_slice():
         destroyed = evaluate(model, task.eval_loader, task.loss_fn, task.metrics)
     assert 0.0 <= destroyed["uas"] <= 1.0  # still parses (every sentence gets a tree)
     assert evaluate(model, task.eval_loader, task.loss_fn, task.metrics) == clean  # weights restored
+
+
+@pytest.mark.data
+@needs_ptb_dep
+def test_probe_and_train_cli(tmp_path):
+    import subprocess
+    import sys
+
+    common = [
+        "--task", "ptb-dep", "--data-dir", str(DATA_DIR), "--threads", "1", "--quiet",
+        "--task-option", "limit_train_sentences=100", "--task-option", "limit_eval_sentences=20",
+        "--task-option", "hidden_size=16",
+    ]
+    probe = [sys.executable, "-m", "paramcorrupt", "probe", *common, "--task-option", "epochs=1",
+             "--by", "type", "--methods", "gradient", "--eps", "0.1", "--n", "100", "--out", str(tmp_path / "p.jsonl")]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "embeddings" in done.stdout and "uas" in done.stdout
+    train = [sys.executable, "-m", "paramcorrupt", "train", *common, "--epochs", "1", "--method", "plain",
+             "--eval-eps", "0.1", "--random-trials", "1", "--out", str(tmp_path / "t")]
+    done = subprocess.run(train, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "UAS" in done.stdout and (tmp_path / "t" / "model.pt").is_file()
