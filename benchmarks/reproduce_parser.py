@@ -161,7 +161,13 @@ def trained(
         logger.info("%s: reusing %s", family["task"], weights)
         return task, json.loads(meta_path.read_text())
     started = time.perf_counter()
-    if variant == "baseline":
+    if variant == "baseline" and "train" in family:  # resumable: a checkpoint after every epoch
+        task = get_task(family["task"], **common, **{**options, "epochs": 0})
+        checkpoint = weights.with_suffix(".ckpt.pt")
+        if args.fresh:
+            checkpoint.unlink(missing_ok=True)
+        task.info["history"] = family["train"](task, size["epochs"], checkpoint)
+    elif variant == "baseline":
         task = get_task(family["task"], **common, **options)
     else:
         task = get_task(family["task"], **common, **{**options, "epochs": 0})

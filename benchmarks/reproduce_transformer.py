@@ -44,8 +44,30 @@ PAPER_TRANSFORMER = {
     (100, 100.0): ("0.00 (-35.33)", "0.00 (-35.33)"),
 }
 
+def train_transformer(task, epochs: int, checkpoint: Path) -> list[dict[str, float]]:
+    """The task's recipe (AdamW (0.9, 0.98), weight decay 1e-4, inverse-sqrt warm-up) through
+    :func:`paramcorrupt.train.fit`, with a checkpoint after every epoch (an interrupted run
+    resumes from the last finished epoch)."""
+    import torch
+
+    from paramcorrupt.tasks.translation import inverse_sqrt
+    from paramcorrupt.train import fit
+
+    recipe = task.info["recipe"]
+    model = task.model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], betas=(0.9, 0.98), weight_decay=recipe["weight_decay"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(recipe["warmup"]))
+    history = fit(
+        model, optimizer, task.train_loader, task.loss_fn, epochs=epochs, scheduler=schedule,
+        checkpoint=checkpoint, resume=True,
+    )
+    model.eval()
+    return history
+
+
 FAMILY = {
     "task": "multi30k",
+    "train": train_transformer,
     "metric": "bleu",
     "unit": "BLEU",
     "scale": 1.0,
