@@ -308,9 +308,11 @@ def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Na
             "—" if base is None or res is None else f"{scale * (res - base):+.2f}",
         ])
     p = "inf" if math.isinf(spec["p"]) else f"{spec['p']:g}"
+    resistant = family["resistant"]
+    describe = resistant.get("describe") or f"{resistant['method']}, lambda = {resistant['lam']}"
     lines = [
-        f"## Table 2: baseline vs corruption-resistant training ({family['resistant']['method']}, "
-        f"lambda = {family['resistant']['lam']}); gradient-based corruption L_{p}, n = k; "
+        f"## Table 2: baseline vs corruption-resistant training ({describe}); "
+        f"gradient-based corruption L_{p}, n = k; "
         f"mean of seeds {list(spec['seeds'])}",
         "",
         *rc.table(["eps", "paper baseline", "paper proposed", "ours baseline", "ours resistant", "ours diff"], out),
