@@ -209,3 +209,20 @@ def test_probe_and_train_cli(tmp_path):
     done = subprocess.run(train, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "UAS" in done.stdout and (tmp_path / "t" / "model.pt").is_file()
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@needs_ptb_dep
+def test_reproduce_parser_smoke(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "reproduce_parser.py"
+    command = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--data-dir", str(DATA_DIR)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = (tmp_path / "parser" / "summary.md").read_text()
+    assert "## Table 1: ptb-dep" in summary and "## Table 2" in summary and "| hidden |" in summary
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # reuses models and rows
+    assert again.returncode == 0 and "reusing" in again.stderr

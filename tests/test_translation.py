@@ -206,3 +206,19 @@ def test_probe_and_train_cli(tmp_path):
     done = subprocess.run(train, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "BLEU" in done.stdout and (tmp_path / "t" / "model.pt").is_file()
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@needs_multi30k
+def test_reproduce_transformer_smoke(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "reproduce_transformer.py"
+    command = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--data-dir", str(DATA_DIR)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = (tmp_path / "transformer" / "summary.md").read_text()
+    for part in ("## Table 1: multi30k", "## Table 2", "| decoder.layers.1 |", "| layernorm |"):
+        assert part in summary
