@@ -835,6 +835,8 @@ def spawn(
             join=True,
             start_method=start_method,
         )
+        # the results our own child processes wrote into this private temporary folder (any
+        # object fn returns), never a user's checkpoint: those are read with weights_only=True
         return [
             torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
             for r in range(world_size)
