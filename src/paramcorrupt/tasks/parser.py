@@ -48,8 +48,8 @@ from ..models.mlp_parser import (
     oracle,
     parse,
 )
+from ._options import as_int, load_into, load_weights, resolve_device
 from .base import Task
-from .cifar10 import as_int, load_into, load_weights, resolve_device
 
 __all__ = [
     "ParseOutput",

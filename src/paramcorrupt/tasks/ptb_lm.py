@@ -56,8 +56,8 @@ from torch import Tensor, nn
 
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
+from ._options import as_bool, as_int, load_into, load_weights, resolve_device
 from .base import Task
-from .cifar10 import as_bool, as_int, load_into, load_weights, resolve_device
 
 __all__ = [
     "MODELS",
