@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +99,8 @@ def test_smoke(smoke_out: Path, script: str, folder: str, keys: tuple[str, ...])
 def test_models_are_trained_once_and_reused(smoke_out: Path):
     models = smoke_out / "models"
     names = sorted(p.name for p in models.glob("*.pt") if ".ckpt." not in p.name)
-    assert names == [
+    # <task>-<variant>-seed<s>.<digest of recipe and options>.pt, one per model
+    assert [re.sub(r"\.[0-9a-f]{12}\.pt$", ".pt", n) for n in names] == [
         "cifar10-baseline-seed0.pt",
         "cifar10-resistant-seed0.pt",
         "ptb-lm-baseline-seed0.pt",
@@ -113,6 +116,26 @@ def test_rerun_resumes(smoke_out: Path, tmp_path: Path):
     done = _run("reproduce_table3", "--smoke", "--out", str(smoke_out), "--data-dir", str(DATA_DIR))
     assert done.returncode == 0, done.stderr
     assert "already in the results file" in done.stderr  # no row recomputed
+
+
+def test_models_saved_under_the_old_names_are_reused(smoke_out: Path, tmp_path: Path):
+    """Models saved as <task>-<variant>-seed<s>.pt (before the digest was in the name) are
+    found when their recipe matches; nothing is trained again."""
+    out = tmp_path / "out"
+    (out / "models").mkdir(parents=True)
+    for path in (smoke_out / "models").glob("ptb-lm-baseline-seed0.*"):
+        if ".ckpt." in path.name:
+            continue
+        legacy = re.sub(r"\.[0-9a-f]{12}(\.(pt|json))$", r"\1", path.name)
+        shutil.copy(path, out / "models" / legacy)
+    assert sorted(p.name for p in (out / "models").iterdir()) == [
+        "ptb-lm-baseline-seed0.json",
+        "ptb-lm-baseline-seed0.pt",
+    ]
+    done = _run("reproduce_table3", "--smoke", "--out", str(out), "--data-dir", str(DATA_DIR))
+    assert done.returncode == 0, done.stderr
+    assert "reusing" in done.stderr and "ptb-lm-baseline-seed0.pt" in done.stderr
+    assert not list((out / "models").glob("*.ckpt.pt"))  # no training started
 
 
 def test_missing_data_exits_2(tmp_path: Path):
