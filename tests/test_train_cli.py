@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import paramcorrupt.cli.train
 from paramcorrupt.cli import main
 from paramcorrupt.cli.train import MethodConfig, parse_method
 
@@ -24,6 +25,44 @@ def test_train_writes_weights_results_and_a_table(tmp_path, capsys):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     printed = capsys.readouterr().out
     assert "| w/o corruption |" in printed and "gradient corruption" in printed
+
+
+def test_train_resumes_its_own_checkpoint_and_refuses_another_runs(tmp_path, capsys, monkeypatch):
+    fast = FAST[2:]  # without "--epochs 1"
+    assert FAST[:2] == ["--epochs", "1"]
+    straight = tmp_path / "straight"
+    assert main(["train", "--out", str(straight), "--epochs", "2", *fast]) == 0
+
+    out = tmp_path / "run"
+    real_fit = paramcorrupt.cli.train.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(epoch, record):
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **kwargs, on_epoch_end=stop)
+
+    monkeypatch.setattr(paramcorrupt.cli.train, "fit", interrupted_fit)
+    assert main(["train", "--out", str(out), "--epochs", "2", *fast]) == 130  # Ctrl-C after epoch 1
+    monkeypatch.undo()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (out / "model.pt").exists()
+
+    # a changed recipe does not continue the checkpoint: one line, exit 2, the file kept
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--epochs", "3", "--resume", *fast]) == 2
+    err = capsys.readouterr().err
+    assert "from another run" in err and "--no-resume" in err and "Traceback" not in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+    # the same command resumes and ends where the uninterrupted run ended, bit for bit
+    assert main(["train", "--out", str(out), "--epochs", "2", "--resume", *fast]) == 0
+    a = torch.load(straight / "model.pt", weights_only=True)
+    b = torch.load(out / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert main(["train", "--out", str(out), "--epochs", "3", "--no-resume", *fast]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 3
 
 
 def test_compare_writes_table2_and_reuses_finished_runs(tmp_path, capsys):

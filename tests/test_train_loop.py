@@ -50,6 +50,22 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
     assert opt3.steps == opt.steps == 3 * len(data)
 
 
+def test_a_checkpoint_of_another_run_is_refused_before_anything_changes(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    model, data, opt, sched = resistant_setup(2)
+    run = {"method": "resistant", "eps": 0.1, "epochs": 2}
+    fit(model, opt, data, classification_loss, epochs=1, scheduler=sched, checkpoint=path, identity=run)
+    model2, data2, opt2, sched2 = resistant_setup(2)
+    before = {k: v.clone() for k, v in model2.state_dict().items()}
+    with pytest.raises(ValueError, match="from another run"):
+        fit(model2, opt2, data2, classification_loss, epochs=2, scheduler=sched2, checkpoint=path,
+            identity={**run, "epochs": 3})
+    assert all(torch.equal(before[k], v) for k, v in model2.state_dict().items())
+    assert opt2.steps == 0
+    history = fit(model2, opt2, data2, classification_loss, epochs=2, scheduler=sched2, checkpoint=path, identity=run)
+    assert len(history) == 2 and opt2.steps == 2 * len(data2)  # the same run resumes
+
+
 def test_checkpoint_loads_without_unpickling_code(tmp_path):
     model, data, opt, sched = resistant_setup(1)
     path = tmp_path / "ckpt.pt"

@@ -294,6 +294,8 @@ def train_model(
         scheduler=scheduler,
         penalty=penalty,
         checkpoint=checkpoint,
+        # a checkpoint of another method, epoch count, seed or task is refused
+        identity={"recipe": _recipe(config), "seed": seed, "task": setup.identity},
         progress=progress,
         **fit_options(recipe, resistant=resistant),
     )
@@ -511,7 +513,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--method", default="plain", help="plain, resistant or regularised, optionally with :key=value settings")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order (default: 0)")
     train.add_argument("--out", type=Path, default=Path("train-out"), help="output folder (default: train-out)")
-    train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    train.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the checkpoint of an interrupted run in --out (default); --no-resume starts over",
+    )
     _common(train)
     train.set_defaults(run=run_train)
 
@@ -559,7 +566,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = parse_method(args.method, base)
     _validate(config)
     checkpoint = args.out / "checkpoint.pt"
-    if args.no_resume and D.is_main_process() and checkpoint.exists():
+    if not args.resume and D.is_main_process() and checkpoint.exists():
         checkpoint.unlink()
     print(f"training {config.label()} on {setup.identity} (seed {args.seed}, {config.epochs} epochs) ...", flush=True)
     result = run_one(

@@ -9,11 +9,12 @@ that loads with ``torch.load(..., weights_only=True)``, and resuming from it bit
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
+def _check_resumable(state: Mapping[str, Any], path: Any, identity: str | None) -> None:
+    """Refuse a checkpoint written by another run (a checkpoint without an identity passes)."""
+    saved = state.get("identity")
+    if saved is not None and identity is not None and saved != identity:
+        raise ValueError(
+            f"the checkpoint {path} is from another run ({saved}), not this one ({identity}); "
+            "start over (resume=False; on the command line --no-resume) or use another path"
+        )
+
+
 def _generator_of(loader: Any) -> torch.Generator | None:
     for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "generator", None)):
         if isinstance(obj, torch.Generator):
@@ -200,6 +211,7 @@ def fit(
     max_grad_norm: float | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    identity: Mapping[str, Any] | None = None,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     distributed: bool | None = None,
@@ -227,7 +239,12 @@ def fit(
             clips itself: set its ``max_grad_norm``).
         checkpoint: a file to save after every epoch (model, optimiser, scheduler, scaler,
             RNG and loader-generator states, the history).
-        resume: continue from ``checkpoint`` when it exists.
+        resume: continue from ``checkpoint`` when it exists. A checkpoint saved with another
+            ``identity`` is refused with a ``ValueError`` before anything is loaded.
+        identity: what makes this run this run (JSON values: the method and its settings, the
+            epochs of the schedule, the seed...). Saved in the checkpoint and compared on
+            resume, so that a changed recipe does not continue another recipe's optimiser and
+            schedule states.
         progress: show a progress bar.
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after every epoch.
         distributed: data-parallel training under ``torch.distributed`` (default ``None``:
@@ -243,8 +260,8 @@ def fit(
         ones included.
 
     Raises:
-        ValueError: for epochs < 1, a GradScaler not shared with CorruptionResistant, or
-            ``max_grad_norm`` with CorruptionResistant.
+        ValueError: for epochs < 1, a GradScaler not shared with CorruptionResistant,
+            ``max_grad_norm`` with CorruptionResistant, or a checkpoint of another run.
 
     Example:
         >>> model = nn.Linear(2, 2)
@@ -270,7 +287,9 @@ def fit(
         state = D.on_main(
             lambda: load_checkpoint(checkpoint) if Path(checkpoint).exists() else None, distributed=distributed
         )
+    ident = None if identity is None else json.dumps(identity, sort_keys=True, default=str)
     if state is not None:
+        _check_resumable(state, checkpoint, ident)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -347,6 +366,7 @@ def fit(
                     loader_generator=None if generator is None else generator.get_state(),
                     rng=torch.get_rng_state(),
                     epoch=epoch + 1,
+                    identity=ident,
                     history=history,
                 )
             if on_epoch_end is not None:
