@@ -59,11 +59,30 @@ def _batches(batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
+class F1OfClass0:
+    """A metric that is not a mean over batches: F1 of class 0 from summed [tp, fp, fn]."""
+
+    def __call__(self, logits: torch.Tensor, batch) -> tuple[list[int], int]:
+        pred, y = logits.argmax(1), batch[1]
+        tp = int(((pred == 0) & (y == 0)).sum())
+        fp = int(((pred == 0) & (y != 0)).sum())
+        fn = int(((pred != 0) & (y == 0)).sum())
+        return [tp, fp, fn], len(y)
+
+    @staticmethod
+    def finalize(stats: list[float]) -> float:
+        tp, fp, fn = stats
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+METRICS = {"accuracy": accuracy, "f1_class0": F1OfClass0()}
+
+
 def _gradient_worker() -> dict:
     """Inside each rank: the gradient and evaluation through every sharding path."""
     x, y = _data()
     model = _model()
-    metrics = {"accuracy": accuracy}
+    metrics = METRICS
     out: dict = {"rank": D.get_rank(), "world": D.get_world_size()}
     # batch by batch: 8 batches of 5 (the last of 2) -> shards of 4 and 4 batches, 20 + 17 examples
     batches = D.shard(_batches(5))
@@ -114,7 +133,7 @@ def _rel_err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def test_dataset_gradient_and_evaluate_match_single_process():
     model = _model()
-    metrics = {"accuracy": accuracy}
+    metrics = METRICS
     ref_grad, ref_loss = dataset_gradient(model, _batches(5), classification_loss, return_loss=True)
     ref_eval = evaluate(model, _batches(5), classification_loss, metrics)
     ref_grad32 = dataset_gradient(
@@ -152,6 +171,11 @@ def test_dataset_gradient_and_evaluate_match_single_process():
     for key in ("grad_batches", "grad_examples", "grad_one_batch"):
         assert all(torch.equal(results[0][key][k], results[1][key][k]) for k in ref_grad)
     assert results[0]["eval_batches"] == results[1]["eval_batches"]
+    # the vector statistic was summed over the shards (an empty one included), not averaged
+    x, y = _data()
+    pred = model(x).argmax(1)
+    tp, fp, fn = (int(((pred == 0) & (y == 0)).sum()), int(((pred == 0) & (y != 0)).sum()), int(((pred != 0) & (y == 0)).sum()))
+    assert ref_eval["f1_class0"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
 
 
 def test_single_process_path_is_unchanged():

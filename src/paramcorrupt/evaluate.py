@@ -10,7 +10,7 @@ from torch import nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
-from .distributed import all_reduce_scalars, use_distributed
+from .distributed import all_gather_objects, all_reduce_scalars, use_distributed
 from .losses import LossFn, Metric, as_batch_loss
 
 __all__ = ["evaluate"]
@@ -39,7 +39,10 @@ def evaluate(
             ``sum(total) / sum(count)``, or ``metric.finalize(sum(total) / sum(count))`` for a
             metric with a ``finalize`` attribute (a metric derived after aggregation, such as
             perplexity = exp of the mean log-likelihood; see
-            :class:`paramcorrupt.tasks.ptb_lm.Perplexity`).
+            :class:`paramcorrupt.tasks.ptb_lm.Perplexity`). ``total`` may also be a 1-D vector
+            of sufficient statistics, summed element-wise over the batches (and the processes),
+            for a metric that is not a mean: its value is ``metric.finalize(summed vector)``
+            (corpus BLEU from n-gram counts: :class:`paramcorrupt.tasks.translation.BLEU`).
         progress: show a progress bar.
         distributed: all-reduce the sums and counts (float64) over the processes of
             ``torch.distributed``, each evaluating its own shard (see
@@ -61,7 +64,7 @@ def evaluate(
         raise ValueError("'loss' is always measured; give the metric another name")
     loss_sum = 0.0
     weight_sum = 0.0
-    totals = {name: 0.0 for name in metrics}
+    totals: dict[str, Any] = {name: None for name in metrics}  # a float, or a float64 vector
     counts = {name: 0.0 for name in metrics}
     with mode(model, False), frozen_norm_stats(model), torch.no_grad():
         for batch in progress_bar(loader, enabled=progress, desc="evaluate"):
@@ -72,20 +75,55 @@ def evaluate(
                 raise ValueError("metrics need the model output: make loss_fn return BatchLoss(loss, weight, output)")
             for name, metric in metrics.items():
                 total, count = metric(result.output, batch)
-                totals[name] += float(total)
+                totals[name] = _accumulate(name, totals[name], total)
                 counts[name] += float(count)
+    vectors = {name for name, total in totals.items() if isinstance(total, torch.Tensor)}
+    for name in vectors:
+        if getattr(metrics[name], "finalize", None) is None:
+            raise TypeError(f"metric {name!r} returns a vector of statistics: give it a finalize(stats) method")
     if use_distributed(distributed):  # sum the shards: an empty one adds zeros
         names = list(metrics)
-        reduced = all_reduce_scalars([loss_sum, weight_sum, *(totals[n] for n in names), *(counts[n] for n in names)])
+        scalars = [0.0 if n in vectors or totals[n] is None else totals[n] for n in names]
+        reduced = all_reduce_scalars([loss_sum, weight_sum, *scalars, *(counts[n] for n in names)])
         loss_sum, weight_sum = reduced[0], reduced[1]
-        totals = dict(zip(names, reduced[2 : 2 + len(names)]))
         counts = dict(zip(names, reduced[2 + len(names) :]))
+        # vectors (e.g. BLEU's n-gram counts): gathered, since an empty shard has none
+        shards = all_gather_objects({n: totals[n].tolist() for n in vectors})
+        vectors |= {n for shard in shards for n in shard}
+        for n, value in zip(names, reduced[2 : 2 + len(names)]):
+            if n in vectors:
+                parts = [torch.tensor(shard[n], dtype=torch.float64) for shard in shards if n in shard]
+                totals[n] = torch.stack(parts).sum(0)
+            else:
+                totals[n] = value
     if weight_sum == 0:
         raise ValueError("the loader yielded no batch: nothing to evaluate")
     out = {"loss": loss_sum / weight_sum}
     for name, metric in metrics.items():
-        out[name] = totals[name] / counts[name] if counts[name] else float("nan")
         finalize = getattr(metric, "finalize", None)  # a derived metric, e.g. perplexity = exp
+        if name in vectors:  # finalize(summed statistics), e.g. corpus BLEU
+            out[name] = float(finalize(totals[name].tolist()))
+            continue
+        total = totals[name] or 0.0
+        out[name] = total / counts[name] if counts[name] else float("nan")
         if finalize is not None:
             out[name] = float(finalize(out[name]))
     return out
+
+
+def _accumulate(name: str, running: Any, total: Any) -> Any:
+    """Add one batch's ``total`` (a number, or a 1-D vector of statistics) to the running sum."""
+    if isinstance(total, torch.Tensor) and total.dim() == 0:
+        total = float(total)
+    if isinstance(total, (int, float)):
+        if isinstance(running, torch.Tensor):
+            raise TypeError(f"metric {name!r} returned a number after returning vectors")
+        return (running or 0.0) + float(total)
+    vector = torch.as_tensor(total, dtype=torch.float64).detach().cpu()
+    if vector.dim() != 1:
+        raise TypeError(f"metric {name!r} must return a number or a 1-D vector as its total, got shape {tuple(vector.shape)}")
+    if running is None:
+        return vector.clone()
+    if not isinstance(running, torch.Tensor) or running.shape != vector.shape:
+        raise TypeError(f"metric {name!r} returned totals of different shapes across batches")
+    return running + vector

@@ -162,11 +162,8 @@ class TranslationBatches:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         order = torch.randperm(len(self.batches), generator=self.generator).tolist() if self.shuffle else range(len(self.batches))
-        for n, b in enumerate(order):
-            batch = self.batches[b]
-            if "refs" in batch:
-                batch = {**batch, "first": n == 0}
-            yield batch
+        for b in order:
+            yield self.batches[b]
 
     def shard(self, rank: int, world_size: int) -> TranslationBatches:
         """Every ``world_size``-th batch from ``rank``."""

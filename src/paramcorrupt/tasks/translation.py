@@ -13,12 +13,12 @@ mappings ``{"src", "tgt_in", "target"}`` under a token budget:
 The loss (:class:`TranslationLoss`) is the label-smoothed token cross-entropy (padding not
 counted; weight: the target tokens). On a batch with references it also decodes the sources
 greedily with the model as it is (corrupted or not) and hands the hypotheses to the ``bleu``
-metric (:class:`BLEU`), a corpus BLEU on the tokenised text: its per-batch n-gram statistics
-are accumulated over a pass (reset on the pass's first batch) and turned into BLEU by its
-``finalize``, which :func:`paramcorrupt.evaluate` calls — so ``evaluate(model, eval_loader,
-...)["bleu"]`` is the corpus BLEU (0-100). It equals sacrebleu's ``corpus_bleu(...,
-tokenize="none")`` (checked in the tests when sacrebleu is installed); a distributed
-evaluation is not supported for ``bleu`` (each rank would score its own shard).
+metric (:class:`BLEU`), a corpus BLEU on the tokenised text: it returns each batch's n-gram
+statistics, :func:`paramcorrupt.evaluate` sums them over the pass (and over the processes of
+a distributed evaluation) and turns the sum into BLEU with the metric's ``finalize`` — so
+``evaluate(model, eval_loader, ...)["bleu"]`` is the corpus BLEU (0-100). It equals
+sacrebleu's ``corpus_bleu(..., tokenize="none")`` (checked in the tests when sacrebleu is
+installed).
 BLEU is not differentiable: gradient-based corruption uses the gradient of the loss.
 
 Groupings: ``"type"`` — ``embedding``, ``attention``, ``ffn`` (``fc1``/``fc2``), ``layernorm``;
@@ -117,22 +117,31 @@ class TranslationOutput(NamedTuple):
 
 
 class BLEU:
-    """The ``bleu`` metric: corpus BLEU over an evaluation pass (see the module's docstring)."""
+    """The ``bleu`` metric: corpus BLEU over an evaluation pass (see the module's docstring).
 
-    def __init__(self) -> None:
-        self.stats = [0] * 10
+    Its per-batch total is the vector of summed :func:`bleu_stats` of the batch's sentences;
+    :func:`paramcorrupt.evaluate` sums the vectors over the pass (and over the processes of a
+    distributed evaluation) and calls :meth:`finalize` on the sum.
 
-    def __call__(self, output: TranslationOutput, batch: Mapping[str, Any]) -> tuple[float, int]:
+    Example:
+        >>> from types import SimpleNamespace
+        >>> metric = BLEU()
+        >>> stats, count = metric(SimpleNamespace(hypotheses=[["a", "b", "c", "d"]]), {"refs": [["a", "b", "c", "d"]]})
+        >>> count, metric.finalize(stats)
+        (1, 100.0)
+    """
+
+    def __call__(self, output: TranslationOutput, batch: Mapping[str, Any]) -> tuple[list[int], int]:
         if output.hypotheses is None or "refs" not in batch:
             raise ValueError("bleu needs a batch with references (the eval loader)")
-        if batch.get("first", False):
-            self.stats = [0] * 10
+        stats = [0] * 10
         for h, r in zip(output.hypotheses, batch["refs"]):
-            self.stats = [a + b for a, b in zip(self.stats, bleu_stats(h, r))]
-        return 0.0, len(batch["refs"])
+            stats = [a + b for a, b in zip(stats, bleu_stats(h, r))]
+        return stats, len(batch["refs"])
 
-    def finalize(self, _: float) -> float:
-        return bleu_score(self.stats)
+    @staticmethod
+    def finalize(stats: Sequence[float]) -> float:
+        return bleu_score(stats)
 
 
 class TranslationLoss:
