@@ -9,10 +9,11 @@ all parameters (n = k, L2) at several eps.
 Baseline and resistant models get the same budget in epochs (and the same schedule, data
 order and initialisation per seed); a resistant step costs two forward/backward passes, so its
 wall time is about twice the baseline's. On PTB the full mode trains both for 3 epochs (the
-other scripts' baseline has 6), to fit four trainings in the machine's budget. Trained models are reused from ``--out``/models
-(the baseline is the one the other scripts use); training resumes from the per-epoch
-checkpoint when interrupted. CIFAR-10 reports accuracy, PTB perplexity (exp of the
-token-mean loss), on the test sets.
+other scripts' baseline has 6), to fit four trainings in the machine's budget; ``--epochs``
+sets another budget. Trained models are reused from ``--out``/models (on CIFAR-10 the
+baseline is the one the other scripts use); training resumes from the per-epoch checkpoint
+when interrupted. CIFAR-10 reports accuracy, PTB perplexity (exp of the token-mean loss), on
+the test sets.
 """
 
 from __future__ import annotations
