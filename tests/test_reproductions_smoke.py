@@ -78,7 +78,7 @@ def smoke_out(tmp_path_factory) -> Path:
     ("script", "folder", "keys"),
     [
         ("reproduce_table1", "table1", ("cifar10", "ptb-lm")),
-        ("reproduce_table3", "table3", ("empirical", "theoretical", "eps_G")),
+        ("reproduce_table3", "table3", ("ptb-lm", "cifar10")),
         ("reproduce_figure4", "figure4", ("settings",)),
         ("reproduce_table2", "table2", ("cifar10", "ptb-lm")),
     ],
@@ -92,6 +92,10 @@ def test_smoke(smoke_out: Path, script: str, folder: str, keys: tuple[str, ...])
     assert data["mode"] == "smoke"
     for key in keys:
         assert key in data
+    if script == "reproduce_table3":
+        for name in keys:
+            assert {"empirical", "theoretical", "eps_G"} <= set(data[name])
+            assert data[name]["ratio_eps_G_over_alpha09"] > 1  # gradient-based >> random
     assert (smoke_out / folder / "report" / "report.md").is_file()
     assert list((smoke_out / folder).glob("*.jsonl"))
 
@@ -132,7 +136,9 @@ def test_models_saved_under_the_old_names_are_reused(smoke_out: Path, tmp_path: 
         "ptb-lm-baseline-seed0.json",
         "ptb-lm-baseline-seed0.pt",
     ]
-    done = _run("reproduce_table3", "--smoke", "--out", str(out), "--data-dir", str(DATA_DIR))
+    done = _run(
+        "reproduce_table3", "--smoke", "--tasks", "ptb-lm", "--out", str(out), "--data-dir", str(DATA_DIR)
+    )
     assert done.returncode == 0, done.stderr
     assert "reusing" in done.stderr and "ptb-lm-baseline-seed0.pt" in done.stderr
     assert not list((out / "models").glob("*.ckpt.pt"))  # no training started
