@@ -3,7 +3,7 @@ gradient-based one — empirical and theoretical (Theorem 1) quantiles of |Delta
 corruption, eps*G, and their ratio. The paper's Table 3 is the PTB language model; the same
 measurement on the CIFAR-10 ResNet (no paper numbers) checks the claim on a second family.
 
-    .venv/bin/python benchmarks/reproduce_table3.py            # full: small LSTM and ResNet-20, 200 trials each
+    .venv/bin/python benchmarks/reproduce_table3.py            # full: small LSTM (200 trials), ResNet-20 (100)
     .venv/bin/python benchmarks/reproduce_table3.py --quick    # < 5 min
     .venv/bin/python benchmarks/reproduce_table3.py --smoke    # seconds (the test suite)
 
@@ -44,7 +44,7 @@ TASKS = ("ptb-lm", "cifar10")
 #: first-order draws M)
 SIZES = {
     "ptb-lm": {"full": (20_000, 200, 1000), "quick": (5_000, 30, 300), "smoke": (1_000, 10, 50)},
-    "cifar10": {"full": (1_000, 200, 1000), "quick": (500, 30, 300), "smoke": (128, 10, 50)},
+    "cifar10": {"full": (500, 100, 1000), "quick": (256, 30, 300), "smoke": (128, 10, 50)},
 }
 METRIC = {"ptb-lm": "log_ppl", "cifar10": "accuracy"}
 
