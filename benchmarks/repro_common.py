@@ -576,6 +576,22 @@ def write_summary(
     return path
 
 
+def finish(
+    folder: Path,
+    files: Sequence[Path],
+    report_title: str,
+    title: str,
+    lines: list[str],
+    data: Mapping[str, Any],
+    args: argparse.Namespace,
+) -> int:
+    """A script's last step: the probe report of its sweep files, its ``summary.md`` /
+    ``summary.json`` (printed); returns the exit code 0."""
+    write_probe_report(files, folder / "report", report_title)
+    print(write_summary(folder, title, lines, data, args).read_text())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # formatting
 

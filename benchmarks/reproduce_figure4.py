@@ -155,16 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         part, summary = summarise(grouping, p, n, rows)
         lines += part
         data.append(summary)
-    rc.write_probe_report(files, folder / "report", "Figure 4 / Table 4 reproduction")
-    out = rc.write_summary(
+    return rc.finish(
         folder,
+        files,
+        "Figure 4 / Table 4 reproduction",
         "Figure 4 and Table 4: vulnerability by parameter type and position (CIFAR-10)",
         lines,
         {"settings": data, "model": meta.get("options")},
         args,
     )
-    print(out.read_text())
-    return 0
 
 
 if __name__ == "__main__":

@@ -350,10 +350,7 @@ def run_family(family: Mapping[str, Any], script: str, title: str, argv: Sequenc
         lines += part
         data["extra"] = summary
         files += more
-    rc.write_probe_report(files, folder / "report", title)
-    path = rc.write_summary(folder, title, lines, data, args)
-    print(path.read_text())
-    return 0
+    return rc.finish(folder, files, title, title, lines, data, args)
 
 
 @rc.main_guard

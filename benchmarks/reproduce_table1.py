@@ -207,16 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         part, summary = summarise(name, rows, metric)
         lines += part
         data[name] = {**summary, "model": meta.get("options"), "train_clean": meta.get("clean")}
-    rc.write_probe_report(files, folder / "report", "Table 1 reproduction")
-    path = rc.write_summary(
+    return rc.finish(
         folder,
+        files,
+        "Table 1 reproduction",
         "Table 1: gradient-based vs random corruption (L_inf, all parameters)",
         lines,
         data,
         args,
     )
-    print(path.read_text())
-    return 0
 
 
 if __name__ == "__main__":

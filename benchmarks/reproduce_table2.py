@@ -189,12 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "results": results,
             "resistant_better": better,
         }
-    rc.write_probe_report(files, folder / "report", "Table 2 reproduction (evaluation sweeps)")
-    out = rc.write_summary(
-        folder, "Table 2: baseline vs corruption-resistant training (n = k, L2)", lines, data, args
+    return rc.finish(
+        folder,
+        files,
+        "Table 2 reproduction (evaluation sweeps)",
+        "Table 2: baseline vs corruption-resistant training (n = k, L2)",
+        lines,
+        data,
+        args,
     )
-    print(out.read_text())
-    return 0
 
 
 if __name__ == "__main__":

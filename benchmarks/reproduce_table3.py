@@ -95,16 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         section, data[name], path = measure(name, args, folder)
         lines += section
         files.append(path)
-    rc.write_probe_report(files, folder / "report", "Table 3 reproduction")
-    out = rc.write_summary(
+    return rc.finish(
         folder,
+        files,
+        "Table 3 reproduction",
         "Table 3: random vs gradient-based corruption (eps = 5e-4, L2, n = k)",
         lines,
         data,
         args,
     )
-    print(out.read_text())
-    return 0
 
 
 def measure(name: str, args, folder: Path) -> tuple[list[str], dict, Path]:
