@@ -110,9 +110,25 @@ FAMILY = {
 logger = logging.getLogger("reproduction")
 
 
+SECTIONS = ("table1", "groups", "table2", "extra")
+
+
 def arguments(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
     ap = rc.parser(description, tasks=())
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run among {', '.join(SECTIONS)} (default: all; "
+        "the summary then holds only these: rerun without --only for the whole one, which "
+        "reuses the finished models and sweep rows)",
+    )
+    args = ap.parse_args(argv)
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown or not only:
+        ap.error(f"--only {args.only!r}: expected sections among {', '.join(SECTIONS)}")
+    args.only = only
+    return args
 
 
 def setup(args: argparse.Namespace, script: str) -> Path:
@@ -138,14 +154,13 @@ def trained(
     same recipe through :func:`paramcorrupt.train.fit` with the gradient regulariser of
     ``family["resistant"]``), reused from ``--out``/models when a model with the same
     options exists."""
-    import torch
-
-    from paramcorrupt.evaluate import evaluate
     from paramcorrupt.tasks import get_task
 
     size = family["sizes"][args.mode]
     options = {**size["task"], "seed": seed, "epochs": size["epochs"]}
     ident: dict[str, Any] = {"task": family["task"], "mode": args.mode, "options": options}
+    if size.get("train"):  # how the family's trainer runs (precision...), when the size says
+        ident["train"] = size["train"]
     if variant != "baseline":
         ident["variant"] = variant
         ident["resistant"] = {k: v for k, v in family["resistant"].items() if not callable(v)}
@@ -166,13 +181,24 @@ def trained(
         checkpoint = weights.with_suffix(".ckpt.pt")
         if args.fresh:
             checkpoint.unlink(missing_ok=True)
-        task.info["history"] = family["train"](task, size["epochs"], checkpoint)
+        task.info["history"] = family["train"](task, size["epochs"], checkpoint, **size.get("train", {}))
     elif variant == "baseline":
         task = get_task(family["task"], **common, **options)
     else:
         task = get_task(family["task"], **common, **{**options, "epochs": 0})
         task.info["history"] = family["resistant"]["train"](task, size["epochs"])
-    seconds = time.perf_counter() - started
+    return task, store(task, weights, ident, digest, time.perf_counter() - started, args)
+
+
+def store(
+    task: Any, weights: Path, ident: Mapping[str, Any], digest: str, seconds: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Save a freshly trained model beside its metadata (``weights`` and ``weights`` with
+    ``.json``: identity, history, training time, clean metrics); returns the metadata."""
+    import torch
+
+    from paramcorrupt.evaluate import evaluate
+
     clean = evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics)
     meta = {
         "id": digest,
@@ -184,10 +210,10 @@ def trained(
         "machine": rc.machine(args),
     }
     torch.save(task.model.state_dict(), weights)
-    meta_path.write_text(json.dumps(meta, indent=1, default=str))
+    weights.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str))
     task.info["model_id"] = digest
-    logger.info("%s trained in %.0f s: %s", family["task"], seconds, clean)
-    return task, meta
+    logger.info("%s trained in %.0f s: %s", task.name, seconds, clean)
+    return meta
 
 
 def _cell(value: float | None, clean: float, scale: float) -> str:
@@ -283,9 +309,10 @@ def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Na
     scale, metric = family["scale"], family["metric"]
     results: dict[str, dict[float, list[float]]] = {"baseline": {}, "resistant": {}}
     files, times = [], {}
+    build = family.get("table2_model", trained)  # a family may derive its Table 2 models otherwise
     for variant in ("baseline", "resistant"):
         for seed in spec["seeds"]:
-            model_task, meta = trained(family, args, seed=seed, variant=variant)
+            model_task, meta = build(family, args, seed=seed, variant=variant)
             times[f"{variant}-seed{seed}"] = meta.get("build_and_train_seconds")
             config = SweepConfig(
                 methods=("gradient",), p_values=(spec["p"],), n_values=(None,), eps_values=tuple(spec["eps"]),
@@ -333,22 +360,16 @@ def run_family(family: Mapping[str, Any], script: str, title: str, argv: Sequenc
         "",
     ]
     data: dict[str, Any] = {"model": meta}
-    part, summary, files = table1(family, task, folder, args)
-    lines += part
-    data["table1"] = summary
-    part, summary, more = groups_sweep(family, task, folder, args)
-    lines += part
-    data["groups"] = summary
-    files += more
-    if "table2" in family["sizes"][args.mode]:
-        part, summary, more = table2(family, task, folder, args)
+    sections = {"table1": table1, "groups": groups_sweep, "table2": table2, "extra": extra}
+    if "table2" not in family["sizes"][args.mode]:
+        del sections["table2"]
+    files: list[Path] = []
+    for name, run in sections.items():
+        if run is None or name not in args.only:
+            continue
+        part, summary, more = run(family, task, folder, args)
         lines += part
-        data["table2"] = summary
-        files += more
-    if extra is not None:
-        part, summary, more = extra(family, task, folder, args)
-        lines += part
-        data["extra"] = summary
+        data[name] = summary
         files += more
     return rc.finish(folder, files, title, title, lines, data, args)
 

@@ -222,3 +222,42 @@ def test_reproduce_transformer_smoke(tmp_path):
     summary = (tmp_path / "transformer" / "summary.md").read_text()
     for part in ("## Table 1: multi30k", "## Table 2", "| decoder.layers.1 |", "| layernorm |"):
         assert part in summary
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@needs_multi30k
+def test_table2_models_continue_the_baseline_run(tmp_path):
+    """reproduce_transformer's Table 2 models continue the baseline's run: the plain one is
+    bit for bit the baseline trained for the extra epochs in one go, and the L* one starts
+    from the same AdamW moments and schedule step (so its optimiser has counted every step)."""
+    import copy
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import reproduce_parser as rp
+    import reproduce_transformer as rt
+
+    from paramcorrupt.train.loop import load_checkpoint
+
+    args = rp.arguments("test", ["--smoke", "--out", str(tmp_path), "--data-dir", str(DATA_DIR)])
+    rp.setup(args, "transformer")
+    family = copy.deepcopy(rt.FAMILY)
+    family["sizes"]["smoke"]["task"].update(model="tiny", dropout="0.1")  # dropout: the RNG state must carry over
+    plain, _ = rt.continued(family, args, seed=0, variant="baseline")
+    resistant, meta = rt.continued(family, args, seed=0, variant="resistant")
+
+    longer = copy.deepcopy(family)
+    longer["sizes"]["smoke"]["epochs"] = 2
+    straight, _ = rp.trained(longer, args, seed=0)
+    for (name, a), b in zip(plain.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(resistant.model.parameters(), plain.model.parameters()))
+
+    steps = len(straight.train_loader)
+    state = load_checkpoint(next((tmp_path / "models").glob("multi30k-resistant-ft1-seed0.*.ckpt.pt")))
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {2.0 * steps}
+    assert state["optimizer"]["param_groups"][0]["corruption_eps"] == family["resistant"]["eps"]
+    assert meta["from"] != meta["id"] and meta["variant"] == "resistant"
+    again, _ = rt.continued(family, args, seed=0, variant="resistant")  # reused, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(again.model.parameters(), resistant.model.parameters()))
