@@ -40,6 +40,10 @@ PTB_DEP = DATA_DIR / "ptb_dep_nltk" / "dependency_treebank.zip"
 needs_ptb_dep = pytest.mark.skipif(
     not PTB_DEP.is_file(), reason=f"real data not found at {PTB_DEP} (set PARAMCORRUPT_DATA)"
 )
+UD_EWT = DATA_DIR / "ud_english_ewt" / "en_ewt-ud-train.conllu.gz"
+needs_ud_ewt = pytest.mark.skipif(
+    not UD_EWT.is_file(), reason=f"real data not found at {UD_EWT} (set PARAMCORRUPT_DATA)"
+)
 
 TEXT = "The\tDT\t2\ncat\tNN\t3\nsat\tVBD\t0\n.\t.\t3\n\nIt\tPRP\t2\nran\tVBD\t0\nfast\tRB\t2\n"
 LABELLED = "A\tDT\t2\tdet\ndog\tNN\t3\tnsubj\nbarks\tVBZ\t0\troot\nloudly\tRB\t3\tadvmod\n"
@@ -126,7 +130,7 @@ def test_greedy_parse_is_a_tree_and_the_loss_trains():
 
 
 def test_task_is_registered():
-    assert "ptb-dep" in TASKS
+    assert "ptb-dep" in TASKS and "ud-ewt" in TASKS
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +161,56 @@ def test_oracle_on_every_training_tree(real_sentences, capsys):
     with capsys.disabled():
         print(f"\nptb-dep: {len(train)} training trees, {non_projective} non-projective (left out by the oracle)")
     assert len(real_sentences) == 3907 and non_projective == 3
+
+
+@pytest.mark.data
+@needs_ud_ewt
+def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys):
+    """UD English-EWT: the static oracle rebuilds every projective training tree with its
+    labels (LAS 100% of the gold transitions); the non-projective ones are counted."""
+    from paramcorrupt.data.dependency import load_ud_ewt
+
+    train = load_ud_ewt(DATA_DIR, "train")
+    vocab = ParserVocab(train)
+    assert vocab.labelled
+    num_labels = len(vocab.labels)
+    non_projective = 0
+    for s in train:
+        enc = vocab.encode(s)
+        result = oracle(enc, num_labels, True)
+        if not is_projective(s.heads):
+            non_projective += 1
+            assert result is None
+            continue
+        config = _replay(enc, result[1], num_labels)
+        assert config.heads[1:] == list(s.heads)
+        heads_ok, both_ok, scored = attachment_scores([(config.heads, config.labels)], [enc])
+        assert heads_ok == both_ok == scored
+    with capsys.disabled():
+        print(f"\nud-ewt: {len(train)} training trees, {non_projective} non-projective (left out by the oracle)")
+    assert len(train) == 12544 and non_projective == 288
+
+
+@pytest.mark.data
+@needs_ud_ewt
+def test_ud_ewt_task_end_to_end_on_a_slice():
+    task = get_task(
+        "ud-ewt", data_dir=str(DATA_DIR), limit_train_sentences="80", limit_eval_sentences="20",
+        hidden_size="32", epochs="2", eval_batch_size="8", eval_split="dev",
+    )
+    assert task.name == "ud-ewt" and task.info["labelled"] and task.info["eval_split"] == "dev"
+    assert task.model.num_features == 48  # 18 words, 18 POS tags, 12 labels
+    clean = evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics)
+    assert 0.0 <= clean["las"] <= clean["uas"] <= 1.0
+    group = parser_groups(task.model)["embeddings"]
+    assert "label_embedding.weight" in group.names
+    gradient = dataset_gradient(task.model, task.gradient_loader, task.loss_fn, group)
+    with corrupted(task.model, gradient_corruption(gradient, Constraint(math.inf, 1.0, n=100), group)):
+        hit = evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics)
+    assert hit["loss"] > clean["loss"]
+    assert evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics) == clean  # weights restored
+    with pytest.raises(ValueError, match="eval_split"):
+        get_task("ud-ewt", data_dir=str(DATA_DIR), eval_split="train")
 
 
 @pytest.mark.data

@@ -8,10 +8,15 @@ empty-node lines skipped).
 
 There is no official split of the sample; :func:`split_sentences` holds out a seeded random
 share of the sentences (or, with ``by="file"``, of whole files).
+
+:func:`load_ud_ewt` reads the Universal Dependencies English Web Treebank (``ud_english_ewt/``,
+gzipped CoNLL-U with its official train / dev / test split): labelled trees whose XPOS column
+holds Penn Treebank tags, so the parser gets word, PTB-POS and label features.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import zipfile
@@ -23,6 +28,7 @@ __all__ = [
     "Sentence",
     "is_projective",
     "load_ptb_dependency",
+    "load_ud_ewt",
     "parse_conll",
     "read_conll",
     "split_sentences",
@@ -148,6 +154,28 @@ def load_ptb_dependency(data_dir: str | os.PathLike[str] | None = None) -> list[
         for name in sorted(n for n in zf.namelist() if n.endswith(".dp")):
             sentences.extend(parse_conll(zf.read(name).decode("utf-8"), Path(name).stem))
     return sentences
+
+
+UD_EWT_SPLITS = ("train", "dev", "test")
+
+
+def load_ud_ewt(data_dir: str | os.PathLike[str] | None = None, split: str = "train") -> list[Sentence]:
+    """The sentences of one split of UD English-EWT, in file order (POS: the XPOS column, Penn
+    Treebank tags; labels: the UD relations; multi-word tokens and empty nodes skipped).
+
+    ``data_dir`` (or ``$PARAMCORRUPT_DATA``) holds ``ud_english_ewt/en_ewt-ud-<split>.conllu.gz``.
+
+    Raises:
+        ValueError: for a split other than "train", "dev" or "test".
+        FileNotFoundError: when the file is not found.
+    """
+    from ._paths import resolve_data_file
+
+    if split not in UD_EWT_SPLITS:
+        raise ValueError(f"unknown UD English-EWT split {split!r}; expected one of {', '.join(UD_EWT_SPLITS)}")
+    path = resolve_data_file(data_dir, "ud_english_ewt", f"en_ewt-ud-{split}.conllu.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return parse_conll(f.read(), f"en_ewt-ud-{split}")
 
 
 def split_sentences(

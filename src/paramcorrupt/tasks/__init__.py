@@ -34,6 +34,12 @@ def _ptb_dep(**options: Any) -> Task:
     return ptb_dep_task(**options)
 
 
+def _ud_ewt(**options: Any) -> Task:
+    from .parser import ud_ewt_task
+
+    return ud_ewt_task(**options)
+
+
 def _multi30k(**options: Any) -> Task:
     from .translation import multi30k_task
 
@@ -46,6 +52,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "cifar10": _cifar10,
     "ptb-lm": _ptb_lm,
     "ptb-dep": _ptb_dep,
+    "ud-ewt": _ud_ewt,
     "multi30k": _multi30k,
 }
 

@@ -1,4 +1,5 @@
-"""The ``ptb-dep`` task: Chen & Manning's MLP dependency parser on NLTK's Penn Treebank sample.
+"""The ``ptb-dep`` and ``ud-ewt`` tasks: Chen & Manning's MLP dependency parser on NLTK's Penn
+Treebank sample (unlabelled: UAS) and on UD English-EWT (labelled: UAS and LAS).
 
 Data (:mod:`paramcorrupt.data.dependency`): ``data_dir`` or ``$PARAMCORRUPT_DATA`` names the
 folder holding ``ptb_dep_nltk/dependency_treebank.zip`` (3,907 well-formed sentences,
@@ -21,6 +22,10 @@ the model as it is — corrupted weights included — and hands the predicted tr
 metrics: ``uas`` (and ``las`` for labelled data), the share of non-punctuation tokens with
 the right head, so ``evaluate(task.model, task.eval_loader, ...)`` gives the UAS. UAS is not
 differentiable: gradient-based corruption uses the gradient of the loss, as in the paper.
+
+``ud-ewt`` (:func:`ud_ewt_task`) is the same task on UD English-EWT's official split
+(``ud_english_ewt/``): 12,544 labelled training trees (288 non-projective), the test (or dev)
+split for evaluation, 48 features (words, Penn Treebank POS tags from the XPOS column, labels).
 
 Groupings: ``"type"`` — ``embeddings`` (word, POS, label), ``hidden``, ``output``.
 """
@@ -60,6 +65,7 @@ __all__ = [
     "parser_groups",
     "ptb_dep_task",
     "train_parser",
+    "ud_ewt_task",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,7 +221,7 @@ def train_parser(
         row = {"epoch": epoch + 1, "train_loss": total / max(count, 1.0)}
         if eval_fn is not None:
             row.update(eval_fn(model))
-        logger.info("ptb-dep epoch %d: %s", epoch + 1, row)
+        logger.info("parser epoch %d: %s", epoch + 1, row)
         history.append(row)
     model.eval()
     return history
@@ -282,6 +288,95 @@ def ptb_dep_task(
     from ..data.dependency import split_sentences
 
     del cache_dir
+    sentences = _sentences(None if data_dir is None else str(data_dir))
+    train, test = split_sentences(sentences, float(held_out), as_int(split_seed, "split_seed", minimum=0), split_by)
+    return _parser_task(
+        "ptb-dep", train, test, checkpoint=checkpoint, state_dict=state_dict, min_count=min_count,
+        emb_size=emb_size, hidden_size=hidden_size, activation=activation, dropout=dropout, epochs=epochs,
+        lr=lr, batch_size=batch_size, gradient_batch_size=gradient_batch_size, eval_batch_size=eval_batch_size,
+        limit_train_sentences=limit_train_sentences, limit_eval_sentences=limit_eval_sentences, seed=seed,
+        device=device,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _ud_split(data_dir: str | None, split: str) -> tuple:
+    from ..data.dependency import load_ud_ewt
+
+    return tuple(load_ud_ewt(data_dir, split))
+
+
+def ud_ewt_task(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    eval_split: str = "test",
+    min_count: Any = 2,
+    emb_size: Any = 50,
+    hidden_size: Any = 200,
+    activation: str = "cube",
+    dropout: Any = 0.5,
+    checkpoint: str | os.PathLike[str] | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+    epochs: Any = 0,
+    lr: Any = 1e-3,
+    batch_size: Any = 1024,
+    gradient_batch_size: Any = 4096,
+    eval_batch_size: Any = 512,
+    limit_train_sentences: Any = None,
+    limit_eval_sentences: Any = None,
+    seed: Any = 0,
+    device: str | torch.device | None = None,
+) -> Task:
+    """The labelled parsing task ``ud-ewt``: the same parser on UD English-EWT (12,544
+    training trees, the official dev and test splits), with 48 features (18 words, 18 PTB
+    POS tags, 12 labels) and the metrics ``uas`` and ``las``.
+
+    Options as :func:`ptb_dep_task`, except the split: ``eval_split`` is "test" (default) or
+    "dev"; the training split is always "train".
+
+    Raises:
+        FileNotFoundError: when the data (or the checkpoint) is not found.
+        ValueError: for bad options or weights that do not fit the model.
+    """
+    del cache_dir
+    if eval_split not in ("dev", "test"):
+        raise ValueError(f"eval_split must be 'dev' or 'test', got {eval_split!r}")
+    key = None if data_dir is None else str(data_dir)
+    return _parser_task(
+        "ud-ewt", list(_ud_split(key, "train")), list(_ud_split(key, eval_split)), checkpoint=checkpoint,
+        state_dict=state_dict, min_count=min_count, emb_size=emb_size, hidden_size=hidden_size,
+        activation=activation, dropout=dropout, epochs=epochs, lr=lr, batch_size=batch_size,
+        gradient_batch_size=gradient_batch_size, eval_batch_size=eval_batch_size,
+        limit_train_sentences=limit_train_sentences, limit_eval_sentences=limit_eval_sentences, seed=seed,
+        device=device, extra_info={"eval_split": eval_split},
+    )
+
+
+def _parser_task(
+    name: str,
+    train: list,
+    test: list,
+    *,
+    checkpoint: Any,
+    state_dict: Any,
+    min_count: Any,
+    emb_size: Any,
+    hidden_size: Any,
+    activation: str,
+    dropout: Any,
+    epochs: Any,
+    lr: Any,
+    batch_size: Any,
+    gradient_batch_size: Any,
+    eval_batch_size: Any,
+    limit_train_sentences: Any,
+    limit_eval_sentences: Any,
+    seed: Any,
+    device: Any,
+    extra_info: Mapping[str, Any] | None = None,
+) -> Task:
+    """The parser task on these training and evaluation trees (see :func:`ptb_dep_task`)."""
     if checkpoint is not None and state_dict is not None:
         raise ValueError("give checkpoint or state_dict, not both")
     seed = as_int(seed, "seed", minimum=0)
@@ -289,9 +384,6 @@ def ptb_dep_task(
     limit_train = as_int(limit_train_sentences, "limit_train_sentences", optional=True)
     limit_eval = as_int(limit_eval_sentences, "limit_eval_sentences", optional=True)
     device = resolve_device(device)
-
-    sentences = _sentences(None if data_dir is None else str(data_dir))
-    train, test = split_sentences(sentences, float(held_out), as_int(split_seed, "split_seed", minimum=0), split_by)
     train, test = train[:limit_train], test[:limit_eval]
     vocab = ParserVocab(train, as_int(min_count, "min_count"))
     num_labels = max(1, len(vocab.labels))
@@ -323,14 +415,14 @@ def ptb_dep_task(
         history = train_parser(net, train_loader, epochs=epochs, lr=float(lr))
         trained = True
     elif state_dict is None:
-        logger.info("ptb-dep: no checkpoint given, the parser is untrained")
+        logger.info("%s: no checkpoint given, the parser is untrained", name)
     net.eval()
 
     metrics: dict[str, Any] = {"uas": attachment_metric(False)}
     if vocab.labelled:
         metrics["las"] = attachment_metric(True)
     return Task(
-        name="ptb-dep",
+        name=name,
         model=net,
         gradient_loader=TransitionBatches(x, y, gradient_batch_size),
         eval_loader=eval_loader,
@@ -355,5 +447,6 @@ def ptb_dep_task(
             "parameters": sum(p.numel() for p in net.parameters()),
             "device": str(device),
             "recipe": {"optimizer": "adam", "lr": float(lr), "decay": 0.9, "batch_size": int(batch_size)},
+            **(extra_info or {}),
         },
     )
