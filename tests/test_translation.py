@@ -222,6 +222,13 @@ def test_reproduce_transformer_smoke(tmp_path):
     summary = (tmp_path / "transformer" / "summary.md").read_text()
     for part in ("## Table 1: multi30k", "## Table 2", "| decoder.layers.1 |", "| layernorm |"):
         assert part in summary
+    only = subprocess.run([*command, "--only", "table2"], capture_output=True, text=True, timeout=600)
+    assert only.returncode == 0, only.stderr[-2000:]
+    assert "reusing" in only.stderr and "epoch 1:" not in only.stderr  # nothing retrained
+    summary = (tmp_path / "transformer" / "summary.md").read_text()
+    assert "## Table 2" in summary and "## Table 1" not in summary
+    bad = subprocess.run([*command, "--only", "table9"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "table9" in bad.stderr
 
 
 @pytest.mark.data
