@@ -343,6 +343,16 @@ def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Na
         f"mean of seeds {list(spec['seeds'])}",
         "",
         *rc.table(["eps", "paper baseline", "paper proposed", "ours baseline", "ours resistant", "ours diff"], out),
+        *(
+            [
+                f"Both variants continue each seed's {family['sizes'][args.mode]['epochs']}-epoch baseline run for "
+                f"{spec['finetune_epochs']} more epochs (its optimiser state, schedule step and batch order): "
+                "the baseline with its own loss, the resistant one with the objective above.",
+                "",
+            ]
+            if "finetune_epochs" in spec
+            else []
+        ),
         f"Training seconds (task build included): {times}",
         "",
     ]
