@@ -241,22 +241,7 @@ def ptb_dep_task(
     held_out: Any = 0.1,
     split_by: str = "sentence",
     split_seed: Any = 0,
-    min_count: Any = 2,
-    emb_size: Any = 50,
-    hidden_size: Any = 200,
-    activation: str = "cube",
-    dropout: Any = 0.5,
-    checkpoint: str | os.PathLike[str] | None = None,
-    state_dict: Mapping[str, Tensor] | None = None,
-    epochs: Any = 0,
-    lr: Any = 1e-3,
-    batch_size: Any = 1024,
-    gradient_batch_size: Any = 4096,
-    eval_batch_size: Any = 512,
-    limit_train_sentences: Any = None,
-    limit_eval_sentences: Any = None,
-    seed: Any = 0,
-    device: str | torch.device | None = None,
+    **options: Any,
 ) -> Task:
     """The PTB dependency-parsing task (see the module's docstring).
 
@@ -268,35 +253,34 @@ def ptb_dep_task(
         held_out: the share of sentences (or files) held out for evaluation.
         split_by: "sentence" or "file".
         split_seed: seeds the split.
-        min_count: words seen fewer times in training map to UNK.
-        emb_size, hidden_size, activation ("cube" or "relu"), dropout: the model.
-        checkpoint / state_dict: trained weights.
-        epochs: train this many epochs in the task when no weights are given (default 0:
-            the model stays untrained).
-        lr: Adam's learning rate when training here (decayed by 0.9 per epoch).
-        batch_size, gradient_batch_size, eval_batch_size: transitions per training and
-            gradient batch; sentences per evaluation batch.
-        limit_train_sentences, limit_eval_sentences: keep only the first sentences of each
-            part (tiny slices for tests).
-        seed: seeds the initialisation and the batch order.
-        device: "cpu" (default), "cuda", "auto", ...
+        **options: the model, its training and the slices, as keywords:
+
+            - ``min_count`` (2): words seen fewer times in training map to UNK;
+            - ``emb_size`` (50), ``hidden_size`` (200), ``activation`` ("cube" or "relu"),
+              ``dropout`` (0.5): the model;
+            - ``checkpoint`` / ``state_dict``: trained weights;
+            - ``epochs`` (0: the model stays untrained): train this many epochs in the task
+              when no weights are given;
+            - ``lr`` (1e-3): Adam's learning rate when training here (x 0.9 per epoch);
+            - ``batch_size`` (1024), ``gradient_batch_size`` (4096), ``eval_batch_size``
+              (512): transitions per training and gradient batch; sentences per evaluation
+              batch;
+            - ``limit_train_sentences``, ``limit_eval_sentences``: keep only the first
+              sentences of each part (tiny slices for tests);
+            - ``seed`` (0): seeds the initialisation and the batch order;
+            - ``device``: "cpu" (default), "cuda", "auto", ...
 
     Raises:
         FileNotFoundError: when the archive (or the checkpoint) is not found.
         ValueError: for bad options or weights that do not fit the model.
+        TypeError: for an unknown option.
     """
     from ..data.dependency import split_sentences
 
     del cache_dir
     sentences = _sentences(None if data_dir is None else str(data_dir))
     train, test = split_sentences(sentences, float(held_out), as_int(split_seed, "split_seed", minimum=0), split_by)
-    return _parser_task(
-        "ptb-dep", train, test, checkpoint=checkpoint, state_dict=state_dict, min_count=min_count,
-        emb_size=emb_size, hidden_size=hidden_size, activation=activation, dropout=dropout, epochs=epochs,
-        lr=lr, batch_size=batch_size, gradient_batch_size=gradient_batch_size, eval_batch_size=eval_batch_size,
-        limit_train_sentences=limit_train_sentences, limit_eval_sentences=limit_eval_sentences, seed=seed,
-        device=device,
-    )
+    return _parser_task("ptb-dep", train, test, **options)
 
 
 @functools.lru_cache(maxsize=4)
@@ -311,29 +295,14 @@ def ud_ewt_task(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     eval_split: str = "test",
-    min_count: Any = 2,
-    emb_size: Any = 50,
-    hidden_size: Any = 200,
-    activation: str = "cube",
-    dropout: Any = 0.5,
-    checkpoint: str | os.PathLike[str] | None = None,
-    state_dict: Mapping[str, Tensor] | None = None,
-    epochs: Any = 0,
-    lr: Any = 1e-3,
-    batch_size: Any = 1024,
-    gradient_batch_size: Any = 4096,
-    eval_batch_size: Any = 512,
-    limit_train_sentences: Any = None,
-    limit_eval_sentences: Any = None,
-    seed: Any = 0,
-    device: str | torch.device | None = None,
+    **options: Any,
 ) -> Task:
     """The labelled parsing task ``ud-ewt``: the same parser on UD English-EWT (12,544
     training trees, the official dev and test splits), with 48 features (18 words, 18 PTB
     POS tags, 12 labels) and the metrics ``uas`` and ``las``.
 
-    Options as :func:`ptb_dep_task`, except the split: ``eval_split`` is "test" (default) or
-    "dev"; the training split is always "train".
+    ``eval_split`` is "test" (default) or "dev"; the training split is always "train". The
+    other options (model, training, slices, seed, device, weights) are :func:`ptb_dep_task`'s.
 
     Raises:
         FileNotFoundError: when the data (or the checkpoint) is not found.
@@ -343,14 +312,8 @@ def ud_ewt_task(
     if eval_split not in ("dev", "test"):
         raise ValueError(f"eval_split must be 'dev' or 'test', got {eval_split!r}")
     key = None if data_dir is None else str(data_dir)
-    return _parser_task(
-        "ud-ewt", list(_ud_split(key, "train")), list(_ud_split(key, eval_split)), checkpoint=checkpoint,
-        state_dict=state_dict, min_count=min_count, emb_size=emb_size, hidden_size=hidden_size,
-        activation=activation, dropout=dropout, epochs=epochs, lr=lr, batch_size=batch_size,
-        gradient_batch_size=gradient_batch_size, eval_batch_size=eval_batch_size,
-        limit_train_sentences=limit_train_sentences, limit_eval_sentences=limit_eval_sentences, seed=seed,
-        device=device, extra_info={"eval_split": eval_split},
-    )
+    train, test = list(_ud_split(key, "train")), list(_ud_split(key, eval_split))
+    return _parser_task("ud-ewt", train, test, extra_info={"eval_split": eval_split}, **options)
 
 
 def _parser_task(
@@ -358,22 +321,22 @@ def _parser_task(
     train: list,
     test: list,
     *,
-    checkpoint: Any,
-    state_dict: Any,
-    min_count: Any,
-    emb_size: Any,
-    hidden_size: Any,
-    activation: str,
-    dropout: Any,
-    epochs: Any,
-    lr: Any,
-    batch_size: Any,
-    gradient_batch_size: Any,
-    eval_batch_size: Any,
-    limit_train_sentences: Any,
-    limit_eval_sentences: Any,
-    seed: Any,
-    device: Any,
+    checkpoint: str | os.PathLike[str] | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+    min_count: Any = 2,
+    emb_size: Any = 50,
+    hidden_size: Any = 200,
+    activation: str = "cube",
+    dropout: Any = 0.5,
+    epochs: Any = 0,
+    lr: Any = 1e-3,
+    batch_size: Any = 1024,
+    gradient_batch_size: Any = 4096,
+    eval_batch_size: Any = 512,
+    limit_train_sentences: Any = None,
+    limit_eval_sentences: Any = None,
+    seed: Any = 0,
+    device: str | torch.device | None = None,
     extra_info: Mapping[str, Any] | None = None,
 ) -> Task:
     """The parser task on these training and evaluation trees (see :func:`ptb_dep_task`)."""
