@@ -303,8 +303,9 @@ def multi30k_task(
         eval_split: "test2016" (default), "val", "test2017", "test2018", "mscoco".
         epochs: train this many epochs here when no weights are given (default 0: untrained).
         lr, warmup: Adam's peak learning rate and warm-up steps when training here (the
-            defaults, with 2,048-token batches, reach 35 BLEU on test2016 in 12 epochs with
-            the "small" model: ``benchmarks/reproduce_transformer.py``).
+            defaults, with 2,048-token batches, reach 37.4 and 38.5 BLEU on test2016 (seeds 0
+            and 1, greedy) in 12 epochs with the "small" model:
+            ``benchmarks/reproduce_transformer.py``).
         max_tokens, eval_max_tokens: token budgets of training / gradient and eval batches.
         limit_train_sentences, limit_eval_sentences: keep only the first pairs (tiny slices).
         seed: seeds the initialisation and the batch order.
