@@ -122,7 +122,17 @@ def arguments(description: str, argv: Sequence[str] | None) -> argparse.Namespac
         "the summary then holds only these: rerun without --only for the whole one, which "
         "reuses the finished models and sweep rows)",
     )
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated Table 2 seeds to run (default: the size's; e.g. --only table2 "
+        "--seeds 1 in one process and --seeds 0 in another, then a run without either)",
+    )
     args = ap.parse_args(argv)
+    try:
+        args.seeds = None if args.seeds is None else tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown or not only:
@@ -300,26 +310,39 @@ def groups_sweep(family: Mapping[str, Any], task: Any, folder: Path, args: argpa
     return lines, {"clean": clean, "groups": data, "eps": eps_values}, [path]
 
 
-def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Namespace) -> tuple[list[str], dict, list[Path]]:
-    """Baseline vs corruption-resistant training: clean metric and the metric under
-    gradient-based corruption of every parameter (L_p, n = k), mean over the seeds."""
+def table2_cell(
+    family: Mapping[str, Any], folder: Path, args: argparse.Namespace, variant: str, seed: int
+) -> tuple[list[dict[str, Any]], Path, dict[str, Any]]:
+    """One model of Table 2 (trained, or reused from ``--out``/models) and its sweep of
+    gradient-based corruption of every parameter: (rows, results file, model metadata).
+    Separate cells may run in separate processes; :func:`table2` then reuses their results."""
     from paramcorrupt.probe import SweepConfig
 
     spec = family["sizes"][args.mode]["table2"]
-    scale, metric = family["scale"], family["metric"]
+    build = family.get("table2_model", trained)  # a family may derive its Table 2 models otherwise
+    model_task, meta = build(family, args, seed=seed, variant=variant)
+    config = SweepConfig(
+        methods=("gradient",), p_values=(spec["p"],), n_values=(None,), eps_values=tuple(spec["eps"]),
+        seed=0, task=f"{family['task']}:{args.mode}:{variant}:seed{seed}", grouping="all",
+        metric=family["metric"], measure_gradient_data=False,
+    )
+    rows, path = rc.run_sweep(model_task, config, folder / f"table2-{variant}-seed{seed}.jsonl", args)
+    return rows, path, meta
+
+
+def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Namespace) -> tuple[list[str], dict, list[Path]]:
+    """Baseline vs corruption-resistant training: clean metric and the metric under
+    gradient-based corruption of every parameter (L_p, n = k), mean over the seeds."""
+
+    spec = family["sizes"][args.mode]["table2"]
+    scale = family["scale"]
     results: dict[str, dict[float, list[float]]] = {"baseline": {}, "resistant": {}}
     files, times = [], {}
-    build = family.get("table2_model", trained)  # a family may derive its Table 2 models otherwise
+    seeds = spec["seeds"] if args.seeds is None else args.seeds
     for variant in ("baseline", "resistant"):
-        for seed in spec["seeds"]:
-            model_task, meta = build(family, args, seed=seed, variant=variant)
+        for seed in seeds:
+            rows, path, meta = table2_cell(family, folder, args, variant, seed)
             times[f"{variant}-seed{seed}"] = meta.get("build_and_train_seconds")
-            config = SweepConfig(
-                methods=("gradient",), p_values=(spec["p"],), n_values=(None,), eps_values=tuple(spec["eps"]),
-                seed=0, task=f"{family['task']}:{args.mode}:{variant}:seed{seed}", grouping="all",
-                metric=metric, measure_gradient_data=False,
-            )
-            rows, path = rc.run_sweep(model_task, config, folder / f"table2-{variant}-seed{seed}.jsonl", args)
             files.append(path)
             results[variant].setdefault(0.0, []).append(rows[0]["metric_before"])
             for r in rows:
@@ -340,7 +363,7 @@ def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Na
     lines = [
         f"## Table 2: baseline vs corruption-resistant training ({describe}); "
         f"gradient-based corruption L_{p}, n = k; "
-        f"mean of seeds {list(spec['seeds'])}",
+        f"mean of seeds {list(seeds)}",
         "",
         *rc.table(["eps", "paper baseline", "paper proposed", "ours baseline", "ours resistant", "ours diff"], out),
         *(
