@@ -157,6 +157,40 @@ def setup(args: argparse.Namespace, script: str) -> Path:
     return args.out / script
 
 
+def model_identity(
+    family: Mapping[str, Any], args: argparse.Namespace, seed: int = 0, variant: str = "baseline"
+) -> tuple[dict[str, Any], str, Path]:
+    """(identity, digest, weights file) of the model :func:`trained` builds: the identity holds
+    the task options and the recipe, so models of other budgets sit side by side."""
+    size = family["sizes"][args.mode]
+    options = {**size["task"], "seed": seed, "epochs": size["epochs"]}
+    ident: dict[str, Any] = {"task": family["task"], "mode": args.mode, "options": options}
+    if size.get("train"):  # how the family's trainer runs (precision...), when the size says
+        ident["train"] = size["train"]
+    if variant != "baseline":
+        ident["variant"] = variant
+        ident["resistant"] = {k: v for k, v in family["resistant"].items() if not callable(v)}
+    digest = rc._digest(ident)
+    return ident, digest, args.out / "models" / f"{family['task']}-{variant}-seed{seed}.{digest}.pt"
+
+
+def reused(
+    family: Mapping[str, Any], args: argparse.Namespace, options: Mapping[str, Any], weights: Path, digest: str
+) -> tuple[Any, dict[str, Any]] | None:
+    """(task, metadata) with the saved ``weights`` loaded, or None when they are not there
+    (or ``--fresh`` asks to retrain)."""
+    from paramcorrupt.tasks import get_task
+
+    meta_path = weights.with_suffix(".json")
+    if args.fresh or not (weights.exists() and meta_path.exists()):
+        return None
+    common = {"data_dir": args.data_dir, "device": args.device}
+    task = get_task(family["task"], **common, **{**options, "epochs": 0}, checkpoint=str(weights))
+    task.info["model_id"] = digest
+    logger.info("%s: reusing %s", family["task"], weights)
+    return task, json.loads(meta_path.read_text())
+
+
 def trained(
     family: Mapping[str, Any], args: argparse.Namespace, seed: int = 0, variant: str = "baseline"
 ) -> tuple[Any, dict[str, Any]]:
@@ -167,24 +201,13 @@ def trained(
     from paramcorrupt.tasks import get_task
 
     size = family["sizes"][args.mode]
-    options = {**size["task"], "seed": seed, "epochs": size["epochs"]}
-    ident: dict[str, Any] = {"task": family["task"], "mode": args.mode, "options": options}
-    if size.get("train"):  # how the family's trainer runs (precision...), when the size says
-        ident["train"] = size["train"]
-    if variant != "baseline":
-        ident["variant"] = variant
-        ident["resistant"] = {k: v for k, v in family["resistant"].items() if not callable(v)}
-    digest = rc._digest(ident)
-    folder = args.out / "models"
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / f"{family['task']}-{variant}-seed{seed}.{digest}.pt"
-    meta_path = weights.with_suffix(".json")
+    ident, digest, weights = model_identity(family, args, seed, variant)
+    options = ident["options"]
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    found = reused(family, args, options, weights, digest)
+    if found is not None:
+        return found
     common = {"data_dir": args.data_dir, "device": args.device}
-    if weights.exists() and meta_path.exists() and not args.fresh:
-        task = get_task(family["task"], **common, **{**options, "epochs": 0}, checkpoint=str(weights))
-        task.info["model_id"] = digest
-        logger.info("%s: reusing %s", family["task"], weights)
-        return task, json.loads(meta_path.read_text())
     started = time.perf_counter()
     if variant == "baseline" and "train" in family:  # resumable: a checkpoint after every epoch
         task = get_task(family["task"], **common, **{**options, "epochs": 0})
@@ -333,7 +356,6 @@ def table2_cell(
 def table2(family: Mapping[str, Any], task: Any, folder: Path, args: argparse.Namespace) -> tuple[list[str], dict, list[Path]]:
     """Baseline vs corruption-resistant training: clean metric and the metric under
     gradient-based corruption of every parameter (L_p, n = k), mean over the seeds."""
-
     spec = family["sizes"][args.mode]["table2"]
     scale = family["scale"]
     results: dict[str, dict[float, list[float]]] = {"baseline": {}, "resistant": {}}

@@ -83,39 +83,31 @@ def continued(family, args, seed: int = 0, variant: str = "baseline"):
     its schedule's step, its batch order and RNG state, so the plain variant is the baseline
     trained longer and the two differ only by the loss. Saved in ``--out``/models (with a
     checkpoint after every epoch) and reused."""
-    import json
-
     import torch
 
-    from paramcorrupt.tasks import get_task
     from paramcorrupt.tasks.translation import inverse_sqrt
     from paramcorrupt.train import CorruptionResistant, fit
     from paramcorrupt.train.loop import load_checkpoint
 
     size = family["sizes"][args.mode]
     epochs = size["table2"]["finetune_epochs"]
-    _, base_meta = rp.trained(family, args, seed=seed)
-    folder = args.out / "models"
-    base_checkpoint = folder / f"{family['task']}-baseline-seed{seed}.{base_meta['id']}.ckpt.pt"
-    ident = {"from": base_meta["id"], "variant": variant, "finetune_epochs": epochs, "train": size.get("train")}
+    _, base_id, base_weights = rp.model_identity(family, args, seed)
+    ident = {"from": base_id, "variant": variant, "finetune_epochs": epochs, "train": size.get("train")}
     if variant == "resistant":
         ident["resistant"] = dict(family["resistant"])
     digest = rc._digest(ident)
-    weights = folder / f"{family['task']}-{variant}-ft{epochs}-seed{seed}.{digest}.pt"
-    options = {**size["task"], "seed": seed, "epochs": 0}
-    common = {"data_dir": args.data_dir, "device": args.device}
-    if weights.exists() and weights.with_suffix(".json").exists() and not args.fresh:
-        task = get_task(family["task"], **common, **options, checkpoint=str(weights))
-        task.info["model_id"] = digest
-        rp.logger.info("%s: reusing %s", family["task"], weights)
-        return task, json.loads(weights.with_suffix(".json").read_text())
+    weights = base_weights.with_name(f"{family['task']}-{variant}-ft{epochs}-seed{seed}.{digest}.pt")
+    found = rp.reused(family, args, {**size["task"], "seed": seed}, weights, digest)
+    if found is not None:
+        return found
+    task, _ = rp.trained(family, args, seed=seed)  # the baseline, trained here if need be
+    started = time.perf_counter()
+    base_checkpoint = base_weights.with_suffix(".ckpt.pt")
     if not base_checkpoint.exists():
         raise FileNotFoundError(
             f"{base_checkpoint} (the baseline's last training checkpoint, which Table 2 continues) "
             "is missing: rerun with --fresh to retrain the baseline"
         )
-    started = time.perf_counter()
-    task = get_task(family["task"], **common, **options)
     model, recipe, spec = task.model, task.info["recipe"], family["resistant"]
     state = load_checkpoint(base_checkpoint)
     model.load_state_dict(state["model"])
