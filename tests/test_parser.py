@@ -211,6 +211,10 @@ def test_ud_ewt_task_end_to_end_on_a_slice():
     assert evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics) == clean  # weights restored
     with pytest.raises(ValueError, match="eval_split"):
         get_task("ud-ewt", data_dir=str(DATA_DIR), eval_split="train")
+    from paramcorrupt.data.dependency import load_ud_ewt
+
+    with pytest.raises(ValueError, match="'validation'"):
+        load_ud_ewt(DATA_DIR, "validation")
 
 
 @pytest.mark.data
