@@ -141,6 +141,107 @@ def test_alpha_one_matches_a_literal_sam():
     assert max(float((a - b).abs().max()) for a, b in zip(params_of(ours_model), params_of(plain_model))) > 1e-6
 
 
+class LiteralMultiGroupSAM:
+    """SAM over several optimiser groups, as davda54/sam: one ||g||_2 over every parameter of
+    every group (``per_group=False``), or one norm per group (``per_group=True``)."""
+
+    def __init__(self, groups, base, rho, per_group=False, **kwargs):
+        self.base = base(groups, **kwargs)
+        self.rho, self.per_group = rho, per_group
+
+    def step(self, closure):
+        self.base.zero_grad()
+        loss = closure()
+        groups = [list(g["params"]) for g in self.base.param_groups]
+        if self.per_group:
+            norms = [torch.sqrt(sum((p.grad**2).sum() for p in ps)) for ps in groups]
+        else:
+            norms = [torch.sqrt(sum((p.grad**2).sum() for ps in groups for p in ps))] * len(groups)
+        moves = []
+        with torch.no_grad():
+            for ps, norm in zip(groups, norms):
+                for p in ps:
+                    e = self.rho * p.grad / norm
+                    p.add_(e)
+                    moves.append((p, e))
+        self.base.zero_grad()
+        closure()
+        with torch.no_grad():
+            for p, e in moves:
+                p.sub_(e)
+        self.base.step()
+        return loss
+
+
+def decay_groups(model):
+    """The common recipe: weight decay on the weights, none on the biases."""
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    return [{"params": weights, "weight_decay": 5e-3}, {"params": biases, "weight_decay": 0.0}]
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+@pytest.mark.parametrize("scope", ["all", "group"])
+def test_two_optimizer_groups_match_a_literal_sam(scope, nesterov):
+    """scope="all" (the default) is SAM whatever the optimiser groups; scope="group" is SAM
+    with one norm per group. Two groups (weight decay on weights only), 10 steps, float64."""
+    x, y = data()
+    sam_model, ours_model = mlp(), mlp()
+    sgd = dict(lr=0.1, momentum=0.9, nesterov=nesterov)
+    sam = LiteralMultiGroupSAM(decay_groups(sam_model), torch.optim.SGD, rho=0.05, per_group=scope == "group", **sgd)
+    kwargs = {} if scope == "all" else {"scope": "group"}
+    ours = CorruptionResistant(decay_groups(ours_model), torch.optim.SGD, eps=0.05, p=2, alpha=1.0, **kwargs, **sgd)
+
+    def plain_closure():
+        loss = F.cross_entropy(sam_model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(10):
+        loss_sam = sam.step(plain_closure)
+        loss_ours = ours.step(closure_for(ours_model, ours, x, y))
+        torch.testing.assert_close(loss_ours, loss_sam, rtol=0, atol=1e-10)
+    worst = max(float((a - b).abs().max()) for a, b in zip(params_of(ours_model), params_of(sam_model)))
+    assert worst <= 1e-10
+    # the two scopes are different algorithms: the per-group one is not SAM
+    other_model = mlp()
+    other_scope = "group" if scope == "all" else "all"
+    other = CorruptionResistant(decay_groups(other_model), torch.optim.SGD, eps=0.05, alpha=1.0, scope=other_scope, **sgd)
+    for _ in range(10):
+        other.step(closure_for(other_model, other, x, y))
+    assert max(float((a - b).abs().max()) for a, b in zip(params_of(other_model), params_of(sam_model))) > 1e-4
+
+
+def test_scope_all_takes_top_n_across_optimizer_groups():
+    """n = 3 over two groups: the three largest |g_i| of the whole model move, wherever they are."""
+    x, y = data()
+    model = mlp()
+    opt = CorruptionResistant(decay_groups(model), torch.optim.SGD, eps=0.3, p=float("inf"), n=3, lr=0.1)
+    F.cross_entropy(model(x), y).backward()
+    grads = torch.cat([p.grad.reshape(-1) for g in opt.param_groups for p in g["params"]])
+    before = torch.cat([p.detach().reshape(-1).clone() for g in opt.param_groups for p in g["params"]])
+    opt.first_step()
+    after = torch.cat([p.detach().reshape(-1).clone() for g in opt.param_groups for p in g["params"]])
+    opt.restore()
+    moved = (after != before).nonzero().flatten()
+    assert set(moved.tolist()) == set(grads.abs().topk(3).indices.tolist())
+    torch.testing.assert_close((after - before)[moved], 0.3 * grads[moved].sign(), rtol=0, atol=1e-12)
+
+
+def test_scope_all_refuses_groups_with_different_settings():
+    model = mlp()
+    groups = [{"params": model[0].parameters(), "corruption_eps": 0.2}, {"params": model[2].parameters()}]
+    with pytest.raises(ValueError, match=r"groups 0 and 1 .*eps=0.2, .*scope=.group."):
+        CorruptionResistant(groups, torch.optim.SGD, eps=0.1, lr=0.1)
+    # alpha may differ, and a group with alpha = 0 is outside the constraint
+    groups = [{"params": model[0].parameters(), "corruption_eps": 0.2, "corruption_alpha": 0.0}, {"params": model[2].parameters()}]
+    opt = CorruptionResistant(groups, torch.optim.SGD, eps=0.1, lr=0.1)
+    with pytest.raises(ValueError, match="groups 1 and 2"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2, dtype=torch.float64))], "corruption_n": 1})
+    with pytest.raises(ValueError, match="scope must be one of 'all', 'group', got scope='layer'"):
+        CorruptionResistant(model.parameters(), torch.optim.SGD, eps=0.1, scope="layer", lr=0.1)
+
+
 def test_general_alpha_combines_the_two_gradients():
     """One SGD step (lr = 1, no momentum) moves w by -((1 - alpha) g(w) + alpha g(w + a_hat))."""
     x, y = data()
@@ -275,6 +376,7 @@ def test_state_dict_round_trip_resumes_identically():
             eps=0.1,
             n=20,
             interval=2,
+            scope="group",
             model=model,
             lr=1e-2,
         )

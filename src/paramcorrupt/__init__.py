@@ -9,7 +9,14 @@ from . import losses, tasks, theory
 from ._state import frozen_norm_stats
 from .apply import corrupted
 from .constraint import Constraint, ZeroVectorWarning, closed_form, dual_norm, global_top_n, lp_norm
-from .corruption import Corruption, gradient_corruption, iterative_corruption, random_corruption
+from .corruption import (
+    MODES,
+    Corruption,
+    gradient_corruption,
+    iterative_corruption,
+    random_corruption,
+    random_values,
+)
 from .evaluate import evaluate
 from .gradient import dataset_gradient
 from .groups import PARAMETER_TYPES, ParameterGroup, parameter_types, select
@@ -27,6 +34,7 @@ from .train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MODES",
     "PARAMETER_TYPES",
     "BatchLoss",
     "Constraint",
@@ -56,6 +64,7 @@ __all__ = [
     "lp_norm",
     "parameter_types",
     "random_corruption",
+    "random_values",
     "regularized_loss",
     "select",
     "sequence_loss",

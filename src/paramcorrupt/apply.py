@@ -26,6 +26,7 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
     lookup = dict(model.named_parameters(remove_duplicate=False))
     plan = []
     seen: dict[int, str] = {}
+    what = "values" if corruption.mode == "set" else "delta"
     for name, value in corruption.values.items():
         if name not in lookup:
             raise ValueError(f"the model has no parameter named {name!r}")
@@ -35,29 +36,63 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
         seen[id(param)] = name
         if not param.is_floating_point():
             raise TypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"the {what} for {name!r} is a {type(value).__name__}, expected a Tensor")
         idx = corruption.indices.get(name)
         if idx is None:
             if value.shape != param.shape:
-                raise ValueError(f"the delta for {name!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
+                raise ValueError(f"the {what} for {name!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
         else:
             if idx.dim() != 1 or value.shape != idx.shape:
-                raise ValueError(f"the sparse delta for {name!r} needs 1-D indices and values of one length")
+                raise ValueError(f"the sparse {what} for {name!r} needs 1-D indices and values of one length")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= param.numel()):
-                raise ValueError(f"an index of the sparse delta for {name!r} is outside [0, {param.numel()})")
-        if not torch.isfinite(value).all():
+                raise ValueError(f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})")
+            if corruption.mode == "set" and idx.unique().numel() != idx.numel():
+                raise ValueError(f"the values for {name!r} write one index twice; which value wins would be undefined")
+        # a fault that sets values may write Inf or NaN (a flipped exponent bit); a delta may not
+        if corruption.mode == "add" and not torch.isfinite(value).all():
             raise ValueError(f"the delta for {name!r} contains NaN or Inf")
         plan.append((param, idx, value))
     return plan
+
+
+def _write(param: Tensor, idx: Tensor | None, value: Tensor, mode: str) -> tuple[Tensor | None, Tensor]:
+    """Change ``param`` in place; return (indices, saved originals) to restore it from.
+
+    "add" adds the delta, "set" copies the values themselves (never w + (v - w), which is
+    not v in floating point).
+    """
+    value = value.to(param.dtype)
+    if idx is None:
+        saved = param.detach().clone()
+        if mode == "set":
+            param.copy_(value)
+        else:
+            param.add_(value)
+        return None, saved
+    contiguous = param.is_contiguous()
+    saved = param.view(-1)[idx].clone() if contiguous else param.detach().clone()
+    # a non-contiguous parameter is changed through a flat copy, then written back whole
+    flat = param.view(-1) if contiguous else param.detach().reshape(-1).clone()
+    if mode == "set":
+        flat.index_copy_(0, idx, value)
+    else:
+        flat.index_add_(0, idx, value)
+    if not contiguous:
+        param.copy_(flat.view_as(param))
+    return (idx if contiguous else None), saved
 
 
 @contextmanager
 def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -> Iterator[nn.Module]:
     """Evaluate ``model`` at w + a: change the parameters in place, restore them on exit.
 
-    No copy of the model is made: a dense entry saves a copy of its parameter, a sparse entry
-    only the n values it overwrites. On exit — normal, by exception or by KeyboardInterrupt —
-    every coordinate the corruption changed is restored bit-exactly (``torch.equal`` on every
-    parameter, as long as the code inside the block does not write to the parameters itself),
+    A corruption adds its delta (``mode="add"``, w + a) or writes its values
+    (``mode="set"``: w_i := v_i exactly, Inf and NaN allowed; see
+    :meth:`Corruption.from_values`). No copy of the model is made: a dense entry saves a copy
+    of its parameter, a sparse entry only the n values it overwrites. On exit — normal, by exception or by KeyboardInterrupt —
+    every coordinate the corruption changed is restored bit-exactly (the same bits, NaN
+    payloads included, as long as the code inside the block does not write to the parameters itself),
     and the running statistics of batch-norm layers are as they were, whatever mode the model
     ran in meanwhile.
 
@@ -69,7 +104,8 @@ def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -
 
     Raises:
         ValueError: for an unknown parameter name, a shape mismatch, an index out of range,
-            NaN/Inf in the delta, or a tied parameter named twice.
+            NaN/Inf in a delta, an index written twice by a set-values fault, or a tied
+            parameter named twice.
         TypeError: for a non-floating parameter or a delta that is not a tensor.
 
     Example:
@@ -88,18 +124,7 @@ def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -
         try:
             with torch.no_grad():
                 for param, idx, value in plan:
-                    flat = param.view(-1) if param.is_contiguous() else None
-                    if idx is None:
-                        saved.append((param, None, param.detach().clone()))
-                        param.add_(value.to(param.dtype))
-                    elif flat is not None:
-                        saved.append((param, idx, flat[idx].clone()))
-                        flat.index_add_(0, idx, value.to(param.dtype))
-                    else:
-                        saved.append((param, None, param.detach().clone()))
-                        delta = torch.zeros_like(param).reshape(-1)
-                        delta[idx] = value.to(param.dtype)
-                        param.add_(delta.view_as(param))
+                    saved.append((param, *_write(param, idx, value, corruption.mode)))
             yield model
         finally:
             with torch.no_grad():

@@ -3,6 +3,11 @@
 A :class:`Corruption` is a value: the change a to a group of parameters, with the group, p,
 eps and n it was drawn under. Sparse corruptions store only the flat indices they touch and
 the values there, so their memory grows with n, not with the model.
+
+A corruption either *adds* a delta (``mode="add"``: w + a, the paper's corruptions) or
+*sets* values (``mode="set"``: w_i := v_i, the faults of hardware: random values, stuck-at
+bits, bit flips). A set-value fault is never expressed as the delta v - w, because
+fl(w + fl(v - w)) is not v in general (1e-9 would become 0.0): it writes v itself.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ from .constraint import Constraint, _check_tensors, _lp_norm, sparse_closed_form
 from .groups import ParameterGroup, as_group
 
 __all__ = [
+    "MODES",
     "Corruption",
     "gradient_corruption",
     "iterative_corruption",
     "random_corruption",
+    "random_values",
 ]
+
+#: How a corruption changes a parameter: "add" its values (w + a) or "set" them (w_i := v_i).
+MODES = ("add", "set")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,11 +42,14 @@ class Corruption:
 
     Attributes:
         group: the parameter names it lives on (a :class:`ParameterGroup`).
-        constraint: p, eps and n it satisfies (``None`` for a user-given delta).
-        method: "random", "gradient", "iterative" or "custom".
-        indices: name -> flat indices touched, or ``None`` for a dense delta of that tensor.
-        values: name -> the values of the delta: at ``indices`` (1-D), or the full shape.
+        constraint: p, eps and n it satisfies (``None`` for a user-given delta or a fault
+            that sets values).
+        method: "random", "gradient", "iterative", "custom", or a fault's name.
+        indices: name -> flat indices touched, or ``None`` for a dense entry of that tensor.
+        values: name -> the delta (``mode="add"``) or the values written (``mode="set"``):
+            at ``indices`` (1-D), or the full shape.
         info: anything else worth keeping (the first-order estimate, steps taken, ...).
+        mode: "add" (w + a) or "set" (w_i := v_i, written exactly, Inf and NaN allowed).
     """
 
     group: ParameterGroup
@@ -45,6 +58,11 @@ class Corruption:
     indices: dict[str, Tensor | None]
     values: dict[str, Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    mode: str = "add"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got mode={self.mode!r}")
 
     @classmethod
     def from_deltas(cls, deltas: Mapping[str, Tensor], method: str = "custom") -> Corruption:
@@ -61,6 +79,61 @@ class Corruption:
             {name: None for name in deltas},
             {name: d.detach() for name, d in deltas.items()},
         )
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Mapping[str, Tensor],
+        indices: Mapping[str, Tensor | None] | None = None,
+        method: str = "custom",
+        group: ParameterGroup | None = None,
+        **info: Any,
+    ) -> Corruption:
+        """A fault that sets parameters to given values (``mode="set"``).
+
+        Args:
+            values: name -> the values to write: the parameter's full shape, or 1-D at
+                ``indices[name]``. They are written as they are (cast to the parameter's
+                dtype), Inf and NaN included; the originals come back bit for bit.
+            indices: name -> flat indices (row-major) of the coordinates to write, or
+                ``None`` (or a missing name) for a whole tensor.
+            method: a name for the rows and reports ("stuck-at", "bitflip", ...).
+            group: the group the fault was drawn on (default: the names in ``values``).
+            **info: kept in ``info``.
+
+        Example:
+            >>> model = nn.Linear(2, 1, bias=False)
+            >>> fault = Corruption.from_values({"weight": torch.tensor([1e-9])}, {"weight": torch.tensor([1])})
+            >>> from paramcorrupt import corrupted
+            >>> with corrupted(model, fault):
+            ...     model.weight[0, 1].item() == torch.tensor(1e-9).item()
+            True
+        """
+        if not isinstance(values, Mapping) or not values:
+            raise ValueError("a set-values corruption must map at least one parameter name to its values")
+        indices = dict(indices or {})
+        unknown = [name for name in indices if name not in values]
+        if unknown:
+            raise ValueError(f"indices are given for {unknown[0]!r}, which has no values")
+        for name, v in values.items():
+            if not isinstance(v, Tensor):
+                raise TypeError(f"the values for {name!r} are a {type(v).__name__}, expected a Tensor")
+            idx = indices.get(name)
+            if idx is not None and not isinstance(idx, Tensor):
+                raise TypeError(f"the indices for {name!r} are a {type(idx).__name__}, expected a Tensor")
+        return cls(
+            group if group is not None else ParameterGroup(method, tuple(values)),
+            None,
+            method,
+            {name: None if indices.get(name) is None else indices[name].detach().long() for name in values},
+            {name: v.detach() for name, v in values.items()},
+            dict(info),
+            mode="set",
+        )
+
+    def _delta_only(self, what: str) -> None:
+        if self.mode != "add":
+            raise ValueError(f"{what} needs a delta; this corruption sets values (mode='set'), it does not add a delta")
 
     @property
     def p(self) -> float | None:
@@ -79,11 +152,15 @@ class Corruption:
         return any(idx is not None for idx in self.indices.values())
 
     def nnz(self) -> int:
-        """The number of non-zero coordinates of a."""
+        """The number of non-zero coordinates of a; for a fault that sets values, the number
+        of coordinates it writes."""
+        if self.mode == "set":
+            return int(sum(v.numel() for v in self.values.values()))
         return int(sum(int((v != 0).sum()) for v in self.values.values()))
 
     def norm(self, p: float | None = None) -> float:
         """||a||_p (by default with the constraint's p)."""
+        self._delta_only("norm()")
         if p is None:
             if self.constraint is None:
                 raise ValueError("this corruption has no constraint: pass p explicitly")
@@ -92,6 +169,7 @@ class Corruption:
 
     def dot(self, vector: Mapping[str, Tensor]) -> float:
         """a.v for a mapping name -> tensor shaped like the parameters (in float64)."""
+        self._delta_only("dot()")
         total = 0.0
         for name, value in self.values.items():
             idx = self.indices[name]
@@ -102,6 +180,7 @@ class Corruption:
 
     def dense(self, model: nn.Module | None = None) -> dict[str, Tensor]:
         """name -> dense delta tensor (needs ``model`` for the shapes of sparse entries)."""
+        self._delta_only("dense()")
         out = {}
         params = self.group.tensors(model) if model is not None else {}
         for name, value in self.values.items():
@@ -118,6 +197,7 @@ class Corruption:
 
     def scaled(self, factor: float) -> Corruption:
         """The corruption factor * a (its constraint's eps scaled alike)."""
+        self._delta_only("scaled()")
         constraint = None if self.constraint is None else self.constraint.with_eps(self.constraint.eps * abs(factor))
         return Corruption(
             self.group,
@@ -182,6 +262,50 @@ def random_corruption(
         for p in params.values()
     ]
     return _build(group, params, draws, constraint, "random")
+
+
+def random_values(
+    model: nn.Module,
+    count: int,
+    group: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    low: float = -1.0,
+    high: float = 1.0,
+    generator: torch.Generator,
+) -> Corruption:
+    """Set ``count`` coordinates of the group, drawn uniformly without replacement, to values
+    drawn uniformly from [low, high) (pytorchfi's random weight injection, with a count).
+
+    The values are written exactly (``mode="set"``), not added as a delta.
+
+    Raises:
+        ValueError: for count < 1, count larger than the group, or low >= high.
+
+    Example:
+        >>> fault = random_values(nn.Linear(3, 2), 2, generator=torch.Generator().manual_seed(0))
+        >>> fault.mode, fault.nnz()
+        ('set', 2)
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"low and high must be finite numbers with low < high, got low={low!r}, high={high!r}")
+    group = as_group(model, group)
+    params = group.tensors(model)
+    sizes = [p.numel() for p in params.values()]
+    k = sum(sizes)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= k:
+        raise ValueError(f"count must be an integer in [1, {k}] (the group's size), got count={count!r}")
+    flat = torch.randperm(k, generator=generator)[:count].sort().values
+    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    draws = torch.rand(count, generator=generator, dtype=torch.float64) * (high - low) + low
+    indices, values = {}, {}
+    for (name, param), start, stop in zip(params.items(), offsets[:-1], offsets[1:]):
+        inside = (flat >= start) & (flat < stop)
+        if inside.any():
+            indices[name] = (flat[inside] - start).to(param.device)
+            values[name] = draws[inside].to(param.dtype).to(param.device)
+    return Corruption.from_values(values, indices, method="random-values", group=group, low=low, high=high)
 
 
 def gradient_corruption(

@@ -8,15 +8,17 @@ Proposition 1), held constant. One step:
 
 1. forward/backward at w: the batch gradient g(w) (accumulated over micro-batches if the
    closure does so) and dL(w);
-2. a_hat = argmax_{a in S} a.g(w) per parameter group (top-n global across the group's
-   parameters, p-norm normalisation);
+2. a_hat = argmax_{a in S} a.g(w): by default one constraint over every perturbed
+   parameter, whatever optimiser group it sits in (top-n global across all of them, one
+   p-norm normalisation), as SAM and the paper's S; ``scope="group"`` takes one per group;
 3. climb to w + a_hat in place (saving what is overwritten: the n values for a sparse a_hat,
    the parameter for a dense one), forward/backward there with the batch-norm running
    statistics frozen;
 4. return to w bit-exactly and let the base optimiser step on
    (1 - alpha) dL(w) + alpha dL(w + a_hat).
 
-alpha = 1, p = 2, n = None is SAM's update (Foret et al., 2021) with rho = eps.
+alpha = 1, p = 2, n = None (and the default ``scope="all"``) is SAM's update (Foret et al.,
+2021) with rho = eps, for any number of optimiser groups.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ logger = logging.getLogger(__name__)
 #: prefix because the groups are shared with the base optimiser, whose own keys would
 #: collide ("eps" in Adam, "alpha" in RMSprop).
 GROUP_KEYS = {"eps": "corruption_eps", "p": "corruption_p", "n": "corruption_n", "alpha": "corruption_alpha"}
+
+#: Where the constraint S applies: "all" (one S over every perturbed parameter across the
+#: optimiser groups, as SAM) or "group" (one S per optimiser group).
+SCOPES = ("all", "group")
 
 
 # --------------------------------------------------------------------------------------
@@ -126,6 +132,31 @@ def _group_settings(group: dict[str, Any]) -> tuple[Constraint, float]:
     return constraint, float(alpha)
 
 
+def _shared_constraint(groups: Sequence[dict[str, Any]]) -> Constraint | None:
+    """The one constraint of ``scope="all"``: every perturbed group (alpha > 0) must give the
+    same eps, p and n. ``None`` when no group is perturbed.
+
+    Raises:
+        ValueError: naming the first two groups whose settings differ.
+    """
+    shared: tuple[int, Constraint] | None = None
+    for i, group in enumerate(groups):
+        constraint, alpha = _group_settings(group)
+        if alpha == 0:
+            continue
+        if shared is None:
+            shared = (i, constraint)
+        elif constraint != shared[1]:
+            j, first = shared
+            raise ValueError(
+                f"parameter groups {j} and {i} set different corruption settings "
+                f"(p={first.p}, eps={first.eps}, n={first.n} vs p={constraint.p}, eps={constraint.eps}, n={constraint.n}); "
+                "with scope='all' one constraint covers every perturbed parameter: give the groups the same "
+                "corruption_eps/_p/_n, or pass scope='group' for one constraint per group"
+            )
+    return None if shared is None else shared[1]
+
+
 class CorruptionResistant(Optimizer):
     """Wrap any torch optimiser to minimise L* = (1 - alpha) L(w) + alpha L(w + a_hat) (Eq. 13).
 
@@ -139,9 +170,15 @@ class CorruptionResistant(Optimizer):
     rho = eps.
 
     The parameter groups *are* the base optimiser's (one list of dicts), so learning-rate
-    schedulers work on the wrapper, and eps, p, n and alpha may differ per group: they are
-    stored as ``corruption_eps``, ``corruption_p``, ``corruption_n``, ``corruption_alpha``
-    (prefixed, because Adam has its own "eps" and RMSprop its own "alpha"). A group with
+    schedulers work on the wrapper. By default (``scope="all"``) a_hat maximises a.g under
+    one constraint over every perturbed parameter, whatever optimiser group it is in (top-n
+    across all of them, one p-norm normalisation): splitting the parameters into groups for
+    the base optimiser (weight decay on weights, none on biases) does not change the
+    perturbation, exactly as in SAM. ``scope="group"`` instead takes one constraint per group
+    (each group's a_hat has norm eps and at most n entries), and then eps, p and n may differ
+    per group. The settings are stored in each group as ``corruption_eps``, ``corruption_p``,
+    ``corruption_n``, ``corruption_alpha`` (prefixed, because Adam has its own "eps" and
+    RMSprop its own "alpha"). alpha may differ per group under either scope; a group with
     alpha = 0 is not perturbed and steps on its plain gradient.
 
     Use it with a closure (torch's convention: it clears the gradients, computes the loss,
@@ -166,12 +203,16 @@ class CorruptionResistant(Optimizer):
         base_optimizer: the optimiser class to wrap (``torch.optim.SGD``, ``AdamW``, ...).
         eps: the radius of the corruption, > 0.
         p: its norm, in [1, inf] (default 2).
-        n: the largest number of parameters it may change per group (default None: all).
-            When n is smaller than the group, a_hat is stored as indices and values, so the
-            extra memory of the climb grows with n, not with the model.
+        n: the largest number of parameters it may change (default None: all), over all
+            perturbed parameters (or per group with ``scope="group"``). When n is smaller
+            than that, a_hat is stored as indices and values, so the extra memory of the
+            climb grows with n, not with the model.
         alpha: the weight of the corrupted loss, in [0, 1] (default 0.5, the paper's).
         interval: take the two-pass step every ``interval`` steps and plain steps between
             (default 1: always).
+        scope: ``"all"`` (default): one constraint S over every perturbed parameter across
+            the optimiser groups, as SAM; the groups with alpha > 0 must then share eps, p
+            and n. ``"group"``: one constraint per optimiser group.
         model: the model the parameters belong to; when given, the perturbed pass cannot
             change its batch-norm running statistics (only the pass at w counts).
         max_grad_norm: clip the total gradient norm of the combined gradient (after
@@ -183,7 +224,8 @@ class CorruptionResistant(Optimizer):
 
     Raises:
         ValueError: for eps <= 0, p < 1, n < 1, alpha outside [0, 1], interval < 1,
-            max_grad_norm <= 0.
+            max_grad_norm <= 0, an unknown scope, or (scope "all") perturbed groups with
+            different eps, p or n.
         TypeError: when ``base_optimizer`` is not an optimiser class.
 
     Example:
@@ -212,6 +254,7 @@ class CorruptionResistant(Optimizer):
         alpha: float = 0.5,
         interval: int = 1,
         *,
+        scope: str = "all",
         model: nn.Module | None = None,
         max_grad_norm: float | None = None,
         grad_scaler: Any = None,
@@ -224,6 +267,8 @@ class CorruptionResistant(Optimizer):
             )
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"interval must be an integer >= 1, got interval={interval!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got scope={scope!r}")
         if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
         if model is not None and not isinstance(model, nn.Module):
@@ -240,6 +285,10 @@ class CorruptionResistant(Optimizer):
         self._base = base
         self._link()
         self.defaults.update(base.defaults)
+        #: "all" (one constraint over every perturbed parameter) or "group" (one per group)
+        self.scope = scope
+        if scope == "all":
+            _shared_constraint(self.param_groups)
         self.interval = interval
         self.model = model
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -273,8 +322,10 @@ class CorruptionResistant(Optimizer):
         _group_settings(param_group)
         if self._base is None:
             super().add_param_group(param_group)
-        else:
-            self._base.add_param_group(param_group)
+            return
+        if self.scope == "all":
+            _shared_constraint([*self.param_groups, param_group])
+        self._base.add_param_group(param_group)
 
     # -- state -------------------------------------------------------------------------
 
@@ -290,7 +341,7 @@ class CorruptionResistant(Optimizer):
         if self._pending is not None:
             raise ValueError("state_dict() was called between first_step() and second_step(): the parameters are at w + a_hat")
         out = self.base_optimizer.state_dict()
-        out["corruption_resistant"] = {"steps": self.steps, "interval": self.interval}
+        out["corruption_resistant"] = {"steps": self.steps, "interval": self.interval, "scope": self.scope}
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -303,11 +354,15 @@ class CorruptionResistant(Optimizer):
         extra = state_dict.pop("corruption_resistant")
         for group in state_dict["param_groups"]:
             _group_settings(group)
+        if self.scope == "all":
+            _shared_constraint(state_dict["param_groups"])
         self.base_optimizer.load_state_dict(state_dict)
         self._link()
         self.steps = int(extra["steps"])
         if int(extra.get("interval", self.interval)) != self.interval:
             logger.warning("the state dict was saved with interval=%s; keeping interval=%s", extra["interval"], self.interval)
+        if extra.get("scope", self.scope) != self.scope:
+            logger.warning("the state dict was saved with scope=%r; keeping scope=%r", extra["scope"], self.scope)
 
     # -- the step ----------------------------------------------------------------------
 
@@ -380,15 +435,16 @@ class CorruptionResistant(Optimizer):
         if self._pending is not None:
             raise ValueError("first_step() was called twice; call second_step() or restore() in between")
         saved_grads: dict[Tensor, Tensor | None] = {}
-        plan = []  # (params, indices, values) per perturbed group
+        shared = _shared_constraint(self.param_groups) if self.scope == "all" else None
+        # (constraint, params, max |g|) per constraint: one per perturbed group, or one in all
+        parts: list[tuple[Constraint, list[Tensor], float]] = []
         finite = True
         for i, group in enumerate(self.param_groups):
             constraint, alpha = _group_settings(group)
             params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            top = float(torch.stack([g.detach().abs().amax().float() for g in grads]).max())
+            top = float(torch.stack([p.grad.detach().abs().amax().float() for p in params]).max())
             if not math.isfinite(top):
                 if self.grad_scaler is None:
                     raise ValueError(
@@ -396,14 +452,21 @@ class CorruptionResistant(Optimizer):
                         "corruption a_hat from it (use a GradScaler to skip such steps)"
                     )
                 finite = False
-            if finite and alpha > 0:
-                found = perturbation(grads, constraint, max_abs=top)
-                if found is not None:
-                    plan.append((params, found[0], found[1]))
+            if alpha == 0:
+                continue
+            if shared is not None and parts:
+                _, together, top_so_far = parts[0]
+                parts[0] = (shared, together + params, max(top_so_far, top))
+            else:
+                parts.append((constraint if shared is None else shared, params, top))
         if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
             raise ValueError("first_step() found no gradient at w: back-propagate the loss at w first")
-        if not finite:
-            plan = []
+        plan = []  # (params, indices, values) per constraint
+        if finite:
+            for constraint, params, top in parts:
+                found = perturbation([p.grad for p in params], constraint, max_abs=top)
+                if found is not None:
+                    plan.append((params, found[0], found[1]))
         # set the gradient at w aside: the pass at w + a_hat fills fresh .grad buffers
         for group in self.param_groups:
             alpha = group[GROUP_KEYS["alpha"]]
@@ -556,4 +619,4 @@ class CorruptionResistant(Optimizer):
         return total
 
     def __repr__(self) -> str:
-        return f"CorruptionResistant(interval={self.interval}, base={self.base_optimizer!r})"
+        return f"CorruptionResistant(scope={self.scope!r}, interval={self.interval}, base={self.base_optimizer!r})"
