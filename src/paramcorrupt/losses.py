@@ -11,13 +11,23 @@ scalar is the batch size (``len`` of the batch's first tensor).
 
 A *metric* is called as ``metric(output, batch)`` and returns ``(total, count)``; a data set's
 value is sum(total) / sum(count). ``"loss"`` is always measured.
+
+A metric carries its own direction and display (as torchmetrics' ``higher_is_better``): the
+attributes ``higher_is_better``, ``display_name`` and ``scale`` (the shown value is
+``value * scale``: 100 for a fraction shown in percent), set on a class or with
+:func:`describe_metric`, and read with :func:`metric_info`. A plain callable without them
+still works; its direction is then unknown (``None``). Only where no metric object is at hand
+(a results file holds the metric's name and values) does :func:`metric_info_by_name` read the
+name; it agrees with every built-in metric (tested).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,10 +36,14 @@ __all__ = [
     "BatchLoss",
     "LossFn",
     "Metric",
+    "MetricInfo",
     "accuracy",
     "as_batch_loss",
     "batch_size",
     "classification_loss",
+    "describe_metric",
+    "metric_info",
+    "metric_info_by_name",
     "sequence_loss",
     "token_accuracy",
 ]
@@ -51,6 +65,96 @@ class BatchLoss(NamedTuple):
 
 LossFn = Callable[[nn.Module, Any], "BatchLoss | Tensor | tuple[Tensor, float]"]
 Metric = Callable[[Any, Any], "tuple[float | Tensor, float | Tensor]"]
+
+
+_M = TypeVar("_M")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric says about itself.
+
+    Attributes:
+        higher_is_better: its direction; ``None`` when unknown (a plain callable).
+        display_name: what tables call it (``None``: its name where it is used).
+        scale: the shown value is ``value * scale``; 100.0 for a fraction shown in percent.
+    """
+
+    higher_is_better: bool | None = None
+    display_name: str | None = None
+    scale: float = 1.0
+
+    @property
+    def percent(self) -> bool:
+        """Whether the metric is a fraction shown in percent."""
+        return self.scale == 100.0
+
+
+def describe_metric(
+    metric: _M, *, higher_is_better: bool | None, display_name: str | None = None, scale: float = 1.0
+) -> _M:
+    """Give a metric its direction and display (attributes on the callable); returns it.
+
+    Example:
+        >>> def hits(output, batch):
+        ...     return (output == batch[1]).sum(), len(batch[1])
+        >>> metric_info(describe_metric(hits, higher_is_better=True, scale=100.0)).percent
+        True
+    """
+    metric.higher_is_better = higher_is_better  # type: ignore[attr-defined]
+    metric.display_name = display_name  # type: ignore[attr-defined]
+    metric.scale = float(scale)  # type: ignore[attr-defined]
+    return metric
+
+
+def metric_info(metric: Any) -> MetricInfo:
+    """Ask a metric for its direction and display (see :class:`MetricInfo`).
+
+    A plain callable without the attributes has an unknown direction (``None``) and scale 1.
+
+    Example:
+        >>> metric_info(accuracy)
+        MetricInfo(higher_is_better=True, display_name='Accuracy', scale=100.0)
+        >>> metric_info(lambda output, batch: (0, 1)).higher_is_better is None
+        True
+    """
+    higher = getattr(metric, "higher_is_better", None)
+    return MetricInfo(
+        None if higher is None else bool(higher),
+        getattr(metric, "display_name", None),
+        float(getattr(metric, "scale", 1.0)),
+    )
+
+
+#: name tokens of fractions shown in percent, and of lower-is-better metrics (results files)
+_PERCENT_NAMES = ("accuracy", "acc", "top1", "top5", "uas", "las", "f1", "precision", "recall")
+_LOWER_BETTER = ("loss", "ppl", "perplexity", "error", "err", "nll", "mse", "mae", "rmse")
+
+
+def metric_info_by_name(name: str | None, values: Iterable[float | None] = ()) -> MetricInfo:
+    """The direction and display of a metric known only by its name and values.
+
+    The one place a metric's name is read: for a results file, which stores the name
+    (``"metric"``) and the values but no metric object; everywhere else ask the metric
+    (:func:`metric_info`). Percent for accuracy-like names (accuracy, acc, top1, top5, uas,
+    las, f1, precision, recall) whose finite values all lie in [0, 1]; lower is better for
+    loss-like names (loss, ppl, perplexity, error, err, nll, mse, mae, rmse); higher
+    otherwise. Every built-in metric's own :class:`MetricInfo` agrees (direction and scale).
+
+    Example:
+        >>> metric_info_by_name("accuracy", [0.5, 0.99]).scale
+        100.0
+        >>> metric_info_by_name("log_ppl", [4.2]).higher_is_better
+        False
+    """
+    low = str(name).lower() if name else "metric"
+    tokens = re.split(r"[^a-z0-9]+", low)
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    percent = ("accuracy" in low or any(tok in _PERCENT_NAMES for tok in tokens)) and all(
+        0.0 <= v <= 1.0 for v in vals
+    )
+    lower_better = any(tok in _LOWER_BETTER for tok in tokens) or "perplexity" in low
+    return MetricInfo(not lower_better, None, 100.0 if percent else 1.0)
 
 
 def batch_size(batch: Any) -> int:
@@ -136,14 +240,17 @@ def sequence_loss(ignore_index: int = -100) -> Callable[[nn.Module, Any], BatchL
 
 
 def accuracy(output: Any, batch: Any) -> tuple[Tensor, int]:
-    """Top-1 accuracy of logits against the batch's labels (``batch[1]``)."""
+    """Top-1 accuracy of logits against the batch's labels (``batch[1]``); shown in percent."""
     target = batch["target"] if isinstance(batch, Mapping) else batch[1]
     predicted = _logits(output).argmax(dim=-1)
     return (predicted == target).sum(), target.numel()
 
 
+describe_metric(accuracy, higher_is_better=True, display_name="Accuracy", scale=100.0)
+
+
 def token_accuracy(ignore_index: int = -100) -> Metric:
-    """Accuracy over non-padding tokens."""
+    """Accuracy over non-padding tokens; shown in percent."""
 
     def metric(output: Any, batch: Any) -> tuple[Tensor, Tensor]:
         target = batch["target"] if isinstance(batch, Mapping) else batch[1]
@@ -151,5 +258,5 @@ def token_accuracy(ignore_index: int = -100) -> Metric:
         predicted = _logits(output).argmax(dim=-1)
         return ((predicted == target) & keep).sum(), keep.sum()
 
-    return metric
+    return describe_metric(metric, higher_is_better=True, display_name="Token accuracy", scale=100.0)
 

@@ -292,6 +292,10 @@ def _token_loss(output: Any, batch: Any) -> tuple[float, int]:
 class LogPerplexity:
     """``log_ppl``: the token-mean cross-entropy in nats (the paper's Table 1 "Log PPL")."""
 
+    higher_is_better = False
+    display_name = "Log-perplexity"
+    scale = 1.0
+
     def __call__(self, output: Any, batch: Any) -> tuple[float, int]:
         return _token_loss(output, batch)
 
@@ -302,6 +306,8 @@ class Perplexity(LogPerplexity):
     Its per-batch ``(total, count)`` are those of :class:`LogPerplexity`; ``finalize`` (exp)
     is applied by :func:`paramcorrupt.evaluate` to the aggregate ``sum(total) / sum(count)``.
     """
+
+    display_name = "Perplexity"
 
     @staticmethod
     def finalize(log_ppl: float) -> float:
