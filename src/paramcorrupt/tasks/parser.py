@@ -190,6 +190,21 @@ def parser_groups(model: nn.Module) -> dict[str, ParameterGroup]:
     }
 
 
+#: how the parser trains (the paper's appendix): Adam, lr 1e-3, weight decay 1e-8, the rate
+#: multiplied by 0.9 at the end of every epoch (``ExponentialLR``, stepped per epoch), batches
+#: of 1,024 transitions. The task trains with it when ``epochs > 0``; ``paramcorrupt train``
+#: too. See :mod:`paramcorrupt.train.recipe` for the keys.
+PARSER_RECIPE: dict[str, Any] = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 1e-8,
+    "schedule": "exponential",
+    "decay": 0.9,
+    "scheduler_interval": "epoch",
+    "batch_size": 1024,
+}
+
+
 def train_parser(
     model: nn.Module,
     loader: Any,

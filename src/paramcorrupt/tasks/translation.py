@@ -202,6 +202,22 @@ def transformer_groups_by_position(model: nn.Module) -> dict[str, ParameterGroup
 # training
 
 
+#: how the Transformer trains (the defaults of :func:`multi30k_task`; the full run of
+#: ``benchmarks/reproduce_transformer.py`` adds bfloat16 autocast): AdamW (0.9, 0.98), weight
+#: decay 1e-4, peak lr 1e-3 after fairseq's inverse-sqrt warm-up of 500 steps, batches of
+#: 2,048 tokens, 12 epochs, label smoothing 0.1 (read by the loss, not the optimiser).
+MULTI30K_RECIPE: dict[str, Any] = {
+    "optimizer": "adamw",
+    "betas": (0.9, 0.98),
+    "lr": 1e-3,
+    "warmup": 500,
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.1,
+    "max_tokens": 2048,
+    "epochs": 12,
+}
+
+
 def inverse_sqrt(warmup: int, init_ratio: float = 1e-4):
     """fairseq's inverse_sqrt schedule as a LambdaLR factor of the base learning rate."""
 

@@ -204,6 +204,7 @@ def fit(
     *,
     epochs: int,
     scheduler: Any = None,
+    scheduler_interval: str = "step",
     penalty: Penalty | None = None,
     micro_batches: int = 1,
     autocast_dtype: torch.dtype | None = None,
@@ -220,7 +221,8 @@ def fit(
 
     Each batch is one optimiser step: :class:`~paramcorrupt.train.CorruptionResistant` gets
     a closure (it runs it twice), any other optimiser runs it once. The scheduler, if any,
-    steps after every optimiser step. The model is in training mode during the fit and its
+    steps after every optimiser step (``scheduler_interval="step"``) or after every epoch
+    (``"epoch"``). The model is in training mode during the fit and its
     modes are restored afterwards.
 
     Args:
@@ -230,7 +232,11 @@ def fit(
             ``.generator`` for resuming to be exact).
         loss_fn: ``loss_fn(model, batch)`` (see :mod:`paramcorrupt.losses`).
         epochs: the total number of epochs (a resumed fit runs only the remaining ones).
-        scheduler: a learning-rate scheduler stepped after each step.
+        scheduler: a learning-rate scheduler stepped after each step (or epoch).
+        scheduler_interval: ``"step"`` (default): step the scheduler after every optimiser
+            step; ``"epoch"``: after every epoch, before the epoch's record and checkpoint
+            (e.g. ``ExponentialLR``, a rate multiplied by a factor per epoch, as the parser's
+            recipe does).
         penalty: a loss transform such as :class:`~paramcorrupt.train.RegularizedLoss`.
         micro_batches: split each batch into this many micro-batches and accumulate.
         autocast_dtype: forward under ``torch.autocast`` with this dtype.
@@ -273,6 +279,9 @@ def fit(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+    step_scheduler = scheduler if scheduler_interval == "step" else None
     resistant = isinstance(optimizer, CorruptionResistant)
     if resistant and optimizer.grad_scaler is not grad_scaler:
         raise ValueError("give the same GradScaler to CorruptionResistant(grad_scaler=...) and to fit(grad_scaler=...)")
@@ -341,12 +350,14 @@ def fit(
                     grad_scaler.update()
                     if not resistant and grad_scaler.get_scale() < scale:
                         skipped += 1
-                if scheduler is not None:
-                    scheduler.step()
+                if step_scheduler is not None:
+                    step_scheduler.step()
                 loss_sum += float(loss)
                 count += 1
             if count == 0:
                 raise ValueError("the loader yielded no batch")
+            if scheduler is not None and step_scheduler is None:
+                scheduler.step()
             record = {
                 "epoch": float(epoch + 1),
                 "loss": loss_sum / count,
