@@ -13,7 +13,6 @@ from .corruption import (
     MODES,
     Corruption,
     gradient_corruption,
-    iterative_corruption,
     random_corruption,
     random_values,
 )
@@ -21,6 +20,7 @@ from .evaluate import evaluate
 from .gradient import dataset_gradient
 from .groups import PARAMETER_TYPES, ParameterGroup, parameter_types, select
 from .indicator import IndicatorResult, RandomStats, indicator
+from .iterative import iterative_corruption
 from .losses import BatchLoss, accuracy, classification_loss, sequence_loss
 from .train import (
     CorruptionResistant,

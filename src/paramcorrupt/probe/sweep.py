@@ -49,9 +49,10 @@ from torch import Tensor, nn
 
 from .. import distributed as D
 from ..apply import corrupted
-from ..constraint import Constraint, dual_norm, lp_norm
-from ..corruption import Corruption, gradient_corruption, iterative_corruption, random_corruption
+from ..constraint import lp_norm
 from ..evaluate import evaluate
+from ..faults import FAULTS, FaultContext, FaultModel, get_fault, key_text
+from ..faults.lp import parse_p
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
@@ -71,7 +72,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the corruption methods a sweep can run
+#: the paper's corruption methods (any fault model in :data:`paramcorrupt.faults.FAULTS`
+#: can be swept; these share the p x n x eps grid)
 METHODS = ("random", "gradient", "iterative")
 
 #: the fields of every row, in order
@@ -112,29 +114,21 @@ def _as_tuple(values: Any, what: str) -> tuple:
     return out
 
 
-def _p_value(p: Any) -> Any:
-    """p as a float ("inf" accepted); anything else is left for Constraint to reject."""
-    if isinstance(p, (int, float)) and not isinstance(p, bool):
-        return float(p)
-    if isinstance(p, str):
-        if p.strip().lower() in ("inf", "infinity"):
-            return math.inf
-        try:
-            return float(p)
-        except ValueError:
-            raise ValueError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
-    return p
-
-
 @dataclass(frozen=True)
 class SweepConfig:
-    """What a sweep runs: groups x methods x p x n x eps (x trials for random).
+    """What a sweep runs: groups x methods x their settings (x trials for random ones).
+
+    A method is a fault model's registry name (:data:`paramcorrupt.faults.FAULTS`). The
+    paper's L_p methods ("random", "gradient", "iterative") run over the grid
+    ``p_values x n_values x eps_values``; any other fault model over the grid ``settings``
+    gives it (name -> setting -> values; settings it does not name take their defaults).
 
     Args:
         groups: the labels of the groups to probe, in order (default: every group passed
             to :func:`sweep`).
-        methods: among "random", "gradient" and "iterative" (multi-step ascent).
-        trials: R, random corruptions per (group, p, n, eps).
+        methods: fault model names: "random", "gradient", "iterative" (multi-step ascent),
+            or any other registered one.
+        trials: R, draws per setting of a stochastic fault model (random ones).
         p_values: the norms (``float("inf")`` or "inf" for L_inf).
         n_values: the largest numbers of changed coordinates; ``None`` for n = k. An n
             larger than a group's k is clamped to k (the row keeps ``n_requested``).
@@ -147,9 +141,11 @@ class SweepConfig:
         metric: the metric rows report (default: the first metric, or "loss").
         measure_gradient_data: also measure the loss on the gradient's data for every row
             (``grad_loss_after`` and Theorem 2's ``ratio``); costs one more pass per row.
+        settings: fault model name -> {setting: values} for the methods outside the L_p
+            grid (``{"random-values": {"count": [1, 10]}}``).
 
     Raises:
-        ValueError: for an unknown method, a bad p, n, eps, trials or steps.
+        ValueError: for an unknown method, a bad p, n, eps, trials, steps or setting.
 
     Example:
         >>> SweepConfig(methods=["gradient"], p_values=["inf", 2], eps_values=[1e-3]).p_values
@@ -168,6 +164,7 @@ class SweepConfig:
     grouping: str = "custom"
     metric: str | None = None
     measure_gradient_data: bool = True
+    settings: Mapping[str, Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -178,37 +175,63 @@ class SweepConfig:
                     raise TypeError(f"group labels must be strings, got {g!r}")
             set_(self, "groups", groups)
         methods = _as_tuple(self.methods, "methods")
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in FAULTS]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {unknown[0]!r}; expected some of {', '.join(FAULTS)}")
         set_(self, "methods", methods)
         for name in ("trials", "iterative_steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if "random" in methods and self.trials < 1:
-            raise ValueError(f"the random method needs trials >= 1, got trials={self.trials}")
-        p_values = tuple(_p_value(p) for p in _as_tuple(self.p_values, "p_values"))
+        stochastic = [m for m in methods if FAULTS[m].stochastic]
+        if stochastic and self.trials < 1:
+            raise ValueError(f"the {stochastic[0]} method needs trials >= 1, got trials={self.trials}")
+        p_values = tuple(parse_p(p) for p in _as_tuple(self.p_values, "p_values"))
         n_values = tuple(None if n == "all" else n for n in _as_tuple(self.n_values, "n_values"))
         eps_values = _as_tuple(self.eps_values, "eps_values")
-        for p in p_values:
-            for n in n_values:
-                for eps in eps_values:
-                    Constraint(p, eps, n)  # validates each value
         set_(self, "p_values", tuple(dict.fromkeys(p_values)))
         set_(self, "n_values", tuple(dict.fromkeys(n_values)))
-        set_(self, "eps_values", tuple(float(e) for e in eps_values))
+        set_(self, "eps_values", tuple(float(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else e for e in eps_values))
+        if self.settings is not None:
+            if not isinstance(self.settings, Mapping):
+                raise TypeError(f"settings must map fault model names to their settings, got {type(self.settings).__name__}")
+            extra = [name for name in self.settings if name not in methods]
+            if extra:
+                raise ValueError(f"settings are given for {extra[0]!r}, which is not among the methods {list(methods)}")
+            frozen = {}
+            for name, values in self.settings.items():
+                if not isinstance(values, Mapping):
+                    raise TypeError(f"the settings of {name!r} must map setting names to values, got {type(values).__name__}")
+                frozen[name] = {k: _as_tuple(v, f"the {name!r} setting {k!r}") for k, v in values.items()}
+            set_(self, "settings", frozen or None)
+        for method in methods:
+            self.faults(method)  # validates every setting of every method
         for name in ("task", "grouping"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
 
+    def faults(self, method: str) -> list[FaultModel]:
+        """Every setting ``method`` runs at, as fault models, in grid order (the L_p methods:
+        p, then n, then eps; others: their parameters' order, the last varying fastest)."""
+        cls = get_fault(method)
+        if cls.family_name() == "lp":
+            values: Mapping[str, Any] = {"p": self.p_values, "n": self.n_values, "eps": self.eps_values}
+        else:
+            values = (self.settings or {}).get(method, {})
+        return cls.grid(values)
+
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values (``inf`` as the string "inf")."""
+        """The configuration as JSON-ready values (``inf`` as the string "inf"); ``settings``
+        only when given, so the sweep_id of an L_p sweep does not depend on it."""
         out = asdict(self)
         out["p_values"] = [_p_text(p) for p in self.p_values]
         for name in ("groups", "methods", "n_values", "eps_values"):
             if out[name] is not None:
                 out[name] = list(out[name])
+        if self.settings is None:
+            del out["settings"]
+        else:
+            out["settings"] = {m: {k: [_p_text(v) for v in vs] for k, vs in d.items()} for m, d in self.settings.items()}
         return out
 
     @classmethod
@@ -217,8 +240,8 @@ class SweepConfig:
         return cls(**dict(data))
 
 
-def _p_text(p: float) -> str | float:
-    return "inf" if p == math.inf else p
+def _p_text(p: Any) -> Any:
+    return "inf" if isinstance(p, float) and p == math.inf else p
 
 
 def row_key(group: str, method: str, p: float, n: int | None, eps: float, trial: int) -> str:
@@ -228,8 +251,18 @@ def row_key(group: str, method: str, p: float, n: int | None, eps: float, trial:
         >>> row_key("norm", "random", float("inf"), None, 1e-3, 2)
         'norm|random|p=inf|n=all|eps=0.001|trial=2'
     """
-    p_text = "inf" if p == math.inf else repr(float(p))
-    return f"{group}|{method}|p={p_text}|n={'all' if n is None else n}|eps={float(eps)!r}|trial={trial}"
+    return f"{group}|{method}|p={key_text(float(p))}|n={key_text(n)}|eps={key_text(float(eps))}|trial={trial}"
+
+
+def fault_key(group: str, fault: FaultModel, trial: int) -> str:
+    """A row's key from its fault model: ``group|name|<setting>|trial=..``.
+
+    Example:
+        >>> from paramcorrupt.faults import RandomLp
+        >>> fault_key("norm", RandomLp(p="inf", n=None, eps=1e-3), 2)
+        'norm|random|p=inf|n=all|eps=0.001|trial=2'
+    """
+    return f"{group}|{fault.name}|{fault.key()}|trial={trial}"
 
 
 def _stable_hash(text: str, digits: int = 16) -> str:
@@ -322,24 +355,31 @@ class FullEvaluator:
 
 @dataclass
 class _Plan:
-    """One group's part of the sweep: its size, its gradient slice, its settings."""
+    """One group's part of the sweep: its size, its gradient slice, its rows to run."""
 
     label: str
     group: ParameterGroup
     k: int
-    gradient: dict[str, Tensor]
-    G: float
-    settings: list[tuple[str, float, int | None, float, int, str]] = field(default_factory=list)
+    gradient: dict[str, Tensor] | None
+    G: float | None
+    settings: list[tuple[FaultModel, int, str]] = field(default_factory=list)
+    cache: dict[Any, Any] = field(default_factory=dict)
 
 
-def _settings(config: SweepConfig, label: str) -> list[tuple[str, float, int | None, float, int, str]]:
+def _settings(config: SweepConfig, label: str) -> list[tuple[FaultModel, int, str]]:
+    """(fault model, trial, key) of every row of one group: families in the order their
+    first method appears, each family's grid in order, its methods interleaved at each
+    setting (random and gradient L_p rows side by side at each (p, n, eps))."""
+    families: dict[str, list[str]] = {}
+    for method in config.methods:
+        families.setdefault(get_fault(method).family_name(), []).append(method)
     rows = []
-    for p in config.p_values:
-        for n in config.n_values:
-            for eps in config.eps_values:
-                for method in config.methods:
-                    for trial in range(config.trials if method == "random" else 1):
-                        rows.append((method, p, n, eps, trial, row_key(label, method, p, n, eps, trial)))
+    for methods in families.values():
+        grids = [config.faults(method) for method in methods]
+        for faults in zip(*grids):
+            for fault in faults:
+                for trial in range(config.trials if fault.stochastic else 1):
+                    rows.append((fault, trial, fault_key(label, fault, trial)))
     return rows
 
 
@@ -449,7 +489,7 @@ def _run(
 ) -> list[dict[str, Any]]:
     plans = []
     for label, group in probed.items():
-        plans.append(_Plan(label, group, group.numel(model), {}, 0.0, _settings(config, label)))
+        plans.append(_Plan(label, group, group.numel(model), None, None, _settings(config, label)))
     total = sum(len(plan.settings) for plan in plans)
     todo = total - sum(1 for plan in plans for s in plan.settings if s[-1] in finished)
     if todo == 0:
@@ -457,14 +497,15 @@ def _run(
         return [finished[s[-1]] for plan in plans for s in plan.settings]
 
     # the data set gradient, once, on the union of the groups (Algorithm 2, step 1)
-    union = ParameterGroup("union", tuple(dict.fromkeys(n for g in probed.values() for n in g.names)))
-    gradient = dataset_gradient(
-        model, D.shard(gradient_loader) if distributed else gradient_loader, loss_fn, union,
-        progress=progress, distributed=distributed,
-    )
-    for plan in plans:
-        plan.gradient = {name: gradient[name] for name in plan.group.names}
-        plan.G = lp_norm(plan.gradient, 2)
+    if any(get_fault(m).uses_gradient for m in config.methods):
+        union = ParameterGroup("union", tuple(dict.fromkeys(n for g in probed.values() for n in g.names)))
+        gradient = dataset_gradient(
+            model, D.shard(gradient_loader) if distributed else gradient_loader, loss_fn, union,
+            progress=progress, distributed=distributed,
+        )
+        for plan in plans:
+            plan.gradient = {name: gradient[name] for name in plan.group.names}
+            plan.G = lp_norm(plan.gradient, 2)
 
     # the clean model, once
     full = FullEvaluator(model, eval_loader, gradient_loader if config.measure_gradient_data else None, loss_fn, metrics)
@@ -472,23 +513,23 @@ def _run(
         clean = full.evaluate()
     _check_resumed(finished, clean, metric)
     evaluator = evaluator or full
+    options = {"iterative_steps": config.iterative_steps}
+    logged: set[str] = set()
 
-    scale: dict[tuple[str, float, int | None], float] = {}
-
-    def compute(item: tuple[_Plan, tuple[str, float, int | None, float, int, str]]) -> dict[str, Any]:
-        plan, (method, p, n, eps, trial, key) = item
-        n_eff = plan.k if n is None or n > plan.k else n
-        if (plan.label, p, n) not in scale:
-            if not any(label == plan.label for label, _, _ in scale):
-                logger.info("group %s: k = %d, G = %.3g", plan.label, plan.k, plan.G)
-            # ||top_n(g)||_q, so that first_order = eps * scale (Proposition 1)
-            scale[(plan.label, p, n)] = dual_norm(plan.gradient, Constraint(p, 1.0, n_eff))
+    def compute(item: tuple[_Plan, tuple[FaultModel, int, str]]) -> dict[str, Any]:
+        plan, (fault, trial, key) = item
+        if plan.label not in logged:
+            logged.add(plan.label)
+            logger.info("group %s: k = %d, G = %s", plan.label, plan.k, "-" if plan.G is None else f"{plan.G:.3g}")
         start = time.perf_counter()
-        constraint = Constraint(p, eps, n_eff)
-        corruption = _corruption(model, config, plan, method, constraint, key, gradient_loader, loss_fn)
+        generator = torch.Generator().manual_seed(row_seed(config.seed, key)) if fault.stochastic else None
+        ctx = FaultContext(
+            model, plan.group, plan.k, plan.gradient, generator, gradient_loader, loss_fn, options, plan.cache
+        )
+        corruption = fault.corrupt(ctx)
         with corrupted(model, corruption):
             after = evaluator.evaluate(plan.group)
-        row = _row(config, sid, plan, method, p, n, n_eff, eps, trial, key, clean, after, metric, scale[(plan.label, p, n)])
+        row = _row(config, sid, plan, fault, ctx, trial, key, clean, after, metric)
         row["seconds"] = time.perf_counter() - start
         return row
 
@@ -519,75 +560,54 @@ def _bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="sweep", leave=False, dynamic_ncols=True)
 
 
-def _corruption(
-    model: nn.Module,
-    config: SweepConfig,
-    plan: _Plan,
-    method: str,
-    constraint: Constraint,
-    key: str,
-    gradient_loader: Iterable[Any],
-    loss_fn: LossFn,
-) -> Corruption:
-    if method == "random":
-        generator = torch.Generator().manual_seed(row_seed(config.seed, key))
-        return random_corruption(model, constraint, plan.group, generator=generator)
-    if method == "gradient":
-        return gradient_corruption(plan.gradient, constraint, plan.group)
-    return iterative_corruption(
-        model, constraint, gradient_loader, loss_fn, plan.group, steps=config.iterative_steps, gradient=plan.gradient
-    )
-
-
 def _row(
     config: SweepConfig,
     sid: str,
     plan: _Plan,
-    method: str,
-    p: float,
-    n: int | None,
-    n_eff: int,
-    eps: float,
+    fault: FaultModel,
+    ctx: FaultContext,
     trial: int,
     key: str,
     clean: Mapping[str, Mapping[str, float]],
     after: Mapping[str, Any],
     metric: str,
-    scale: float,
 ) -> dict[str, Any]:
+    """One row: :data:`ROW_FIELDS` in order (fields a fault model does not have are None),
+    then any fields of the fault model's own setting outside them."""
     evaluated, gradient_data = _unpack(after, metric, config.measure_gradient_data)
-    first_order = eps * scale
+    first_order = fault.first_order(ctx)
     grad_before = clean["gradient"]["loss"] if config.measure_gradient_data else None
     grad_after = gradient_data["loss"] if gradient_data is not None else None
     ratio = None
-    if grad_before is not None and grad_after is not None and first_order > 0:
+    if grad_before is not None and grad_after is not None and first_order:
         ratio = (grad_after - grad_before) / first_order
-    return {
-        "sweep_id": sid,
-        "key": key,
-        "task": config.task,
-        "grouping": config.grouping,
-        "group": plan.label,
-        "method": method,
-        "p": p,
-        "eps": eps,
-        "n": n_eff,
-        "n_requested": n,
-        "k": plan.k,
-        "trial": trial,
-        "loss_before": clean["eval"]["loss"],
-        "loss_after": evaluated["loss"],
-        "loss_change": evaluated["loss"] - clean["eval"]["loss"],
-        "metric": metric,
-        "metric_before": clean["eval"][metric],
-        "metric_after": evaluated[metric],
-        "grad_loss_before": grad_before,
-        "grad_loss_after": grad_after,
-        "first_order": first_order,
-        "G": plan.G,
-        "ratio": ratio,
-        "seconds": None,
-    }
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(
+        sweep_id=sid,
+        key=key,
+        task=config.task,
+        grouping=config.grouping,
+        group=plan.label,
+        method=fault.name,
+        k=plan.k,
+        trial=trial,
+    )
+    row.update(fault.row_fields(ctx))
+    row.update(
+        loss_before=clean["eval"]["loss"],
+        loss_after=evaluated["loss"],
+        loss_change=evaluated["loss"] - clean["eval"]["loss"],
+        metric=metric,
+        metric_before=clean["eval"][metric],
+        metric_after=evaluated[metric],
+        grad_loss_before=grad_before,
+        grad_loss_after=grad_after,
+        first_order=first_order,
+        G=plan.G,
+        ratio=ratio,
+        seconds=None,
+    )
+    return row
 
 
 def _unpack(

@@ -1,0 +1,109 @@
+"""The paper's corruptions as fault models: L_p-bounded random (Definition 3), gradient-based
+(Definition 4) and the multi-step ascent, over one grid of (p, n, eps)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..constraint import Constraint, dual_norm
+from ..corruption import Corruption, gradient_corruption, random_corruption
+from ..iterative import iterative_corruption
+from .base import FaultContext, FaultModel, register_fault
+
+__all__ = ["GradientLp", "IterativeLp", "LpFault", "RandomLp", "parse_p"]
+
+
+def parse_p(p: Any) -> Any:
+    """p as a float, the strings "inf"/"infinity" (any case) accepted; anything else is
+    left for :class:`~paramcorrupt.Constraint` to reject.
+
+    Raises:
+        ValueError: for a string that is no number.
+
+    Example:
+        >>> parse_p("inf"), parse_p(2), parse_p("1.5")
+        (inf, 2.0, 1.5)
+    """
+    if isinstance(p, (int, float)) and not isinstance(p, bool):
+        return float(p)
+    if isinstance(p, str):
+        if p.strip().lower() in ("inf", "infinity"):
+            return math.inf
+        try:
+            return float(p)
+        except ValueError:
+            raise ValueError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
+    return p
+
+
+class LpFault(FaultModel):
+    """A corruption in S = {||a||_p = eps, ||a||_0 <= n} (Definition 1); n = None is n = k.
+
+    An n larger than a group is clamped to its k (rows keep ``n_requested``).
+    """
+
+    parameters = ("p", "n", "eps")
+    family = "lp"
+    axis = "eps"
+
+    def check(self, setting: dict[str, Any]) -> dict[str, Any]:
+        p, n, eps = parse_p(setting["p"]), setting["n"], setting["eps"]
+        n = None if n == "all" else n
+        Constraint(p, eps, n)  # validates each value
+        return {"p": p, "n": n, "eps": float(eps)}
+
+    def constraint(self, k: int) -> Constraint:
+        """The constraint on a group of size k (n clamped to k)."""
+        n = self.setting["n"]
+        return Constraint(self.setting["p"], self.setting["eps"], k if n is None or n > k else n)
+
+    def row_fields(self, ctx: FaultContext) -> dict[str, Any]:
+        s = self.setting
+        return {"p": s["p"], "eps": s["eps"], "n": self.constraint(ctx.k).n, "n_requested": s["n"]}
+
+    def first_order(self, ctx: FaultContext) -> float | None:
+        """eps ||top_n(g)||_q on the group (Proposition 1); None without a gradient."""
+        if ctx.gradient is None:
+            return None
+        unit = self.constraint(ctx.k).with_eps(1.0)
+        key = ("lp-dual-norm", unit.p, unit.n)
+        if key not in ctx.cache:
+            ctx.cache[key] = dual_norm(ctx.gradient, unit)
+        return self.setting["eps"] * ctx.cache[key]
+
+
+@register_fault
+class RandomLp(LpFault):
+    """Random corruption (Definition 3): Proposition 1 applied to a Gaussian draw."""
+
+    name = "random"
+    stochastic = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
+
+
+@register_fault
+class GradientLp(LpFault):
+    """Gradient-based corruption (Definition 4): a_hat = argmax_{a in S} a.g in closed form."""
+
+    name = "gradient"
+    uses_gradient = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return gradient_corruption(ctx.gradient, self.constraint(ctx.k), ctx.group)
+
+
+@register_fault
+class IterativeLp(LpFault):
+    """Multi-step projected ascent from a_hat (``options["iterative_steps"]`` steps)."""
+
+    name = "iterative"
+    uses_gradient = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return iterative_corruption(
+            ctx.model, self.constraint(ctx.k), ctx.loader, ctx.loss_fn, ctx.group,
+            steps=ctx.options.get("iterative_steps", 5), gradient=ctx.gradient,
+        )
