@@ -46,6 +46,17 @@ def _multi30k(**options: Any) -> Task:
     return multi30k_task(**options)
 
 
+def _hf(head: str | None) -> Callable[..., Task]:
+    def factory(**options: Any) -> Task:
+        from ..hf import hf_task
+
+        if head is not None:
+            options.setdefault("head", head)
+        return hf_task(**options)
+
+    return factory
+
+
 #: name -> factory(**options) -> Task. Factories import their dependencies lazily.
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": _digits,
@@ -54,6 +65,9 @@ TASKS: dict[str, Callable[..., Task]] = {
     "ptb-dep": _ptb_dep,
     "ud-ewt": _ud_ewt,
     "multi30k": _multi30k,
+    "hf": _hf(None),
+    "hf-causal-lm": _hf("causal-lm"),
+    "hf-seq-cls": _hf("sequence-classification"),
 }
 
 
