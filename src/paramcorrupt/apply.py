@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -11,7 +11,10 @@ from torch import Tensor, nn
 from ._state import frozen_norm_stats
 from .corruption import Corruption
 
-__all__ = ["corrupted", "frozen_norm_stats"]
+__all__ = ["corrupted", "frozen_norm_stats", "restore_in_place", "write_in_place"]
+
+#: what :func:`write_in_place` saves per tensor: (parameter, flat indices or None, originals)
+Saved = tuple[Tensor, "Tensor | None", Tensor]
 
 
 def _as_corruption(corruption: Corruption | Mapping[str, Tensor]) -> Corruption:
@@ -119,17 +122,43 @@ def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -
     """
     corruption = _as_corruption(corruption)
     plan = _validate(model, corruption)
-    saved: list[tuple[nn.Parameter, Tensor | None, Tensor]] = []
     with frozen_norm_stats(model):
+        saved = write_in_place(
+            [param for param, _, _ in plan], [idx for _, idx, _ in plan], [value for _, _, value in plan], corruption.mode
+        )
         try:
-            with torch.no_grad():
-                for param, idx, value in plan:
-                    saved.append((param, *_write(param, idx, value, corruption.mode)))
             yield model
         finally:
-            with torch.no_grad():
-                for param, idx, original in reversed(saved):
-                    if idx is None:
-                        param.copy_(original)
-                    else:
-                        param.view(-1).index_copy_(0, idx, original)
+            restore_in_place(saved)
+
+
+@torch.no_grad()
+def write_in_place(
+    params: Sequence[Tensor], indices: Sequence[Tensor | None], values: Sequence[Tensor], mode: str = "add"
+) -> list[Saved]:
+    """Change each parameter in place — add ``values`` (``mode="add"``) or write them
+    (``mode="set"``) at the flat ``indices`` (``None``: the whole tensor) — and return what
+    :func:`restore_in_place` needs to come back bit-exactly: the n overwritten values of a
+    sparse entry, a copy of the tensor for a dense (or non-contiguous) one.
+
+    Nothing is validated here (see :func:`corrupted`). If a write fails part-way (or is
+    interrupted), what was written is restored before the error propagates.
+    """
+    saved: list[Saved] = []
+    try:
+        for param, idx, value in zip(params, indices, values):
+            saved.append((param, *_write(param, idx, value, mode)))
+    except BaseException:
+        restore_in_place(saved)
+        raise
+    return saved
+
+
+@torch.no_grad()
+def restore_in_place(saved: Sequence[Saved]) -> None:
+    """Undo :func:`write_in_place`: copy the saved originals back, last write first."""
+    for param, idx, original in reversed(saved):
+        if idx is None:
+            param.copy_(original)
+        else:
+            param.view(-1).index_copy_(0, idx, original)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .._state import frozen_norm_stats
+from ..apply import restore_in_place, write_in_place
 from ..constraint import Constraint, sparse_closed_form
 
 __all__ = ["CorruptionResistant"]
@@ -73,40 +74,6 @@ def perturbation(
     if max_abs == 0.0:
         return None
     return sparse_closed_form([g.detach() for g in grads], constraint)
-
-
-@torch.no_grad()
-def climb(params: Sequence[Tensor], indices: Sequence[Tensor | None], values: Sequence[Tensor]) -> list[Tensor]:
-    """Move ``params`` to w + a in place; return what is needed to come back bit-exactly.
-
-    A sparse entry saves only the n values it overwrites; a dense one (or a non-contiguous
-    parameter) saves a copy of the parameter.
-    """
-    saved = []
-    for param, idx, value in zip(params, indices, values):
-        if idx is not None and param.is_contiguous():
-            flat = param.view(-1)
-            saved.append(flat[idx].clone())
-            flat.index_add_(0, idx, value.to(param.dtype))
-        else:
-            saved.append(param.detach().clone())
-            if idx is None:
-                param.add_(value.to(param.dtype))
-            else:
-                delta = torch.zeros(param.numel(), dtype=param.dtype, device=param.device)
-                delta[idx] = value.to(param.dtype)
-                param.add_(delta.view_as(param))
-    return saved
-
-
-@torch.no_grad()
-def descend(params: Sequence[Tensor], indices: Sequence[Tensor | None], saved: Sequence[Tensor]) -> None:
-    """Return from w + a to w bit-exactly (the inverse of :func:`climb`)."""
-    for param, idx, original in zip(params, indices, saved):
-        if original.shape == param.shape and (idx is None or not param.is_contiguous()):
-            param.copy_(original)
-        else:
-            param.view(-1).index_copy_(0, idx, original)
 
 
 def check_loss(value: Any, which: str) -> Any:
@@ -477,14 +444,14 @@ class CorruptionResistant(Optimizer):
         stack = ExitStack()
         if self.model is not None and finite:
             stack.enter_context(frozen_norm_stats(self.model))
-        climbed = []
+        climbed = []  # what write_in_place saved, per constraint
         try:
-            # climb to w + a_hat
+            # climb to w + a_hat (in place; what is overwritten is saved)
             for params, indices, values in plan:
-                climbed.append((params, indices, climb(params, indices, values)))
+                climbed.append(write_in_place(params, indices, values))
         except BaseException:
-            for params, indices, saved in climbed:
-                descend(params, indices, saved)
+            for saved in reversed(climbed):
+                restore_in_place(saved)
             stack.close()
             for p, g in saved_grads.items():
                 p.grad = g
@@ -501,8 +468,8 @@ class CorruptionResistant(Optimizer):
             return
         self._pending = None
         try:
-            for params, indices, saved in reversed(pending["climbed"]):
-                descend(params, indices, saved)
+            for saved in reversed(pending["climbed"]):
+                restore_in_place(saved)
         finally:
             pending["stack"].close()
             for p, g in pending["grads"].items():
@@ -531,8 +498,8 @@ class CorruptionResistant(Optimizer):
         self._pending = None
         # return to w (bit-exact), release the batch-norm statistics
         try:
-            for params, indices, saved in reversed(pending["climbed"]):
-                descend(params, indices, saved)
+            for saved in reversed(pending["climbed"]):
+                restore_in_place(saved)
         finally:
             pending["stack"].close()
         saved_grads = pending["grads"]
@@ -612,9 +579,9 @@ class CorruptionResistant(Optimizer):
         if pending is None:
             return 0
         total = 0
-        for _, indices, saved in pending["climbed"]:
-            total += sum(s.numel() * s.element_size() for s in saved)
-            total += sum(i.numel() * i.element_size() for i in indices if i is not None)
+        for saved in pending["climbed"]:
+            total += sum(s.numel() * s.element_size() for _, _, s in saved)
+            total += sum(i.numel() * i.element_size() for _, i, _ in saved if i is not None)
         total += sum(g.numel() * g.element_size() for g in pending["grads"].values() if g is not None)
         return total
 

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..apply import restore_in_place, write_in_place
 from ..constraint import Constraint, dual_exponent, global_top_n
-from .optimizer import check_loss, climb, descend, perturbation
+from .optimizer import check_loss, perturbation
 
 __all__ = ["RegularizedLoss", "finite_difference_gradient", "gradient_norm", "regularized_loss"]
 
@@ -183,11 +184,11 @@ def finite_difference_gradient(
         if found is None or lam == 0:
             return [g.clone() for g in g_w]
         indices, values = found
-        saved = climb(params, indices, values)
+        saved = write_in_place(params, indices, values)
         try:
             g_a = gradient()
         finally:
-            descend(params, indices, saved)
+            restore_in_place(saved)
         return [gw + (lam / h) * (ga - gw) for gw, ga in zip(g_w, g_a)]
     finally:
         for w, g in zip(params, before):
