@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "ResultsStore", "decode_row", "encode_row", "read_results"]
+__all__ = ["FORMAT", "ResultsStore", "decode_row", "encode_row", "read_jsonl", "read_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +106,49 @@ def _scan(data: bytes, path: Path) -> tuple[dict[str, Any] | None, list[dict[str
     return header, rows, good
 
 
+def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
+    """Every JSON value of a JSON-lines file, in file order: the one reader of results files
+    (:func:`read_results` for a file without a header, and the report's rows).
+
+    Blank lines are skipped and a last line that does not parse (a torn write) is ignored;
+    values are returned as parsed (``"inf"`` stays a string: :func:`decode_row` turns it into
+    a float).
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it is not UTF-8 text, cannot be read, or a line before the last one
+            is not JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a UTF-8 text (JSONL) file: {error.reason}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+    lines = text.split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == last:
+                logger.warning("%s: ignoring a torn last line (%d characters)", path, len(line))
+                continue
+            raise ValueError(f"{path}:{i + 1}: not a JSON line") from None
+    return out
+
+
 def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Read a results file without changing it: ``(header, rows)``.
 
-    A torn last line is ignored. A file without a header (lines of rows only) is read too,
-    with an empty header.
+    A torn last line is ignored. A file without a header (lines of rows only) is read too
+    (by :func:`read_jsonl`), with an empty header.
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -125,16 +163,10 @@ def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dic
         headerless = False
     if headerless:
         rows = []
-        lines = data.split(b"\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(decode_row(json.loads(line)))
-            except ValueError:
-                if number >= len(lines) - 1:
-                    break
-                raise ValueError(f"{path}: line {number} is not valid JSON") from None
+        for number, obj in enumerate(read_jsonl(path), start=1):
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: value {number} is not a JSON object")
+            rows.append(decode_row(obj))
         return {}, rows
     header, rows, _ = _scan(data, path)
     return header or {}, rows

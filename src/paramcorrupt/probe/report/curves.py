@@ -1,0 +1,119 @@
+"""Section 3 of the report: the metric against eps (log axis), one panel per group (Figure 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import ReportBase
+from .display import (
+    MetricDisplay,
+    _mean_std,
+    _median,
+    _method_sort,
+    _n_label,
+    _n_sort,
+    _ordered,
+    _p_label,
+    _slug,
+)
+from .rows import _Row
+
+#: groups per figure of curves
+_CURVES_PER_FIGURE = 12
+
+
+class CurvesSection(ReportBase):
+
+    def curves(self) -> list[str]:
+        lines = ["## Metric vs eps", ""]
+        lines.append(
+            "Random corruption: mean over trials with a ±1 std band; gradient-based (and "
+            "multi-step) corruption: lines. Dashed: the original value. As in the paper's Figure 3."
+        )
+        lines.append("")
+        groupings = _ordered((r.task, r.grouping) for r in self.rows)
+        keys = _ordered((r.task, r.grouping, r.p, r.n_key) for r in self.rows)
+        keys.sort(key=lambda x: (groupings.index(x[:2]), x[2], _n_sort(x[3])))
+        drawn = 0
+        for task, grouping, p, nk in keys:
+            disp = self.displays[task]
+            sel = [r for r in self._select(task, grouping, p=p, n_key=nk) if r.after is not None]
+            title = f"{self._title(task, grouping)}; {_p_label(p)}, {_n_label(nk)}"
+            if not sel:
+                self.notes.add(f"Curves {title}: no `metric_after`, not drawn.")
+                continue
+            groups = _ordered(r.group for r in sel)
+            for start in range(0, len(groups), _CURVES_PER_FIGURE):
+                chunk = groups[start : start + _CURVES_PER_FIGURE]
+                cols = min(3, len(chunk))
+                nrows = math.ceil(len(chunk) / cols)
+                # a fixed grid (no layout engine): the panels' labels are known in advance
+                fig = self._figure(3.4 * cols, 2.5 * nrows + 0.5, layout=None)
+                fig.subplots_adjust(
+                    left=0.65 / (3.4 * cols),
+                    right=1 - 0.1 / (3.4 * cols),
+                    bottom=0.5 / (2.5 * nrows + 0.5),
+                    top=1 - 0.6 / (2.5 * nrows + 0.5),
+                    wspace=0.08,
+                    hspace=0.25,
+                )
+                # shared axes: groups compare at a glance, and far fewer ticks to lay out
+                axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
+                for ax in axes.flat[len(chunk) :]:
+                    fig.delaxes(ax)
+                for ax, g in zip(axes.flat, chunk):
+                    self._curve_panel(ax, [r for r in sel if r.group == g], disp)
+                    ax.set_title(self._group_label(task, grouping, g), fontsize=9)
+                for i, ax in enumerate(axes.flat[: len(chunk)]):
+                    ax.label_outer()
+                    if i + cols >= len(chunk):  # nothing below it: keep its eps axis
+                        ax.tick_params(labelbottom=True)
+                        ax.set_xlabel("eps")
+                axes.flat[0].legend(fontsize=7)
+                fig.suptitle(f"{_p_label(p)}, {_n_label(nk)}", fontsize=10)
+                part = (
+                    ""
+                    if len(groups) <= _CURVES_PER_FIGURE
+                    else f"part{start // _CURVES_PER_FIGURE + 1}"
+                )
+                path = self._save(
+                    fig, _slug("curves", task, grouping or "nogrouping", _p_label(p), "n", nk, part)
+                )
+                lines.append(f"**{title}**" + (f" ({part})" if part else ""))
+                lines.append("")
+                lines.append(self._link(path, f"curves: {title}"))
+                lines.append("")
+                drawn += 1
+        if not drawn:
+            lines.append("_No curve could be drawn (see Notes)._")
+            lines.append("")
+        return lines
+
+    @staticmethod
+    def _curve_panel(ax, rows: list[_Row], disp: MetricDisplay) -> None:
+        from matplotlib.ticker import NullLocator
+
+        colours = {"random": "tab:blue", "gradient": "tab:red", "iterative": "tab:purple"}
+        for m in sorted({r.method for r in rows}, key=_method_sort):
+            eps_values = sorted({r.eps for r in rows if r.method == m})
+            stats = [
+                _mean_std([disp.show(r.after) for r in rows if r.method == m and r.eps == e])
+                for e in eps_values
+            ]
+            mu = np.array([s[0] for s in stats])
+            colour = colours.get(m)
+            label = {"gradient": "gradient-based", "iterative": "multi-step"}.get(m, m)
+            ax.plot(eps_values, mu, marker="o", ms=3, color=colour, label=label)
+            if m == "random":
+                sd = np.array([s[1] for s in stats])
+                ax.fill_between(eps_values, mu - sd, mu + sd, color=colour, alpha=0.25, lw=0)
+        original = _median(r.before for r in rows)
+        if original is not None:
+            ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost most of the drawing
+        ax.set_xlabel("eps")
+        ax.set_ylabel(f"{disp.name}{disp.unit}")
+        ax.grid(alpha=0.3)

@@ -1,0 +1,113 @@
+"""Section 2 of the report: heatmaps of the metric's damage by group (type, position, ...) and eps."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .base import ReportBase
+from .display import _method_sort, _n_label, _n_sort, _ordered, _p_label, _slug
+
+#: rows per heatmap figure
+_HEATMAP_ROWS = 40
+
+
+class HeatmapSection(ReportBase):
+
+    def heatmaps(self) -> list[str]:
+        lines = ["## Heatmaps: damage by group and eps", ""]
+        lines.append(
+            "Colour: the metric's damage (its drop, or its rise for lower-is-better metrics) in "
+            "display units, mean over trials; warmer = more damage, as in the paper's Figures 4, "
+            "5 and 7. Rows are the groups with their size k. The colour scale is shared by the "
+            "methods of one grouping, norm and n, so random and gradient-based maps compare."
+        )
+        lines.append("")
+        groupings = _ordered((r.task, r.grouping) for r in self.rows)
+        keys = _ordered((r.task, r.grouping, r.method, r.p, r.n_key) for r in self.rows)
+        keys.sort(key=lambda x: (groupings.index(x[:2]), _method_sort(x[2]), x[3], _n_sort(x[4])))
+        drawn = 0
+        for task, grouping, method, p, nk in keys:
+            disp = self.displays[task]
+            sel = [
+                r
+                for r in self._select(task, grouping, p=p, n_key=nk, method=method)
+                if r.before is not None and r.after is not None
+            ]
+            title = f"{self._title(task, grouping)}; {method}, {_p_label(p)}, {_n_label(nk)}"
+            if not sel:
+                self.notes.add(f"Heatmap {title}: no `metric_before`/`metric_after`, not drawn.")
+                continue
+            groups = _ordered(r.group for r in sel)
+            eps_values = sorted({r.eps for r in sel})
+            cells: dict[tuple[str, float], list[float]] = defaultdict(list)
+            for r in sel:
+                cells[(r.group, r.eps)].append(disp.damage(r.before, r.after))
+            mat = np.full((len(groups), len(eps_values)), np.nan)
+            for i, g in enumerate(groups):
+                for j, e in enumerate(eps_values):
+                    if cells.get((g, e)):
+                        mat[i, j] = float(np.mean(cells[(g, e)]))
+            vmax = self._damage_max(task, grouping, p, nk)
+            lines.append(f"**{title}**")
+            lines.append("")
+            for start in range(0, len(groups), _HEATMAP_ROWS):
+                part = "" if len(groups) <= _HEATMAP_ROWS else f"part{start // _HEATMAP_ROWS + 1}"
+                rows_ = slice(start, start + _HEATMAP_ROWS)
+                path = self._heatmap(
+                    mat[rows_],
+                    [self._group_label(task, grouping, g) for g in groups[rows_]],
+                    eps_values,
+                    vmax,
+                    f"{method}, {_p_label(p)}, {_n_label(nk)}",
+                    disp.damage_label,
+                    _slug(
+                        "heatmap",
+                        task,
+                        grouping or "nogrouping",
+                        method,
+                        _p_label(p),
+                        "n",
+                        nk,
+                        part,
+                    ),
+                )
+                lines.append(self._link(path, f"heatmap: {title} {part}".strip()))
+                lines.append("")
+            drawn += 1
+        if not drawn:
+            lines.append("_No heatmap could be drawn (see Notes)._")
+            lines.append("")
+        return lines
+
+    def _heatmap(self, mat, labels, eps_values, vmax, title, cbar_label, name) -> Path:
+        fig = self._figure(1.6 + 0.9 * len(eps_values), 1.2 + 0.42 * len(labels))
+        ax = fig.add_subplot()
+        im = ax.imshow(np.ma.masked_invalid(mat), cmap="YlOrRd", vmin=0.0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(eps_values)), [f"{e:g}" for e in eps_values])
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("eps")
+        ax.set_title(title, fontsize=10)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                if np.isfinite(mat[i, j]):
+                    colour = "white" if mat[i, j] > 0.6 * vmax else "black"
+                    ax.text(
+                        j, i, f"{mat[i, j]:.3g}", ha="center", va="center", fontsize=7, color=colour
+                    )
+        fig.colorbar(im, ax=ax, label=cbar_label)
+        return self._save(fig, name)
+
+    def _damage_max(self, task: str, grouping: str, p: float, nk: str) -> float:
+        """The colour scale's top, shared by every method of one (grouping, p, n): comparable."""
+        disp = self.displays[task]
+        vals = [
+            disp.damage(r.before, r.after)
+            for r in self._select(task, grouping, p=p, n_key=nk)
+            if r.before is not None and r.after is not None
+        ]
+        top = max((v for v in vals if math.isfinite(v)), default=1.0)
+        return max(top, 1e-12)

@@ -1,0 +1,211 @@
+"""Reading results files and normalising their rows for the report (see the package's docstring).
+
+Rows are read tolerantly by :func:`paramcorrupt.probe.store.read_jsonl` (the one JSONL reader):
+a header line (no ``"method"`` key) is skipped, a torn last line is ignored, and a field that is
+missing only drops what needs it, with a note in the report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from ..store import read_jsonl
+
+__all__ = ["PathArg", "load_rows"]
+
+PathArg = str | PathLike | Path
+
+
+def _as_paths(results: PathArg | Sequence[PathArg]) -> list[Path]:
+    if isinstance(results, str | PathLike):
+        paths = [Path(results)]
+    else:
+        paths = [Path(p) for p in results]
+    if not paths:
+        raise ValueError("no results file given")
+    out = []
+    for path in paths:
+        if path.is_dir():
+            if (path / "results.jsonl").is_file():
+                path = path / "results.jsonl"
+            else:
+                raise FileNotFoundError(f"{path} is a folder without results.jsonl")
+        if not path.is_file():
+            raise FileNotFoundError(f"results file not found: {path}")
+        out.append(path)
+    return out
+
+
+def _num(value: Any) -> float | None:
+    """A finite-or-infinite float from a JSON value (``"inf"`` accepted); None if unusable."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+
+def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
+    """Result rows of one or more JSONL files, in file order.
+
+    Header lines (objects without a ``"method"`` key) are skipped and a torn last line is
+    ignored. ``p`` is returned as a float (``"inf"`` -> ``math.inf``); every other field is
+    left as stored, and ``"_source"`` names the file. A row repeated with the same
+    (``sweep_id``, ``key``) keeps its last copy.
+
+    Raises:
+        FileNotFoundError: if a file does not exist.
+        ValueError: if a file cannot be read, holds a broken line before its last one, or no
+            file holds any result row.
+    """
+    rows: list[dict[str, Any]] = []
+    index: dict[tuple[Any, Any], int] = {}
+    files = _as_paths(paths)
+    for path in files:
+        for obj in read_jsonl(path):
+            if not isinstance(obj, dict) or "method" not in obj:
+                continue
+            row = dict(obj)
+            row["_source"] = str(path)
+            p = _num(row.get("p"))
+            row["p"] = p
+            ident = (row.get("sweep_id"), row.get("key"))
+            if ident[1] is not None and ident in index:
+                rows[index[ident]] = row
+                continue
+            if ident[1] is not None:
+                index[ident] = len(rows)
+            rows.append(row)
+    if not rows:
+        raise ValueError("no result rows in " + ", ".join(str(p) for p in files))
+    return rows
+
+
+@dataclass
+class _Row:
+    task: str
+    grouping: str
+    group: str
+    method: str
+    p: float
+    eps: float
+    n: float | None
+    k: float | None
+    trial: int
+    metric: str | None
+    before: float | None
+    after: float | None
+    dloss: float | None  # loss change on the evaluation data
+    dloss_g: float | None  # loss change on the gradient's data
+    first_order: float | None
+    G: float | None
+    ratio: float | None
+    higher_is_better: bool | None = None  # the metric's direction, where the row carries it
+
+    @property
+    def dloss_theory(self) -> float | None:
+        """The loss change that first-order theory predicts: on the gradient's data if known."""
+        return self.dloss_g if self.dloss_g is not None else self.dloss
+
+    @property
+    def n_key(self) -> str:
+        return _n_key(self.n, self.k)
+
+
+def _n_key(n: float | None, k: float | None) -> str:
+    if n is None:
+        return "?"
+    if k is not None and n == k:
+        return "k"
+    return str(int(n)) if float(n).is_integer() else f"{n:g}"
+
+
+
+@dataclass
+class _Notes:
+    items: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        if text not in self.items:
+            self.items.append(text)
+
+
+def _diff(
+    r: dict[str, Any], field_: str | None, after: str, before: str
+) -> tuple[float | None, str]:
+    """A loss change: the row's ``field_`` if present, else ``after - before``."""
+    if field_ is not None and _num(r.get(field_)) is not None:
+        return _num(r[field_]), f"`{field_}`"
+    a, b = _num(r.get(after)), _num(r.get(before))
+    if a is not None and b is not None:
+        return a - b, f"`{after} - {before}`"
+    return None, "nowhere"
+
+
+def _normalise(raw: list[dict[str, Any]], notes: _Notes) -> tuple[list[_Row], str]:
+    rows: list[_Row] = []
+    sources: dict[str, int] = defaultdict(int)
+    sources_g: dict[str, int] = defaultdict(int)
+    dropped = 0
+    for r in raw:
+        eps, p = _num(r.get("eps")), r.get("p")
+        method = r.get("method")
+        if eps is None or eps <= 0 or p is None or not isinstance(method, str):
+            dropped += 1
+            continue
+        dloss, src = _diff(r, "loss_change", "loss_after", "loss_before")
+        sources[src] += 1
+        dloss_g, src_g = _diff(r, None, "grad_loss_after", "grad_loss_before")
+        if dloss_g is None:
+            dloss_g, src_g = _diff(r, None, "train_loss_after", "train_loss_before")
+        sources_g[src_g] += 1
+        trial = r.get("trial")
+        rows.append(
+            _Row(
+                task=str(r.get("task") or ""),
+                grouping=str(r.get("grouping") or ""),
+                group=str(r.get("group") if r.get("group") is not None else "all"),
+                method=method,
+                p=float(p),
+                eps=float(eps),
+                n=_num(r.get("n")),
+                k=_num(r.get("k")),
+                trial=int(trial)
+                if isinstance(trial, int | float) and not isinstance(trial, bool)
+                else 0,
+                metric=r.get("metric"),
+                before=_num(r.get("metric_before")),
+                after=_num(r.get("metric_after")),
+                dloss=dloss,
+                dloss_g=dloss_g,
+                first_order=_num(r.get("first_order")),
+                G=_num(r.get("G")),
+                ratio=_num(r.get("ratio")),
+                higher_is_better=h if isinstance(h := r.get("higher_is_better"), bool) else None,
+            )
+        )
+    if dropped:
+        notes.add(
+            f"{dropped} row(s) without a usable `method`, `p` or positive `eps` were skipped."
+        )
+    used = (
+        "Loss change on the evaluation data (Table 1's Δloss (eval) columns) from "
+        + ", ".join(f"{s} ({c} rows)" for s, c in sources.items())
+        + "; on the gradient's data (Theorem 1 panel, Δloss / first-order ratio) from "
+        + ", ".join(f"{s} ({c} rows)" for s, c in sources_g.items())
+        + ", falling back to the evaluation data where absent."
+    )
+    if not rows:
+        raise ValueError("no usable result rows (each needs method, p and eps)")
+    return rows, used
