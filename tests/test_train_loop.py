@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paramcorrupt.losses import classification_loss
-from paramcorrupt.tasks.digits import Batches, train_classifier
+from paramcorrupt.tasks.digits import Batches
 from paramcorrupt.train import CorruptionResistant, RegularizedLoss, fit, load_checkpoint
 
 
@@ -77,9 +77,12 @@ def test_checkpoint_loads_without_unpickling_code(tmp_path):
 
 
 def test_fit_with_plain_sgd_is_the_digits_training_loop():
-    """fit() with the digits recipe reproduces tasks.digits.train_classifier bit for bit."""
+    """fit() with the digits recipe reproduces the digits task's former loop (train_classifier,
+    kept literally in tests/test_task_training.py) bit for bit."""
+    from test_task_training import literal_train_classifier
+
     reference, model = small_cnn(), small_cnn()
-    train_classifier(reference, loader(), epochs=2, lr=0.1)
+    literal_train_classifier(reference, loader(), epochs=2, lr=0.1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
     data = loader()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=2 * len(data), pct_start=0.15)

@@ -16,14 +16,15 @@ from torch import Tensor, nn
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from ..models.resnet import BasicBlock
+from ..train.recipe import fit_recipe
 from .base import Task
 
-__all__ = ["DIGITS_RECIPE", "DigitsResNet", "digits_data", "digits_task", "train_classifier"]
+__all__ = ["DIGITS_RECIPE", "DigitsResNet", "digits_data", "digits_task"]
 
 logger = logging.getLogger(__name__)
 
-#: how the digits model trains (:func:`train_classifier`'s numbers, and ``paramcorrupt train``'s
-#: defaults): SGD with Nesterov momentum 0.9, weight decay 5e-4, a one-cycle schedule peaking
+#: how the digits model trains (the task's own training through
+#: :func:`~paramcorrupt.train.recipe.fit_recipe`, and ``paramcorrupt train``'s defaults): SGD with Nesterov momentum 0.9, weight decay 5e-4, a one-cycle schedule peaking
 #: at lr 0.1 after 15% of the steps, 30 epochs of batches of 64. See
 #: :mod:`paramcorrupt.train.recipe` for the keys.
 DIGITS_RECIPE: dict[str, Any] = {
@@ -99,32 +100,6 @@ class Batches:
             yield self.x[idx], self.y[idx]
 
 
-def train_classifier(
-    model: nn.Module,
-    loader: Any,
-    *,
-    epochs: int,
-    lr: float = 0.1,
-    weight_decay: float = 5e-4,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> nn.Module:
-    """Plain cross-entropy training with SGD + momentum and a cosine schedule."""
-    optimizer = optimizer or torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True
-    )
-    steps = epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            schedule.step()
-    model.eval()
-    return model
-
-
 def groups_by_type(model: nn.Module) -> dict[str, ParameterGroup]:
     """conv, norm and linear parameters (Figure 4 a)."""
     return {t: select(model, types=t, name=t) for t in ("conv", "norm", "linear")}
@@ -165,11 +140,12 @@ def digits_task(
     torch.manual_seed(seed)
     model = DigitsResNet(width)
     train_loader = Batches(x_train, y_train, batch_size, shuffle=True, seed=seed)
+    recipe = {**DIGITS_RECIPE, "epochs": epochs, "batch_size": batch_size}
     if state_dict is not None:
         model.load_state_dict(state_dict)
     elif train:
         logger.info("training the digits model for %d epochs", epochs)
-        train_classifier(model, train_loader, epochs=epochs)
+        fit_recipe(model, train_loader, classification_loss, recipe)
     model.eval()
     return Task(
         name="digits",
@@ -187,6 +163,6 @@ def digits_task(
             "epochs": epochs,
             "train_size": len(y_train),
             "test_size": len(y_test),
-            "recipe": {**DIGITS_RECIPE, "epochs": epochs, "batch_size": batch_size},
+            "recipe": recipe,
         },
     )

@@ -53,10 +53,12 @@ from ..models.mlp_parser import (
     oracle,
     parse,
 )
+from ..train.recipe import fit_recipe
 from ._options import as_int, load_into, load_weights, resolve_device
 from .base import Task
 
 __all__ = [
+    "PARSER_RECIPE",
     "ParseOutput",
     "ParserLoss",
     "SentenceBatches",
@@ -64,7 +66,6 @@ __all__ = [
     "attachment_metric",
     "parser_groups",
     "ptb_dep_task",
-    "train_parser",
     "ud_ewt_task",
 ]
 
@@ -205,43 +206,6 @@ PARSER_RECIPE: dict[str, Any] = {
 }
 
 
-def train_parser(
-    model: nn.Module,
-    loader: Any,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    decay: float = 0.9,
-    weight_decay: float = 1e-8,
-    eval_fn: Any = None,
-) -> list[dict[str, float]]:
-    """Adam with the learning rate multiplied by ``decay`` after every epoch (the paper's
-    recipe); ``eval_fn(model)`` -> dict is called after every epoch. Returns the history."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, decay)
-    loss_fn = ParserLoss()
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        total = count = 0.0
-        for batch in loader:
-            optimizer.zero_grad(set_to_none=True)
-            out = loss_fn(model, batch)
-            out.loss.backward()
-            optimizer.step()
-            total += float(out.loss.detach()) * out.weight
-            count += out.weight
-        schedule.step()
-        model.eval()
-        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1.0)}
-        if eval_fn is not None:
-            row.update(eval_fn(model))
-        logger.info("parser epoch %d: %s", epoch + 1, row)
-        history.append(row)
-    model.eval()
-    return history
-
-
 @functools.lru_cache(maxsize=2)
 def _sentences(data_dir: str | None) -> tuple:
     from ..data.dependency import load_ptb_dependency
@@ -276,7 +240,8 @@ def ptb_dep_task(
             - ``checkpoint`` / ``state_dict``: trained weights;
             - ``epochs`` (0: the model stays untrained): train this many epochs in the task
               when no weights are given;
-            - ``lr`` (1e-3): Adam's learning rate when training here (x 0.9 per epoch);
+            - ``lr`` (1e-3): Adam's learning rate when training here (:data:`PARSER_RECIPE`,
+              x 0.9 per epoch);
             - ``batch_size`` (1024), ``gradient_batch_size`` (4096), ``eval_batch_size``
               (512): transitions per training and gradient batch; sentences per evaluation
               batch;
@@ -389,8 +354,9 @@ def _parser_task(
         load_into(net, state_dict, "the MLP parser")
         trained = True
     net.to(device)
+    recipe = {**PARSER_RECIPE, "lr": float(lr), "batch_size": int(batch_size)}
     if state_dict is None and epochs > 0:
-        history = train_parser(net, train_loader, epochs=epochs, lr=float(lr))
+        history = fit_recipe(net, train_loader, ParserLoss(), recipe, epochs=epochs)
         trained = True
     elif state_dict is None:
         logger.info("%s: no checkpoint given, the parser is untrained", name)
@@ -424,7 +390,7 @@ def _parser_task(
             "labelled": vocab.labelled,
             "parameters": sum(p.numel() for p in net.parameters()),
             "device": str(device),
-            "recipe": {"optimizer": "adam", "lr": float(lr), "decay": 0.9, "batch_size": int(batch_size)},
+            "recipe": recipe,
             **(extra_info or {}),
         },
     )

@@ -524,12 +524,15 @@ def ptb_lm_task(
             "bptt": int(bptt),
             "device": str(device),
             "micro_batches": 1,  # LMWindow batches are time-major: never split them on dim 0
+            # the full reproduction's recipe (benchmarks/repro_common.py, docs/reproduction.md):
+            # Adam, a one-cycle schedule peaking at 2e-3 after 5% of the steps, clipping at 0.25
             "recipe": {
                 "optimizer": "adam",
                 "lr": 2e-3,
                 "weight_decay": 1.2e-6,
                 "max_grad_norm": 0.25,
-                "schedule": "cosine",
+                "schedule": "onecycle",
+                "pct_start": 0.05,
             },
         },
     )

@@ -41,18 +41,19 @@ from torch import Tensor, nn
 
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
+from ..train.recipe import fit_recipe
 from ._options import as_bool, as_int, load_into, load_weights, resolve_device
 from .base import Task
 
 __all__ = [
     "BLEU",
+    "MULTI30K_RECIPE",
     "TranslationLoss",
     "TranslationOutput",
     "bleu_score",
     "bleu_stats",
     "corpus_bleu",
     "multi30k_task",
-    "train_translation",
     "transformer_groups_by_position",
     "transformer_groups_by_type",
 ]
@@ -218,57 +219,6 @@ MULTI30K_RECIPE: dict[str, Any] = {
 }
 
 
-def inverse_sqrt(warmup: int, init_ratio: float = 1e-4):
-    """fairseq's inverse_sqrt schedule as a LambdaLR factor of the base learning rate."""
-
-    def factor(step: int) -> float:
-        step = max(step, 1)
-        if step < warmup:
-            return init_ratio + (1 - init_ratio) * step / warmup
-        return math.sqrt(warmup / step)
-
-    return factor
-
-
-def train_translation(
-    model: nn.Module,
-    loader: Any,
-    loss_fn: Any,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    warmup: int = 4000,
-    weight_decay: float = 1e-4,
-    clip: float = 0.0,
-    eval_fn: Any = None,
-) -> list[dict[str, float]]:
-    """Adam (0.9, 0.98) with fairseq's warm-up and inverse square-root decay."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(warmup))
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        total = count = 0.0
-        for batch in loader:
-            optimizer.zero_grad(set_to_none=True)
-            out = loss_fn(model, batch)
-            out.loss.backward()
-            if clip:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            schedule.step()
-            total += float(out.loss.detach()) * out.weight
-            count += out.weight
-        model.eval()
-        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1.0)}
-        if eval_fn is not None:
-            row.update(eval_fn(model))
-        logger.info("multi30k epoch %d: %s", epoch + 1, row)
-        history.append(row)
-    model.eval()
-    return history
-
-
 # ---------------------------------------------------------------------------------------------
 # the task
 
@@ -381,8 +331,12 @@ def multi30k_task(
         load_into(net, state_dict, f"the {model} transformer")
         trained = True
     net.to(device)
+    recipe = {
+        **MULTI30K_RECIPE, "lr": float(lr), "warmup": as_int(warmup, "warmup"),
+        "label_smoothing": float(label_smoothing), "max_tokens": budget,
+    }
     if state_dict is None and epochs > 0:
-        history = train_translation(net, train_loader, loss_fn, epochs=epochs, lr=float(lr), warmup=as_int(warmup, "warmup"))
+        history = fit_recipe(net, train_loader, loss_fn, recipe, epochs=epochs)
         trained = True
     elif state_dict is None:
         logger.info("multi30k: no checkpoint given, the transformer is untrained")
@@ -412,10 +366,6 @@ def multi30k_task(
             "eval_pairs": len(eval_de),
             "device": str(device),
             "micro_batches": 1,  # eval batches carry references: do not split them
-            "recipe": {
-                "optimizer": "adam", "betas": (0.9, 0.98), "lr": float(lr), "warmup": int(warmup),
-                "weight_decay": 1e-4, "label_smoothing": float(label_smoothing), "max_tokens": budget,
-                "epochs": 12,
-            },
+            "recipe": recipe,
         },
     )
