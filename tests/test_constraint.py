@@ -475,3 +475,18 @@ def test_chunked_top_n_matches_reference(monkeypatch, chunk, n):
     want = ref_closed_form([group[k].numpy() for k in keys], 2, 0.5, n)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-15)
+
+
+def test_parse_p_is_the_one_parser_of_p():
+    import math
+
+    from paramcorrupt.constraint import parse_p
+    from paramcorrupt.faults.lp import parse_p as faults_parse_p
+
+    assert faults_parse_p is parse_p
+    for text in ("inf", "INF", " Infinity ", "infinity", "+inf"):
+        assert parse_p(text) == math.inf
+    assert parse_p(2) == 2.0 and isinstance(parse_p(2), float) and parse_p("1.5") == 1.5
+    assert parse_p(None) is None and parse_p(True) is True  # left for Constraint to reject
+    with pytest.raises(ValueError, match="p must be a number"):
+        parse_p("two")

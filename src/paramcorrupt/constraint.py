@@ -21,6 +21,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,10 +33,33 @@ __all__ = [
     "dual_norm",
     "global_top_n",
     "lp_norm",
+    "parse_p",
     "sparse_closed_form",
 ]
 
 INF = float("inf")
+
+
+def parse_p(p: Any) -> Any:
+    """p as a float: a number, or a string such as "2", "inf" or "Infinity" (any case, as
+    ``float`` reads it); anything else is left for :class:`Constraint` to reject. The one
+    parser of p (sweeps, fault models, command lines).
+
+    Raises:
+        ValueError: for a string that is no number.
+
+    Example:
+        >>> parse_p("inf"), parse_p(" Infinity "), parse_p(2), parse_p("1.5")
+        (inf, inf, 2.0, 1.5)
+    """
+    if isinstance(p, (int, float)) and not isinstance(p, bool):
+        return float(p)
+    if isinstance(p, str):
+        try:
+            return float(p)  # float() reads "inf" and "infinity" in any case, with spaces
+        except ValueError:
+            raise ValueError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
+    return p
 
 
 class ZeroVectorWarning(UserWarning):

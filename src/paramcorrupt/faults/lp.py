@@ -3,38 +3,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from ..constraint import Constraint, dual_norm
+from ..constraint import Constraint, dual_norm, parse_p
 from ..corruption import Corruption, gradient_corruption, random_corruption
 from ..iterative import iterative_corruption
 from .base import FaultContext, FaultModel, register_fault
 
 __all__ = ["GradientLp", "IterativeLp", "LpFault", "RandomLp", "parse_p"]
-
-
-def parse_p(p: Any) -> Any:
-    """p as a float, the strings "inf"/"infinity" (any case) accepted; anything else is
-    left for :class:`~paramcorrupt.Constraint` to reject.
-
-    Raises:
-        ValueError: for a string that is no number.
-
-    Example:
-        >>> parse_p("inf"), parse_p(2), parse_p("1.5")
-        (inf, 2.0, 1.5)
-    """
-    if isinstance(p, (int, float)) and not isinstance(p, bool):
-        return float(p)
-    if isinstance(p, str):
-        if p.strip().lower() in ("inf", "infinity"):
-            return math.inf
-        try:
-            return float(p)
-        except ValueError:
-            raise ValueError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
-    return p
 
 
 class LpFault(FaultModel):
