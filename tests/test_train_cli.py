@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import paramcorrupt.cli.train
+import paramcorrupt.train.recipe
 from paramcorrupt.cli import main
 from paramcorrupt.cli.train import MethodConfig, parse_method
 
@@ -34,7 +34,7 @@ def test_train_resumes_its_own_checkpoint_and_refuses_another_runs(tmp_path, cap
     assert main(["train", "--out", str(straight), "--epochs", "2", *fast]) == 0
 
     out = tmp_path / "run"
-    real_fit = paramcorrupt.cli.train.fit
+    real_fit = paramcorrupt.train.recipe.fit  # what train_model's fit_recipe calls
 
     def interrupted_fit(*args, **kwargs):
         def stop(epoch, record):
@@ -42,7 +42,7 @@ def test_train_resumes_its_own_checkpoint_and_refuses_another_runs(tmp_path, cap
 
         return real_fit(*args, **kwargs, on_epoch_end=stop)
 
-    monkeypatch.setattr(paramcorrupt.cli.train, "fit", interrupted_fit)
+    monkeypatch.setattr(paramcorrupt.train.recipe, "fit", interrupted_fit)
     assert main(["train", "--out", str(out), "--epochs", "2", *fast]) == 130  # Ctrl-C after epoch 1
     monkeypatch.undo()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1

@@ -1,0 +1,267 @@
+"""Training a task from its recipe with one method (plain, corruption-resistant L*, or the
+gradient regulariser): the methods' settings (:class:`MethodConfig`, ``NAME[:key=value]...``
+specs), the task a run trains (:class:`TaskSetup`, :func:`task_setup`) and :func:`train_model`,
+the one path from a task's recipe (``task.info["recipe"]``) to
+:func:`paramcorrupt.train.recipe.fit_recipe` that ``paramcorrupt train`` / ``compare`` use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..constraint import Constraint
+from ..train import RegularizedLoss
+from ..train.recipe import fit_recipe
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "METHODS",
+    "MethodConfig",
+    "TaskSetup",
+    "build_task",
+    "method_settings",
+    "parse_method",
+    "parse_number",
+    "parse_top_n",
+    "task_setup",
+    "train_model",
+    "validate",
+]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("plain", "resistant", "regularised")
+#: epochs when neither the task's recipe nor the caller says
+DEFAULT_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One training recipe: the method and its hyperparameters."""
+
+    method: str = "plain"
+    eps: float = 0.5
+    p: float = 2.0
+    n: int | None = None
+    alpha: float = 0.5
+    interval: int = 1
+    lam: float = 0.25
+    epochs: int = 30
+    lr: float = 0.1
+    batch_size: int | None = 64
+
+    def label(self) -> str:
+        if self.method == "plain":
+            return "plain"
+        if self.method == "regularised":
+            return f"regularised (λ={self.lam:g}, p={_p_text(self.p)})"
+        extra = f", interval={self.interval}" if self.interval != 1 else ""
+        n = "" if self.n is None else f", n={self.n}"
+        return f"resistant (ε={self.eps:g}, α={self.alpha:g}, p={_p_text(self.p)}{n}{extra})"
+
+    def slug(self) -> str:
+        if self.method == "plain":
+            return f"plain-e{self.epochs}"
+        if self.method == "regularised":
+            return f"regularised-lam{self.lam:g}-p{_p_text(self.p)}-e{self.epochs}"
+        n = "" if self.n is None else f"-n{self.n}"
+        return f"resistant-eps{self.eps:g}-a{self.alpha:g}-p{_p_text(self.p)}{n}-i{self.interval}-e{self.epochs}"
+
+
+def _p_text(p: float) -> str:
+    return "inf" if p == math.inf else f"{p:g}"
+
+
+def parse_number(text: str) -> float:
+    """A float, ``"inf"`` / ``"infinity"`` included."""
+    return math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
+
+
+def parse_top_n(text: str) -> int | None:
+    """``"all"``, ``"k"``, ``"none"`` -> None (every coordinate), else an integer."""
+    return None if text.lower() in ("all", "k", "none") else int(text)
+
+
+_FIELDS = {"eps": parse_number, "p": parse_number, "n": parse_top_n, "alpha": float, "interval": int, "lam": float, "epochs": int, "lr": float}
+
+
+def parse_method(spec: str, base: MethodConfig) -> MethodConfig:
+    """``NAME[:key=value]...`` -> a MethodConfig (``regularized`` is accepted for ``regularised``)."""
+    name, *settings = spec.split(":")
+    name = "regularised" if name == "regularized" else name
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    config = replace(base, method=name)
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or key not in _FIELDS:
+            raise ValueError(f"bad method setting {setting!r} in {spec!r}; expected key=value with key in {', '.join(_FIELDS)}")
+        try:
+            config = replace(config, **{key: _FIELDS[key](value)})
+        except ValueError as error:
+            raise ValueError(f"bad value in {setting!r}: {error}") from error
+    return config
+
+
+def validate(config: MethodConfig) -> None:
+    """Raise ``ValueError`` for settings the method cannot train with."""
+    if config.method == "resistant":
+        Constraint(config.p, config.eps, config.n)
+        if not 0 <= config.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {config.alpha}")
+        if config.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {config.interval}")
+    if config.method == "regularised" and config.lam < 0:
+        raise ValueError(f"lam must be >= 0, got {config.lam}")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """The task a command trains: its name, factory options (strings, as ``--task-option``
+    gives them; ``data_dir`` included), its training recipe and the identity that finished
+    runs are matched by (the name, plus the options but ``data_dir`` and ``cache_dir``)."""
+
+    name: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    identity: str = "digits"
+
+
+def build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
+    """The task for ``seed``, its model untrained."""
+    if setup.name == "digits":
+        from ..tasks.digits import DIGITS_RECIPE
+
+        options: dict[str, Any] = {k: _number(v) for k, v in setup.options.items()}
+        options.update(batch_size=DIGITS_RECIPE["batch_size"] if batch_size is None else batch_size, train=False)
+    else:
+        options = dict(setup.options)
+    from ..tasks import get_task
+
+    try:
+        return get_task(setup.name, seed=seed, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            key = str(error).rpartition("argument")[2].strip(" '\"")
+            raise ValueError(f"unknown --task-option {key!r} for the {setup.name} task") from None
+        raise
+    except FileNotFoundError as error:
+        text = error.args[-1] if error.args else str(error)
+        raise FileNotFoundError(
+            f"{text} (give --data-dir or set PARAMCORRUPT_DATA; without data, training is available for the digits task only)"
+        ) from None
+
+
+def _number(text: Any) -> Any:
+    """A digits option from the command line: an int or float when it reads as one."""
+    if not isinstance(text, str):
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def task_setup(
+    name: str,
+    options: dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+) -> tuple[TaskSetup, MethodConfig]:
+    """Check the task and its options (building it once, untrained) and read its recipe:
+    the setup and the base MethodConfig (epochs, lr, batch size: the arguments, else the
+    recipe's)."""
+    from ..tasks import TASKS
+
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    options = dict(options or {})
+    for key in ("seed", "train", "checkpoint", "state_dict", "epochs"):
+        if key in options:
+            raise ValueError(f"--task-option {key} is set by the train command; use its own options instead")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if name != "digits" and batch_size is not None:
+        if "batch_size" in options:
+            raise ValueError("give the batch size once: --batch-size or --task-option batch_size")
+        options["batch_size"] = str(batch_size)
+    identity = name
+    shown = {k: v for k, v in sorted(options.items()) if k not in ("data_dir", "cache_dir")}
+    if shown:
+        identity += "(" + ",".join(f"{k}={v}" for k, v in shown.items()) + ")"
+    setup = TaskSetup(name, options, {}, identity)
+    task = build_task(setup, seed, batch_size)
+    if task.train_loader is None:
+        raise ValueError(f"the {name} task has no training data (train_loader)")
+    recipe = dict(task.info.get("recipe") or {})
+    if "lr" not in recipe and lr is None:
+        raise ValueError(f"the {name} task gives no training recipe with a learning rate; give --lr")
+    if batch_size is None:
+        batch_size = recipe.get("batch_size", getattr(task.train_loader, "batch_size", None))
+    config = MethodConfig(
+        epochs=int(epochs if epochs is not None else recipe.get("epochs", DEFAULT_EPOCHS)),
+        lr=float(lr if lr is not None else recipe["lr"]),
+        batch_size=None if batch_size is None else int(batch_size),
+    )
+    return replace(setup, recipe=recipe), config
+
+
+def train_model(
+    config: MethodConfig,
+    seed: int,
+    *,
+    task_name: str = "digits",
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    setup: TaskSetup | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train one model with one method and the task's recipe (for digits: SGD, Nesterov
+    momentum 0.9, weight decay 5e-4, one-cycle schedule peaking at ``lr``), the recipe's
+    ``lr`` and ``epochs`` replaced by the config's; return the task and a record."""
+    validate(config)
+    setup = setup or TaskSetup(task_name, identity=task_name)
+    task = build_task(setup, seed, config.batch_size)
+    model = task.model
+    recipe = {**(task.info.get("recipe") or {}), **setup.recipe, "lr": config.lr, "epochs": config.epochs}
+    settings = None
+    if config.method == "resistant":
+        settings = {"eps": config.eps, "p": config.p, "n": config.n, "alpha": config.alpha, "interval": config.interval}
+    penalty = RegularizedLoss(config.lam, config.p) if config.method == "regularised" else None
+    started = time.perf_counter()
+    history = fit_recipe(
+        model,
+        task.train_loader,
+        task.loss_fn,
+        recipe,
+        epochs=config.epochs,
+        resistant=settings,
+        penalty=penalty,
+        checkpoint=checkpoint,
+        # a checkpoint of another method, epoch count, seed or task is refused
+        identity={"recipe": method_settings(config), "seed": seed, "task": setup.identity},
+        progress=progress,
+    )
+    model.eval()
+    # the epochs' own times: a fit resumed from a checkpoint counts the epochs run before too
+    seconds = sum(r["seconds"] for r in history)
+    logger.info("trained in %.1f s (this call: %.1f s)", seconds, time.perf_counter() - started)
+    return task, {"train_seconds": seconds, "history": history}
+
+
+def method_settings(config: MethodConfig) -> dict[str, Any]:
+    """The settings that the method uses (what decides whether a finished run can be reused)."""
+    used = {"plain": (), "resistant": ("eps", "p", "n", "alpha", "interval"), "regularised": ("lam", "p")}[config.method]
+    keys = ("method", "epochs", "lr", "batch_size", *used)
+    return {k: v for k, v in asdict(config).items() if k in keys}
