@@ -1,7 +1,16 @@
 """The ``paramcorrupt`` command line: it only wires options to library calls.
 
-Each subcommand lives in its own module of this package with ``register(subparsers)``;
-bad input ends in a one-line error and exit code 2, never a traceback.
+Each subcommand lives in its own module of this package with ``register(subparsers)``.
+
+How a command ends when something goes wrong:
+
+- a user error (:class:`CLIError`): one line, exit code 2;
+- ``ValueError``, ``TypeError`` or ``FileNotFoundError`` (raised by the library's input
+  validation, but also what a bug may raise): one line ending "(run with -v for the
+  traceback)", exit code 2; with ``-v``/``--verbose`` the traceback comes first;
+- any other exception (``KeyError``, ``AttributeError``, ...): an internal error, one line
+  naming the exception, exit code 1; the traceback with ``-v``;
+- Ctrl-C: "interrupted", exit code 130.
 """
 
 from __future__ import annotations
@@ -10,9 +19,17 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
-__all__ = ["CLIError", "main"]
+__all__ = ["CLIError", "EXIT_INTERNAL", "EXIT_USAGE", "main"]
+
+#: exit codes: bad input (argparse's too), and an internal error (a bug)
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+#: what a library call raises for bad input (and, rarely, a bug: hence the -v hint)
+INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError)
+_HINT = "(run with -v for the traceback)"
 
 #: the subcommand modules, in the order ``--help`` lists them
 COMMANDS = ("demo", "probe", "report", "train")
@@ -39,15 +56,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    prefix = f"paramcorrupt {args.command}"
     try:
         return int(args.run(args) or 0)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"paramcorrupt {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except CLIError as error:
+        print(f"{prefix}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except INPUT_ERRORS as error:
+        _fail(f"{prefix}: error: {error}", args.verbose)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"paramcorrupt {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        _fail(f"{prefix}: internal error: {type(error).__name__}: {error}", args.verbose)
+        return EXIT_INTERNAL
+
+
+def _fail(line: str, verbose: bool) -> None:
+    """The one line; with ``verbose`` the traceback before it, else a hint where to find it."""
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+        print(line, file=sys.stderr)
+    else:
+        print(f"{line} {_HINT}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover
