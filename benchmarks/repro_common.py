@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -48,6 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from paramcorrupt.experiments import (  # noqa: F401
+    damage,
+    digest,
+    fmt,
+    load_saved,
+    mean,
+    paper_cell,
+    save_model,
+    table,
+)
+from paramcorrupt.train.recipe import fit_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("smoke", "quick", "full")
@@ -201,8 +211,8 @@ def recipe(task: str, mode: str, variant: str = "baseline", **overrides: Any) ->
     return out
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+#: a model's identity: 12 hex digits of the SHA-256 of its sorted JSON
+_digest = digest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,8 +388,6 @@ def trained_task(
     """The task with its model trained by (mode, variant, seed): loaded when a finished model
     with the same recipe and task options exists, else trained (resuming a checkpoint)."""
     from paramcorrupt.evaluate import evaluate
-    from paramcorrupt.train import fit
-    from paramcorrupt.train.recipe import build_scheduler, fit_options
 
     rec = recipe(name, args.mode, variant, **recipe_overrides)
     options = task_options(name, args.mode)
@@ -388,26 +396,14 @@ def trained_task(
     task = build_task(name, args, seed=seed)
     saved = [(paths["weights"], paths["meta"]), (paths["legacy"], paths["legacy_meta"])]
     for weights, meta_path in saved if not args.fresh else ():
-        if not (weights.exists() and meta_path.exists()):
-            continue
-        meta = json.loads(meta_path.read_text())
-        if meta.get("id") != _digest(ident):
-            continue
-        device = next(task.model.parameters()).device
-        task.model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-        task.model.eval()
-        task.info["trained"] = True
-        task.info["model_id"] = meta["id"]
-        logger.info("%s %s seed %d: reusing %s", name, variant, seed, weights)
-        return task, meta
+        meta = load_saved(task, weights, meta_path, _digest(ident))
+        if meta is not None:
+            logger.info("%s %s seed %d: reusing %s", name, variant, seed, weights)
+            return task, meta
     paths["weights"].parent.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         paths["checkpoint"].unlink(missing_ok=True)
     model = task.model
-    optimizer = _optimizer(model, rec)
-    scheduler = build_scheduler(
-        optimizer, rec, steps_per_epoch=len(task.train_loader), epochs=rec["epochs"]
-    )
     valid = _valid_loader(task, name, args)
     watch_path = paths["checkpoint"].with_suffix(".watch.json")
     watched: list[dict[str, Any]] = []
@@ -431,16 +427,13 @@ def trained_task(
             record["seconds"],
         )
 
-    resistant = rec["variant"] == "resistant"
     started = time.perf_counter()
-    history = fit(
+    history = fit_recipe(
         model,
-        optimizer,
         task.train_loader,
         task.loss_fn,
-        epochs=rec["epochs"],
-        scheduler=scheduler,
-        **fit_options(rec, resistant=resistant),
+        rec,
+        resistant=rec["resistant"] if rec["variant"] == "resistant" else None,
         checkpoint=paths["checkpoint"],
         resume=not args.fresh,
         progress=args.progress,
@@ -466,10 +459,7 @@ def trained_task(
         "parameters": task.info["parameters"],
         "machine": machine(args),
     }
-    torch.save(model.state_dict(), paths["weights"])
-    paths["meta"].write_text(json.dumps(meta, indent=1, default=str))
-    task.info["model_id"] = meta["id"]
-    return task, meta
+    return task, save_model(task, paths["weights"], meta, paths["meta"])
 
 
 def machine(args: argparse.Namespace) -> dict[str, Any]:
@@ -596,35 +586,7 @@ def finish(
 # formatting
 
 
-def fmt(value: Any, metric: str | None = None, digits: int = 2) -> str:
-    """A metric as the paper prints it: accuracy in percent, others as they are."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, str):
-        return value
-    if metric == "accuracy":
-        return f"{100 * value:.{digits - 1}f}"
-    return f"{value:.{digits}f}"
-
-
-def paper_cell(value: Any) -> str:
-    return "—" if value is None else str(value)
-
-
-def mean(values: Iterable[float]) -> float | None:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vals) / len(vals) if vals else None
-
-
-def damage(metric: str, before: float, after: float) -> float:
-    """How much worse ``after`` is than ``before`` (positive = worse)."""
-    return (before - after) if metric == "accuracy" else (after - before)
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out + [""]
+# fmt, paper_cell, mean, damage and table: paramcorrupt.experiments.markdown (imported above)
 
 
 # ---------------------------------------------------------------------------------------------

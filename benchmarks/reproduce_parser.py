@@ -52,19 +52,14 @@ def train_regularised(task: Any, epochs: int, lam: float = 0.01) -> list[dict[st
     """The parser's recipe (Adam 1e-3, x0.9 per epoch) on L + lam ||g||_2 (Eq. 16, the paper's
     choice for PTB-Parsing: L2 gradient regularisation, lambda = 0.01), exact by double
     back-propagation."""
-    import torch
+    from paramcorrupt.train import RegularizedLoss
+    from paramcorrupt.train.recipe import fit_recipe
 
-    from paramcorrupt.train import RegularizedLoss, fit
-
-    model = task.model
-    optimizer = torch.optim.Adam(model.parameters(), lr=task.info["recipe"]["lr"], weight_decay=1e-8)
-    per_epoch = len(task.train_loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9 ** (step // per_epoch))
-    history = fit(
-        model, optimizer, task.train_loader, task.loss_fn, epochs=epochs, scheduler=schedule,
-        penalty=RegularizedLoss(lam, p=2.0),
-    )
-    model.eval()
+    # the task's recipe with its x0.9 per epoch in the closed form 0.9 ** epoch, updated at
+    # every step (as this variant has always trained), not ExponentialLR's running product
+    recipe = {**task.info["recipe"], "scheduler_interval": "step"}
+    history = fit_recipe(task.model, task.train_loader, task.loss_fn, recipe, epochs=epochs, penalty=RegularizedLoss(lam, p=2.0))
+    task.model.eval()
     return history
 
 
@@ -228,9 +223,8 @@ def store(
 ) -> dict[str, Any]:
     """Save a freshly trained model beside its metadata (``weights`` and ``weights`` with
     ``.json``: identity, history, training time, clean metrics); returns the metadata."""
-    import torch
-
     from paramcorrupt.evaluate import evaluate
+    from paramcorrupt.experiments import save_model
 
     clean = evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics)
     meta = {
@@ -242,9 +236,7 @@ def store(
         "parameters": task.info.get("parameters"),
         "machine": rc.machine(args),
     }
-    torch.save(task.model.state_dict(), weights)
-    weights.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str))
-    task.info["model_id"] = digest
+    save_model(task, weights, meta)
     logger.info("%s trained in %.0f s: %s", task.name, seconds, clean)
     return meta
 

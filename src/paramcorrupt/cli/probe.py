@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed as D
+from ..tasks._options import load_into, load_weights
 from . import CLIError
 
 __all__ = ["load_checkpoint", "load_state_into", "register", "resolve"]
@@ -214,73 +215,15 @@ def resolve(spec: str, option: str = "spec") -> Any:
         raise ValueError(f"{option} {spec!r}: {target!r} has no attribute {attribute!r}") from None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """A state dict from ``path``: ``.safetensors``, or ``torch.load(weights_only=True)``.
-
-    A ``{"state_dict": {...}}`` wrapper is unwrapped. Nothing but tensors and plain
-    containers is unpickled.
-
-    Raises:
-        FileNotFoundError: when the file does not exist.
-        ValueError: when it cannot be read or does not hold a mapping name -> tensor.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError:
-        raise ValueError(f"checkpoint {path}: reading .safetensors needs the safetensors package") from None
-    except Exception as error:  # any reader failure: corrupt, truncated, not a checkpoint, unsafe pickle
-        raise ValueError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not state or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"checkpoint {path} does not hold a state dict (a mapping of parameter names to tensors)")
-    return dict(state)
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:3])
-    return shown + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+#: a state dict from a file (``.safetensors`` or ``torch.load(weights_only=True)``): the
+#: tasks' one loader, :func:`paramcorrupt.tasks._options.load_weights`
+load_checkpoint = load_weights
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
-    """``model.load_state_dict(state)`` after checking keys and shapes, with a one-line error.
-
-    Raises:
-        ValueError: when keys are missing or unexpected, or a shape differs.
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_listed(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches {_listed(shapes)}")
-    if problems:
-        raise ValueError(f"{source} does not match the model: {'; '.join(problems)}")
-    model.load_state_dict(state)
+    """``model.load_state_dict(state)`` after checking keys and shapes, with a one-line error
+    (:func:`paramcorrupt.tasks._options.load_into`)."""
+    load_into(model, state, "the model", source=source)
 
 
 def _file_digest(path: Path) -> str:

@@ -68,34 +68,80 @@ def as_bool(value: Any, what: str) -> bool:
     raise ValueError(f"{what} must be true or false, got {value!r}")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 def load_weights(checkpoint: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """The model weights in a file: a plain state dict, or a training checkpoint holding one
-    under ``"model"`` (as :func:`paramcorrupt.train.save_checkpoint` writes), loaded with
-    ``weights_only=True``.
+    """The model weights in a file, never unpickling code: ``.safetensors``, or
+    ``torch.load(weights_only=True)`` of a plain state dict or of a wrapper holding one under
+    ``"state_dict"`` or ``"model"`` (a training checkpoint, as
+    :func:`paramcorrupt.train.save_checkpoint` writes). The one loader of the tasks'
+    ``checkpoint`` option and of ``paramcorrupt probe --checkpoint``.
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when it holds no state dict.
+        ValueError: when it cannot be read (corrupt, truncated, an unsafe pickle) or holds no
+            mapping of parameter names to tensors.
     """
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, Mapping) and isinstance(blob.get("model"), Mapping):
-        blob = blob["model"]
-    if not isinstance(blob, Mapping) or not all(isinstance(v, Tensor) for v in blob.values()):
-        raise ValueError(f"{path} holds no state dict (a mapping of tensors, or one under 'model')")
-    return dict(blob)
-
-
-def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
-    """``model.load_state_dict`` with a one-sentence error naming the mismatch."""
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
-        raise ValueError(f"the weights do not fit {what}: {detail}") from None
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise ValueError(f"checkpoint {path}: reading .safetensors needs the safetensors package") from None
+    except Exception as error:  # any reader failure: corrupt, truncated, not a checkpoint, unsafe pickle
+        raise ValueError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not state or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"checkpoint {path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return dict(state)
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], what: str, *, source: str | None = None) -> None:
+    """``model.load_state_dict`` after checking keys and shapes, with a one-sentence error
+    naming the mismatch: "the weights do not fit {what}: ...", or with ``source`` "{source}
+    does not match {what}: ..." (as ``paramcorrupt probe --checkpoint`` says it).
+
+    Raises:
+        ValueError: when keys are missing or unexpected, or a shape differs.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listed(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches {_listed(shapes)}")
+    if problems:
+        start = f"the weights do not fit {what}" if source is None else f"{source} does not match {what}"
+        raise ValueError(f"{start}: {'; '.join(problems)}")
+    model.load_state_dict(state_dict)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
