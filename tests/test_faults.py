@@ -27,7 +27,7 @@ class ScaleFirst(FaultModel):
     name = "toy-scale-first"
     parameters = ("count", "factor")
     defaults = {"factor": 2.0}
-    axis = "count"
+    axes = ("count",)
 
     def check(self, setting):
         if not isinstance(setting["count"], int) or setting["count"] < 1:

@@ -6,14 +6,34 @@
 - :mod:`~paramcorrupt.faults.lp`: the paper's ``random``, ``gradient`` and ``iterative``
   L_p corruptions, swept over one grid of (p, n, eps).
 - :mod:`~paramcorrupt.faults.values`: ``random-values`` (values written, not added).
+- :mod:`~paramcorrupt.faults.formats`: stored number formats (float32, float16,
+  bfloat16, int8 per tensor and per channel) and their bit classes.
+- :mod:`~paramcorrupt.faults.bits`: ``bitflip`` and ``stuck-at`` at a bit error rate or
+  a number of faulty bits.
+- :mod:`~paramcorrupt.faults.search`: ``bit-search``, the gradient-guided progressive
+  bit search (Rakin et al., 2019).
 """
 
+# the import order is the registry's order: the paper's methods first
+# isort: off
 from .base import FAULTS, FaultContext, FaultModel, get_fault, key_text, register_fault
 from .lp import GradientLp, IterativeLp, LpFault, RandomLp, parse_p
 from .values import RandomValues
+from .formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
+from .bits import BitFlip, StuckAt, random_bit_faults
+from .search import BitSearch, BitSearchFault, bit_search
+
+# isort: on
 
 __all__ = [
+    "BIT_CLASSES",
     "FAULTS",
+    "FORMATS",
+    "BitFlip",
+    "BitSearch",
+    "BitSearchFault",
+    "NumberFormat",
+    "StuckAt",
     "FaultContext",
     "FaultModel",
     "GradientLp",
@@ -21,8 +41,11 @@ __all__ = [
     "LpFault",
     "RandomLp",
     "RandomValues",
+    "bit_search",
     "get_fault",
+    "get_format",
     "key_text",
     "parse_p",
+    "random_bit_faults",
     "register_fault",
 ]

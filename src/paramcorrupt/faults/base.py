@@ -102,7 +102,8 @@ class FaultModel(ABC):
         uses_gradient: whether :meth:`corrupt` reads ``ctx.gradient``.
         family: fault models of one family share one grid of settings and are interleaved
             in a sweep (random and gradient L_p corruptions are compared at each (p, n, eps)).
-        axis: the setting a report plots along (``eps``, ``ber``, ``flips``, ...).
+        axes: the settings a report may plot along, in order of preference (``eps``;
+            ``ber`` or ``flips``); a report takes the first one its rows set.
     """
 
     name: ClassVar[str] = ""
@@ -111,7 +112,7 @@ class FaultModel(ABC):
     stochastic: ClassVar[bool] = False
     uses_gradient: ClassVar[bool] = False
     family: ClassVar[str | None] = None
-    axis: ClassVar[str | None] = None
+    axes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **setting: Any) -> None:
         unknown = [name for name in setting if name not in self.parameters]
@@ -166,8 +167,9 @@ class FaultModel(ABC):
     def corrupt(self, ctx: FaultContext) -> Corruption:
         """The one verb: the corruption of ``ctx.group`` for this setting."""
 
-    def row_fields(self, ctx: FaultContext) -> dict[str, Any]:
-        """The fields a row of this setting records about it (default: the setting)."""
+    def row_fields(self, ctx: FaultContext, corruption: Corruption | None = None) -> dict[str, Any]:
+        """The fields a row of this setting records about it (default: the setting); the
+        corruption built for the row is passed too (a count of faults drawn, say)."""
         return dict(self.setting)
 
     def first_order(self, ctx: FaultContext) -> float | None:

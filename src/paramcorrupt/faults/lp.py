@@ -21,7 +21,7 @@ class LpFault(FaultModel):
 
     parameters = ("p", "n", "eps")
     family = "lp"
-    axis = "eps"
+    axes = ("eps",)
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
         p, n, eps = parse_p(setting["p"]), setting["n"], setting["eps"]
@@ -34,7 +34,7 @@ class LpFault(FaultModel):
         n = self.setting["n"]
         return Constraint(self.setting["p"], self.setting["eps"], k if n is None or n > k else n)
 
-    def row_fields(self, ctx: FaultContext) -> dict[str, Any]:
+    def row_fields(self, ctx: FaultContext, corruption: Corruption | None = None) -> dict[str, Any]:
         s = self.setting
         return {"p": s["p"], "eps": s["eps"], "n": self.constraint(ctx.k).n, "n_requested": s["n"]}
 

@@ -18,7 +18,7 @@ class RandomValues(FaultModel):
     parameters = ("count", "low", "high")
     defaults = {"low": -1.0, "high": 1.0}
     stochastic = True
-    axis = "count"
+    axes = ("count",)
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
         count, low, high = setting["count"], setting["low"], setting["high"]

@@ -31,6 +31,11 @@ Row schema (one dict per row, the same in the results file; see :data:`ROW_FIELD
 - ``ratio``: (grad_loss_after - grad_loss_before) / first_order; None when first_order is 0
   (G = 0, where Theorem 2's ratio is undefined) or the gradient data was not measured.
 - ``seconds``: the row's wall time (building the corruption and evaluating it).
+
+Fault models outside the L_p family leave ``p``, ``eps``, ``n``, ``n_requested``,
+``first_order`` and ``ratio`` as None and append their own setting (and what they drew:
+``bit_errors``, ``changed``) after these fields. A row whose corrupted loss is Inf or NaN
+is kept, with ``loss_nonfinite: true``.
 """
 
 from __future__ import annotations
@@ -529,7 +534,7 @@ def _run(
         corruption = fault.corrupt(ctx)
         with corrupted(model, corruption):
             after = evaluator.evaluate(plan.group)
-        row = _row(config, sid, plan, fault, ctx, trial, key, clean, after, metric)
+        row = _row(config, sid, plan, fault, ctx, corruption, trial, key, clean, after, metric)
         row["seconds"] = time.perf_counter() - start
         return row
 
@@ -566,6 +571,7 @@ def _row(
     plan: _Plan,
     fault: FaultModel,
     ctx: FaultContext,
+    corruption: Any,
     trial: int,
     key: str,
     clean: Mapping[str, Mapping[str, float]],
@@ -592,7 +598,7 @@ def _row(
         k=plan.k,
         trial=trial,
     )
-    row.update(fault.row_fields(ctx))
+    row.update(fault.row_fields(ctx, corruption))
     row.update(
         loss_before=clean["eval"]["loss"],
         loss_after=evaluated["loss"],
@@ -607,6 +613,10 @@ def _row(
         ratio=ratio,
         seconds=None,
     )
+    if not math.isfinite(row["loss_after"]):
+        # a fault can make the output Inf/NaN (a flipped exponent bit): the row is kept, its
+        # metric computed as it came out, and the loss flagged
+        row["loss_nonfinite"] = True
     return row
 
 

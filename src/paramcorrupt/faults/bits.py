@@ -1,0 +1,220 @@
+"""Random faults in the stored bits: flips at a bit error rate or of a fixed number, and
+stuck-at-0/1 bits, in float32, float16, bfloat16 or int8 storage (see
+:mod:`~paramcorrupt.faults.formats`).
+
+Faults are drawn sparsely: the number of faulty bits m among the N = k x |bits| candidate
+(coordinate, bit) pairs is Binomial(N, ber) (or given), then m distinct pairs are drawn
+uniformly. Memory is O(m), never a mask of N entries. The faulty weights are written as
+values (``mode="set"``), so restores are bit-exact even where a flip made Inf or NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..corruption import Corruption
+from ..groups import ParameterGroup, as_group
+from .base import FaultContext, FaultModel, key_text, register_fault
+from .formats import NumberFormat, get_format
+
+__all__ = ["BitFlip", "StuckAt", "random_bit_faults"]
+
+OPS = ("flip", "stuck-0", "stuck-1")
+
+
+def _distinct(m: int, total: int, generator: torch.Generator) -> Tensor:
+    """m distinct integers drawn uniformly from [0, total), sorted; O(m) memory unless m is
+    more than half of total."""
+    if m == 0:
+        return torch.empty(0, dtype=torch.long)
+    if 2 * m > total:
+        return torch.randperm(total, generator=generator)[:m].sort().values
+    chosen = torch.empty(0, dtype=torch.long)
+    while chosen.numel() < m:
+        draw = torch.randint(0, total, (m - chosen.numel(),), generator=generator)
+        chosen = torch.cat([chosen, draw]).unique()
+    return chosen
+
+
+def random_bit_faults(
+    model: nn.Module,
+    group: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    format: str = "float32",
+    bits: str | int = "any",
+    ber: float | None = None,
+    flips: int | None = None,
+    op: str = "flip",
+    generator: torch.Generator,
+) -> Corruption:
+    """Random faults in the stored bits of a group: each candidate bit faulty with
+    probability ``ber`` independently, or exactly ``flips`` faulty bits.
+
+    Args:
+        model: the network (values are read to encode them).
+        group: the parameters (default: every trainable one).
+        format: the stored format: float32, float16, bfloat16, int8, int8-channel.
+        bits: which bits may fail: any, sign, exponent, mantissa, msb, or a bit index.
+        ber: the bit error rate, in [0, 1]; or
+        flips: the number of faulty bits, >= 0 (give one of the two).
+        op: "flip", "stuck-0" or "stuck-1" (a stuck bit changes a weight only where it
+            held the other value).
+        generator: the source of randomness.
+
+    Returns:
+        A set-values corruption of the weights whose stored code changed;
+        ``info["bit_errors"]`` is m, ``info["changed"]`` the number of weights changed.
+
+    Raises:
+        ValueError: for ber outside [0, 1], a negative count or one above N, both or none of
+            ber/flips, an unknown format, bit class or op, or a bit index out of range.
+
+    Example:
+        >>> model = nn.Linear(4, 2)
+        >>> fault = random_bit_faults(model, format="int8", flips=3, generator=torch.Generator().manual_seed(0))
+        >>> fault.info["bit_errors"], fault.mode
+        (3, 'set')
+    """
+    fmt = get_format(format)
+    positions = fmt.select(bits)
+    if op not in OPS:
+        raise ValueError(f"unknown fault op {op!r}; expected one of {', '.join(OPS)}")
+    _check_rate(ber, flips)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    group = as_group(model, group)
+    params = group.tensors(model)
+    for name, param in params.items():
+        if not param.is_floating_point():
+            raise TypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
+    sizes = [p.numel() for p in params.values()]
+    total = sum(sizes) * len(positions)
+    if flips is not None:
+        if flips > total:
+            raise ValueError(f"flips={flips} exceeds the {total:,} candidate bits of group {group.name!r}")
+        m = flips
+    else:
+        m = int(torch.binomial(torch.tensor([float(total)], dtype=torch.float64), torch.tensor([float(ber)], dtype=torch.float64), generator=generator))
+    chosen = _distinct(m, total, generator)
+    coords, bit_of = chosen // len(positions), torch.tensor(positions, dtype=torch.long)[chosen % len(positions)]
+    return _write_bits(group, params, fmt, coords, bit_of, op, bit_errors=m)
+
+
+def _check_rate(ber: Any, flips: Any) -> None:
+    if (ber is None) == (flips is None):
+        raise ValueError(f"give one of ber and flips, got ber={ber!r}, flips={flips!r}")
+    if ber is not None and (isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0.0 <= ber <= 1.0):
+        raise ValueError(f"ber must be a number in [0, 1], got ber={ber!r}")
+    if flips is not None and (isinstance(flips, bool) or not isinstance(flips, int) or flips < 0):
+        raise ValueError(f"flips must be an integer >= 0, got flips={flips!r}")
+
+
+def _write_bits(
+    group: ParameterGroup,
+    params: dict[str, Tensor],
+    fmt: NumberFormat,
+    coords: Tensor,
+    bit_of: Tensor,
+    op: str,
+    **info: Any,
+) -> Corruption:
+    """The corruption that applies ``op`` to bit ``bit_of[j]`` of flat coordinate
+    ``coords[j]`` of the group (coordinates over the group's tensors in order)."""
+    offsets = torch.tensor([0, *(p.numel() for p in params.values())]).cumsum(0)
+    indices: dict[str, Tensor | None] = {}
+    values: dict[str, Tensor] = {}
+    changed = 0
+    for (name, param), start, stop in zip(params.items(), offsets[:-1], offsets[1:]):
+        inside = (coords >= start) & (coords < stop)
+        if not inside.any():
+            continue
+        local, masks = coords[inside] - start, torch.ones_like(coords[inside]) << bit_of[inside]
+        unique, inverse = local.unique(return_inverse=True)
+        mask = torch.zeros_like(unique).scatter_add_(0, inverse, masks)  # distinct bits: sum = or
+        idx = unique.to(param.device)
+        codes = fmt.encode(param, idx)
+        mask = mask.to(codes.device)
+        new = codes ^ mask if op == "flip" else (codes | mask if op == "stuck-1" else codes & ~mask)
+        keep = new != codes
+        if not keep.any():
+            continue
+        idx, new = idx[keep], new[keep]
+        indices[name] = idx
+        values[name] = fmt.decode(param, idx, new)
+        changed += int(keep.sum())
+    return Corruption(group, None, f"bit-{op}", indices, values, {"format": fmt.name, "changed": changed, **info}, mode="set")
+
+
+class _BitFault(FaultModel):
+    """Settings shared by the random bit faults; exactly one of ber and flips is set."""
+
+    defaults = {"format": "float32", "bits": "any", "ber": None, "flips": None}
+    stochastic = True
+    axes = ("ber", "flips")
+    op = "flip"
+
+    def check(self, setting: dict[str, Any]) -> dict[str, Any]:
+        fmt = get_format(setting["format"])
+        bits = setting["bits"]
+        if isinstance(bits, str) and bits.lstrip("-").isdigit():
+            bits = int(bits)
+        fmt.select(bits)
+        _check_rate(setting["ber"], setting["flips"])
+        out = dict(setting, bits=bits)
+        if out["ber"] is not None:
+            out["ber"] = float(out["ber"])
+        return out
+
+    def key(self) -> str:
+        # unset (None) settings are left out: "format=int8|bits=any|ber=1e-06"
+        return "|".join(f"{n}={key_text(self.setting[n])}" for n in self.parameters if self.setting[n] is not None)
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        s = self.setting
+        return random_bit_faults(
+            ctx.model, ctx.group, format=s["format"], bits=s["bits"], ber=s["ber"], flips=s["flips"],
+            op=self._op(), generator=ctx.generator,
+        )
+
+    def _op(self) -> str:
+        return self.op
+
+    def row_fields(self, ctx: FaultContext, corruption: Corruption | None = None) -> dict[str, Any]:
+        out = dict(self.setting)
+        if corruption is not None:
+            out["bit_errors"] = corruption.info.get("bit_errors")
+            out["changed"] = corruption.info.get("changed")
+        return out
+
+
+@register_fault
+class BitFlip(_BitFault):
+    """Bits of the stored weights flip: at a bit error rate (``ber``) or a fixed number
+    (``flips``), among the chosen ``bits`` of the ``format``."""
+
+    name = "bitflip"
+    parameters = ("format", "bits", "ber", "flips")
+
+
+@register_fault
+class StuckAt(_BitFault):
+    """Bits of the stored weights stuck at ``value`` (0 or 1), at a rate or a number."""
+
+    name = "stuck-at"
+    parameters = ("format", "bits", "value", "ber", "flips")
+    defaults = {**_BitFault.defaults, "value": 0}
+
+    def check(self, setting: dict[str, Any]) -> dict[str, Any]:
+        value = setting["value"]
+        if isinstance(value, str) and value in ("0", "1"):
+            value = int(value)
+        if value not in (0, 1) or isinstance(value, bool):
+            raise ValueError(f"a stuck-at value must be 0 or 1, got value={setting['value']!r}")
+        return super().check(dict(setting, value=value))
+
+    def _op(self) -> str:
+        return f"stuck-{self.setting['value']}"

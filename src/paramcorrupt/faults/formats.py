@@ -1,0 +1,131 @@
+"""Stored number formats: the bits a weight is kept in, and back.
+
+A format turns the values of a parameter into integer *codes* (its bit patterns, as
+non-negative int64) and codes back into values of the parameter's dtype:
+
+- ``float32``, ``float16``, ``bfloat16``: IEEE-754 (bfloat16: 8 exponent bits) bit
+  patterns of the value cast to that format. On a parameter of the same dtype the round trip
+  is exact; on a wider one (a float32 model stored as bfloat16) the flipped weight is the
+  flipped bfloat16 value, the others keep their own values.
+- ``int8``, ``int8-channel``: symmetric quantisation to two's-complement int8, code =
+  clamp(round(w / s), -127, 127), with s = max |w| / 127 per tensor, or per output channel
+  (dim 0; one-dimensional tensors, biases and norms, per tensor). A flip acts on the code's
+  8 bits and the result is dequantised (code * s; a flipped sign bit can give -128 s).
+  The scale is that of the clean weights (a fault corrupts the stored codes, not the scale).
+
+Bit classes (bit 0 is the least significant): ``any``; ``sign``; ``exponent`` and
+``mantissa`` (float formats); ``msb``, the most significant bit: the top exponent bit of a
+float format (the one whose flip turns 1.0 into 2^128 in float32), bit 7 (the sign bit,
+weight -128) of int8; or an explicit bit index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BIT_CLASSES", "FORMATS", "NumberFormat", "get_format"]
+
+BIT_CLASSES = ("any", "sign", "exponent", "mantissa", "msb")
+
+
+@dataclass(frozen=True)
+class NumberFormat:
+    """One stored format: its width, where its sign, exponent and mantissa bits are."""
+
+    name: str
+    bits: int
+    sign: int
+    exponent: tuple[int, ...] = ()
+    mantissa: tuple[int, ...] = ()
+    dtype: torch.dtype | None = None  # the float dtype (None: int8 quantisation)
+    per_channel: bool = False
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype is not None
+
+    def select(self, bits: str | int) -> tuple[int, ...]:
+        """The bit positions of a bit class or index, in increasing order.
+
+        Raises:
+            ValueError: for an unknown class, a class the format lacks, or an index out of range.
+        """
+        if isinstance(bits, bool):
+            raise TypeError(f"bits must be a bit class ({', '.join(BIT_CLASSES)}) or an index, got {bits!r}")
+        if isinstance(bits, int):
+            if not 0 <= bits < self.bits:
+                raise ValueError(f"bit index {bits} is out of range for {self.name} (0 to {self.bits - 1})")
+            return (bits,)
+        if bits == "any":
+            return tuple(range(self.bits))
+        if bits == "sign":
+            return (self.sign,)
+        if bits == "msb":
+            return (max(self.exponent),) if self.is_float else (self.bits - 1,)
+        if bits in ("exponent", "mantissa"):
+            if not self.is_float:
+                raise ValueError(f"{self.name} has no {bits} bits; choose any, sign, msb or a bit index")
+            return tuple(getattr(self, bits))
+        raise ValueError(f"unknown bit class {bits!r}; expected one of {', '.join(BIT_CLASSES)} or a bit index")
+
+    # -- codes ---------------------------------------------------------------------------
+
+    def scales(self, param: Tensor) -> Tensor:
+        """int8: the quantisation scale of every row (per channel) or of the tensor (a
+        1-element tensor), float64, from the clean weights; zero weights get scale 1."""
+        w = param.detach().double()
+        if self.per_channel and w.dim() >= 2:
+            top = w.reshape(w.shape[0], -1).abs().amax(dim=1)
+        else:
+            top = w.abs().max().reshape(1)
+        return torch.where(top > 0, top / 127.0, torch.ones_like(top))
+
+    def _scale_at(self, param: Tensor, idx: Tensor, scales: Tensor) -> Tensor:
+        if scales.numel() == 1:
+            return scales.expand(idx.shape)
+        return scales[idx // (param.numel() // param.shape[0])]
+
+    def encode(self, param: Tensor, idx: Tensor, scales: Tensor | None = None) -> Tensor:
+        """The codes (bit patterns as int64 in [0, 2^bits)) of ``param``'s flat ``idx``."""
+        values = param.detach().reshape(-1)[idx]
+        mask = (1 << self.bits) - 1
+        if self.is_float:
+            view = {32: torch.int32, 16: torch.int16}[self.bits]
+            return values.to(self.dtype).view(view).long() & mask
+        scales = self.scales(param) if scales is None else scales
+        codes = torch.round(values.double() / self._scale_at(param, idx, scales)).clamp(-127, 127).long()
+        return codes & mask
+
+    def decode(self, param: Tensor, idx: Tensor, codes: Tensor, scales: Tensor | None = None) -> Tensor:
+        """Values (in ``param``'s dtype) of codes at ``param``'s flat ``idx``."""
+        if self.is_float:
+            view = {32: torch.int32, 16: torch.int16}[self.bits]
+            signed = torch.where(codes >= 1 << (self.bits - 1), codes - (1 << self.bits), codes)
+            return signed.to(view).view(self.dtype).to(param.dtype)
+        scales = self.scales(param) if scales is None else scales
+        signed = torch.where(codes >= 128, codes - 256, codes)
+        return (signed.double() * self._scale_at(param, idx, scales)).to(param.dtype)
+
+
+_F32 = NumberFormat("float32", 32, 31, tuple(range(23, 31)), tuple(range(23)), torch.float32)
+_F16 = NumberFormat("float16", 16, 15, tuple(range(10, 15)), tuple(range(10)), torch.float16)
+_BF16 = NumberFormat("bfloat16", 16, 15, tuple(range(7, 15)), tuple(range(7)), torch.bfloat16)
+_INT8 = NumberFormat("int8", 8, 7)
+_INT8C = NumberFormat("int8-channel", 8, 7, per_channel=True)
+
+#: name -> format
+FORMATS: dict[str, NumberFormat] = {f.name: f for f in (_F32, _F16, _BF16, _INT8, _INT8C)}
+
+
+def get_format(name: str) -> NumberFormat:
+    """The format called ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in FORMATS:
+        raise ValueError(f"unknown number format {name!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[name]

@@ -1,0 +1,224 @@
+"""The gradient-guided progressive bit search (Rakin et al., ICCV 2019, "Bit-Flip Attack").
+
+Per iteration, with the flips found so far applied:
+
+1. the gradient g of the loss on the attack data (the first ``batches`` batches);
+2. in each tensor of the group, every candidate single-bit flip is ranked by its
+   first-order loss increase g_i * (w'_i - w_i), w'_i the weight after the flip (decoded
+   from the flipped stored code);
+3. the top ``candidates`` flips of each tensor are evaluated exactly (the loss on the attack
+   data with that flip added);
+4. the flip with the largest loss is kept, for good.
+
+With ``candidates=1`` this is the paper's in-layer ranking and cross-layer selection with
+one flip per iteration. Flipped (coordinate, bit) pairs are not flipped back. Memory: the
+stored codes of the group (int64 per weight) and one score vector of the largest tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._progress import progress_bar
+from ..apply import corrupted
+from ..corruption import Corruption
+from ..evaluate import evaluate
+from ..gradient import dataset_gradient
+from ..groups import ParameterGroup, as_group
+from .base import FaultContext, FaultModel, register_fault
+from .formats import get_format
+
+__all__ = ["BitSearch", "BitSearchFault", "bit_search"]
+
+
+@dataclass
+class BitSearch:
+    """A progressive bit search on one group; :meth:`extend` finds more flips.
+
+    Attributes:
+        flips: the flips found, in order: (parameter name, flat index, bit).
+        losses: the loss on the attack data after each flip (``losses[0]``: none).
+    """
+
+    model: nn.Module
+    group: ParameterGroup
+    data: list[Any]
+    loss_fn: Any
+    format: str = "int8"
+    bits: str | int = "any"
+    candidates: int = 1
+    progress: bool = False
+    flips: list[tuple[str, int, int]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._fmt = get_format(self.format)
+        self._positions = self._fmt.select(self.bits)
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got candidates={self.candidates!r}")
+        if not self.data:
+            raise ValueError("the bit search needs at least one batch of attack data")
+        params = self.group.tensors(self.model)
+        self._scales = {n: self._fmt.scales(p) for n, p in params.items()}
+        self._clean = {n: self._fmt.encode(p, torch.arange(p.numel(), device=p.device), self._scales[n]) for n, p in params.items()}
+        self._codes = {n: c.clone() for n, c in self._clean.items()}
+        self._done: dict[str, set[tuple[int, int]]] = {n: set() for n in params}
+        self.losses = [evaluate(self.model, self.data, self.loss_fn)["loss"]]
+
+    def corruption(self, m: int | None = None) -> Corruption:
+        """The set-values corruption of the first ``m`` flips (default: all found)."""
+        m = len(self.flips) if m is None else m
+        if m > len(self.flips):
+            raise ValueError(f"only {len(self.flips)} flips have been found, asked for {m}")
+        params = self.group.tensors(self.model)
+        codes = {n: c.clone() for n, c in self._clean.items()}
+        for name, idx, bit in self.flips[:m]:
+            codes[name][idx] ^= 1 << bit
+        indices: dict[str, Tensor | None] = {}
+        values: dict[str, Tensor] = {}
+        for name, param in params.items():
+            changed = (codes[name] != self._clean[name]).nonzero().flatten()
+            if changed.numel():
+                indices[name] = changed
+                values[name] = self._fmt.decode(param, changed, codes[name][changed], self._scales[name])
+        info = {"format": self.format, "bit_errors": m, "search_loss": self.losses[m]}
+        return Corruption(self.group, None, "bit-search", indices, values, info, mode="set")
+
+    def extend(self, m: int) -> None:
+        """Search until ``m`` flips are found."""
+        steps = range(len(self.flips), m)
+        for _ in progress_bar(steps, enabled=self.progress, desc="bit search"):
+            self._step()
+
+    def _step(self) -> None:
+        params = self.group.tensors(self.model)
+        with corrupted(self.model, self.corruption()):
+            gradient = dataset_gradient(self.model, self.data, self.loss_fn, self.group)
+            best: tuple[float, str, int, int] | None = None
+            for name, param in params.items():
+                for idx, bit in self._ranked(name, param, gradient[name]):
+                    code = self._codes[name][idx] ^ (1 << bit)
+                    at = torch.tensor([idx], device=param.device)
+                    value = self._fmt.decode(param, at, code.reshape(1), self._scales[name])
+                    with corrupted(self.model, Corruption.from_values({name: value}, {name: at}, group=self.group)):
+                        loss = evaluate(self.model, self.data, self.loss_fn)["loss"]
+                    loss = math.inf if math.isnan(loss) else loss  # an output made NaN counts as the worst
+                    if best is None or loss > best[0]:
+                        best = (loss, name, idx, bit)
+        if best is None:
+            raise ValueError(f"group {self.group.name!r} has no bit left to flip")
+        loss, name, idx, bit = best
+        self._codes[name][idx] ^= 1 << bit
+        self._done[name].add((idx, bit))
+        self.flips.append((name, idx, bit))
+        self.losses.append(loss)
+
+    def _ranked(self, name: str, param: Tensor, g: Tensor) -> list[tuple[int, int]]:
+        """The tensor's top ``candidates`` single flips by first-order loss increase."""
+        flat_g = g.reshape(-1).double()
+        now = param.detach().reshape(-1).double()
+        idx = torch.arange(param.numel(), device=param.device)
+        found: list[tuple[float, int, int]] = []
+        for bit in self._positions:
+            flipped = self._fmt.decode(param, idx, self._codes[name] ^ (1 << bit), self._scales[name]).double()
+            score = flat_g * (flipped - now)
+            score = torch.where(torch.isnan(score), torch.full_like(score, -math.inf), score)
+            done = [i for i, b in self._done[name] if b == bit]  # never flip a bit back
+            if done:
+                score[torch.tensor(done, device=score.device)] = -math.inf
+            top = torch.topk(score, min(self.candidates, score.numel()))
+            found += [(float(s), int(i), bit) for s, i in zip(top.values, top.indices) if s > -math.inf]
+        found.sort(key=lambda t: -t[0])
+        return [(i, b) for _, i, b in found[: self.candidates]]
+
+
+def bit_search(
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: Any,
+    group: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    flips: int,
+    format: str = "int8",
+    bits: str | int = "any",
+    candidates: int = 1,
+    batches: int | None = 1,
+    progress: bool = False,
+) -> BitSearch:
+    """Find ``flips`` bit flips by the progressive bit search (see the module's doc).
+
+    Args:
+        model: the network; left bit-identical.
+        loader: the attack data; its first ``batches`` batches are used (None: all).
+        loss_fn: the batch loss.
+        group: the parameters whose stored bits may flip (default: all trainable).
+        flips: the budget, >= 1.
+        format: the stored format (int8 by default, as the paper; any of
+            :data:`~paramcorrupt.faults.formats.FORMATS`).
+        bits: the bits that may flip (any, sign, exponent, mantissa, msb, or an index).
+        candidates: flips per tensor evaluated exactly each iteration (1: the paper's).
+        batches: how many batches of ``loader`` form the attack data.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`BitSearch`, with ``flips``, ``losses`` and ``corruption(m)``.
+
+    Raises:
+        ValueError: for flips < 1, a bad format, bit class or count of candidates/batches.
+    """
+    if isinstance(flips, bool) or not isinstance(flips, int) or flips < 1:
+        raise ValueError(f"flips must be an integer >= 1, got flips={flips!r}")
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+        raise ValueError(f"batches must be an integer >= 1 or None, got batches={batches!r}")
+    group = as_group(model, group)
+    data = list(loader if batches is None else itertools.islice(loader, batches))
+    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress)
+    search.extend(flips)
+    return search
+
+
+@register_fault
+class BitSearchFault(FaultModel):
+    """The progressive bit search as a fault model: a row at ``flips = m`` holds the first m
+    flips of one search per group (searched once, extended as the rows ask for more)."""
+
+    name = "bit-search"
+    parameters = ("format", "bits", "flips", "candidates", "batches")
+    defaults = {"format": "int8", "bits": "any", "candidates": 1, "batches": 1}
+    axes = ("flips",)
+
+    def check(self, setting: dict[str, Any]) -> dict[str, Any]:
+        fmt = get_format(setting["format"])
+        bits = int(setting["bits"]) if isinstance(setting["bits"], str) and setting["bits"].isdigit() else setting["bits"]
+        fmt.select(bits)
+        for name in ("flips", "candidates", "batches"):
+            value = setting[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+        return dict(setting, bits=bits)
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        s = self.setting
+        key = ("bit-search", s["format"], s["bits"], s["candidates"], s["batches"])
+        if key not in ctx.cache:
+            if ctx.loader is None:
+                raise ValueError("the bit search needs attack data: the sweep's gradient loader")
+            data = list(itertools.islice(ctx.loader, s["batches"]))
+            ctx.cache[key] = BitSearch(ctx.model, ctx.group, data, ctx.loss_fn, s["format"], s["bits"], s["candidates"])
+        search = ctx.cache[key]
+        search.extend(s["flips"])
+        return search.corruption(s["flips"])
+
+    def row_fields(self, ctx: FaultContext, corruption: Corruption | None = None) -> dict[str, Any]:
+        out = dict(self.setting)
+        if corruption is not None:
+            out["bit_errors"] = corruption.info["bit_errors"]
+            out["search_loss"] = corruption.info["search_loss"]
+        return out
