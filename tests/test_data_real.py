@@ -7,7 +7,6 @@ to a temporary folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -32,17 +31,6 @@ from paramcorrupt.data import (
     seed_augmentation_worker,
 )
 
-DATA_DIR = Path(
-    os.environ.get("PARAMCORRUPT_DATA") or Path(__file__).parents[2] / "shared" / "data"
-)
-
-
-def need(subdir: str, filename: str) -> Path:
-    path = DATA_DIR / subdir / filename
-    if not path.is_file():
-        pytest.skip(f"real data not found at {path} (set PARAMCORRUPT_DATA to the data folder)")
-    return DATA_DIR
-
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
@@ -51,13 +39,13 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cifar_dir() -> Path:
-    return need("cifar10_jpg", "cifar10_jpg_test.tar.gz")
+def cifar_dir(require_data) -> Path:
+    return require_data("cifar10_jpg/cifar10_jpg_test.tar.gz")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def ptb() -> Corpus:
-    return Corpus(need("ptb_lm", "ptb.zip"))
+def ptb(require_data) -> Corpus:
+    return Corpus(require_data("ptb_lm/ptb.zip"))
 
 
 # ----------------------------------------------------------------------------- CIFAR-10, real
@@ -169,8 +157,8 @@ def test_ptb_batchify_and_bptt(ptb):
 
 
 @pytest.mark.data
-def test_ptb_loaders(tmp_path):
-    data = ptb_loaders(need("ptb_lm", "ptb.zip"), batch_size=20, eval_batch_size=10, bptt=35)
+def test_ptb_loaders(tmp_path, require_data):
+    data = ptb_loaders(require_data("ptb_lm/ptb.zip"), batch_size=20, eval_batch_size=10, bptt=35)
     assert data.corpus.vocab_size == 10_000
     assert data.train.source.shape == (46_479, 20)
     assert len(data.valid) == -(-(73_760 // 10 - 1) // 35)

@@ -8,7 +8,6 @@ skipped, with the path in the reason, when it is absent.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -35,15 +34,9 @@ from paramcorrupt.models.mlp_parser import (
 from paramcorrupt.tasks import TASKS, get_task
 from paramcorrupt.tasks.parser import ParserLoss, SentenceBatches, attachment_metric, parser_groups
 
-DATA_DIR = Path(os.environ.get("PARAMCORRUPT_DATA") or Path(__file__).parents[2] / "shared" / "data")
-PTB_DEP = DATA_DIR / "ptb_dep_nltk" / "dependency_treebank.zip"
-needs_ptb_dep = pytest.mark.skipif(
-    not PTB_DEP.is_file(), reason=f"real data not found at {PTB_DEP} (set PARAMCORRUPT_DATA)"
-)
-UD_EWT = DATA_DIR / "ud_english_ewt" / "en_ewt-ud-train.conllu.gz"
-needs_ud_ewt = pytest.mark.skipif(
-    not UD_EWT.is_file(), reason=f"real data not found at {UD_EWT} (set PARAMCORRUPT_DATA)"
-)
+PTB_DEP = "ptb_dep_nltk/dependency_treebank.zip"
+needs_ptb_dep = pytest.mark.data(PTB_DEP)  # skipped when absent (tests/conftest.py)
+needs_ud_ewt = pytest.mark.data("ud_english_ewt/en_ewt-ud-train.conllu.gz")
 
 TEXT = "The\tDT\t2\ncat\tNN\t3\nsat\tVBD\t0\n.\t.\t3\n\nIt\tPRP\t2\nran\tVBD\t0\nfast\tRB\t2\n"
 LABELLED = "A\tDT\t2\tdet\ndog\tNN\t3\tnsubj\nbarks\tVBZ\t0\troot\nloudly\tRB\t3\tadvmod\n"
@@ -134,12 +127,10 @@ def test_task_is_registered():
 
 
 @pytest.fixture(scope="module")
-def real_sentences():
+def real_sentences(require_data):
     from paramcorrupt.data.dependency import load_ptb_dependency
 
-    if not PTB_DEP.is_file():
-        pytest.skip(f"real data not found at {PTB_DEP} (set PARAMCORRUPT_DATA)")
-    return load_ptb_dependency(DATA_DIR)
+    return load_ptb_dependency(require_data(PTB_DEP))
 
 
 @pytest.mark.data
@@ -165,12 +156,12 @@ def test_oracle_on_every_training_tree(real_sentences, capsys):
 
 @pytest.mark.data
 @needs_ud_ewt
-def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys):
+def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys, data_dir):
     """UD English-EWT: the static oracle rebuilds every projective training tree with its
     labels (LAS 100% of the gold transitions); the non-projective ones are counted."""
     from paramcorrupt.data.dependency import load_ud_ewt
 
-    train = load_ud_ewt(DATA_DIR, "train")
+    train = load_ud_ewt(data_dir, "train")
     vocab = ParserVocab(train)
     assert vocab.labelled
     num_labels = len(vocab.labels)
@@ -193,9 +184,9 @@ def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys):
 
 @pytest.mark.data
 @needs_ud_ewt
-def test_ud_ewt_task_end_to_end_on_a_slice():
+def test_ud_ewt_task_end_to_end_on_a_slice(data_dir):
     task = get_task(
-        "ud-ewt", data_dir=str(DATA_DIR), limit_train_sentences="80", limit_eval_sentences="20",
+        "ud-ewt", data_dir=str(data_dir), limit_train_sentences="80", limit_eval_sentences="20",
         hidden_size="32", epochs="2", eval_batch_size="8", eval_split="dev",
     )
     assert task.name == "ud-ewt" and task.info["labelled"] and task.info["eval_split"] == "dev"
@@ -210,19 +201,19 @@ def test_ud_ewt_task_end_to_end_on_a_slice():
     assert hit["loss"] > clean["loss"]
     assert evaluate(task.model, task.eval_loader, task.loss_fn, task.metrics) == clean  # weights restored
     with pytest.raises(ValueError, match="eval_split"):
-        get_task("ud-ewt", data_dir=str(DATA_DIR), eval_split="train")
+        get_task("ud-ewt", data_dir=str(data_dir), eval_split="train")
     from paramcorrupt.data.dependency import load_ud_ewt
 
     with pytest.raises(ValueError, match="'validation'"):
-        load_ud_ewt(DATA_DIR, "validation")
+        load_ud_ewt(data_dir, "validation")
 
 
 @pytest.mark.data
 @needs_ptb_dep
-def test_task_end_to_end_on_a_slice():
+def test_task_end_to_end_on_a_slice(data_dir):
     torch.manual_seed(0)
     task = get_task(
-        "ptb-dep", data_dir=str(DATA_DIR), limit_train_sentences="60", limit_eval_sentences="20",
+        "ptb-dep", data_dir=str(data_dir), limit_train_sentences="60", limit_eval_sentences="20",
         hidden_size="32", epochs="2", eval_batch_size="8",
     )
     model = task.model
@@ -248,12 +239,12 @@ def test_task_end_to_end_on_a_slice():
 
 @pytest.mark.data
 @needs_ptb_dep
-def test_probe_and_train_cli(tmp_path):
+def test_probe_and_train_cli(tmp_path, data_dir):
     import subprocess
     import sys
 
     common = [
-        "--task", "ptb-dep", "--data-dir", str(DATA_DIR), "--threads", "1", "--quiet",
+        "--task", "ptb-dep", "--data-dir", str(data_dir), "--threads", "1", "--quiet",
         "--task-option", "limit_train_sentences=100", "--task-option", "limit_eval_sentences=20",
         "--task-option", "hidden_size=16",
     ]
@@ -272,12 +263,12 @@ def test_probe_and_train_cli(tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 @needs_ptb_dep
-def test_reproduce_parser_smoke(tmp_path):
+def test_reproduce_parser_smoke(tmp_path, data_dir):
     import subprocess
     import sys
 
     script = Path(__file__).parents[1] / "benchmarks" / "reproduce_parser.py"
-    command = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--data-dir", str(DATA_DIR)]
+    command = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--data-dir", str(data_dir)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (tmp_path / "parser" / "summary.md").read_text()

@@ -23,13 +23,8 @@ USER = ["--model", f"{EXAMPLE}:make_model", "--data", f"{EXAMPLE}:make_data"]
 FAST = ["--methods", "random,gradient", "--trials", "2", "--eps", "1e-2,1e-1", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread is faster, and immune to a busy machine's other cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one intra-op thread is faster, and immune to a busy machine's other cores
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def probe(*argv, capsys=None):

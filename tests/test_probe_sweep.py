@@ -44,13 +44,8 @@ from paramcorrupt.tasks.digits import DigitsResNet
 INF = math.inf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread is faster, and immune to a busy machine's other cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one intra-op thread is faster, and immune to a busy machine's other cores
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TinyNet(nn.Module):

@@ -22,17 +22,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("PARAMCORRUPT_DATA") or ROOT.parent / "shared" / "data")
 SCRIPTS = ("reproduce_table1", "reproduce_table3", "reproduce_figure4", "reproduce_table2")
-NEEDED = (DATA_DIR / "cifar10_jpg" / "cifar10_jpg_train.tar.gz", DATA_DIR / "ptb_lm" / "ptb.zip")
 
 pytestmark = [
     pytest.mark.data,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not all(p.is_file() for p in NEEDED),
-        reason=f"real data not found under {DATA_DIR} (set PARAMCORRUPT_DATA)",
-    ),
+    # skipped when absent (tests/conftest.py)
+    pytest.mark.data("cifar10_jpg/cifar10_jpg_train.tar.gz", "ptb_lm/ptb.zip"),
 ]
 
 
@@ -51,7 +47,7 @@ def _run(
 
 
 @pytest.fixture(scope="module")
-def smoke_out(tmp_path_factory) -> Path:
+def smoke_out(tmp_path_factory, data_dir) -> Path:
     out = tmp_path_factory.mktemp("repro")
     cache = tmp_path_factory.mktemp("cache")
     results = {}
@@ -62,7 +58,7 @@ def smoke_out(tmp_path_factory) -> Path:
             "--out",
             str(out),
             "--data-dir",
-            str(DATA_DIR),
+            str(data_dir),
             "--cache-dir",
             str(cache),
         )
@@ -115,14 +111,14 @@ def test_models_are_trained_once_and_reused(smoke_out: Path):
     assert "reusing" in stderr  # table 3 reuses table 1's language model
 
 
-def test_rerun_resumes(smoke_out: Path, tmp_path: Path):
+def test_rerun_resumes(smoke_out: Path, tmp_path: Path, data_dir):
     """A second run finds every model and every sweep row: nothing is recomputed."""
-    done = _run("reproduce_table3", "--smoke", "--out", str(smoke_out), "--data-dir", str(DATA_DIR))
+    done = _run("reproduce_table3", "--smoke", "--out", str(smoke_out), "--data-dir", str(data_dir))
     assert done.returncode == 0, done.stderr
     assert "already in the results file" in done.stderr  # no row recomputed
 
 
-def test_models_saved_under_the_old_names_are_reused(smoke_out: Path, tmp_path: Path):
+def test_models_saved_under_the_old_names_are_reused(smoke_out: Path, tmp_path: Path, data_dir):
     """Models saved as <task>-<variant>-seed<s>.pt (before the digest was in the name) are
     found when their recipe matches; nothing is trained again."""
     out = tmp_path / "out"
@@ -137,7 +133,7 @@ def test_models_saved_under_the_old_names_are_reused(smoke_out: Path, tmp_path: 
         "ptb-lm-baseline-seed0.pt",
     ]
     done = _run(
-        "reproduce_table3", "--smoke", "--tasks", "ptb-lm", "--out", str(out), "--data-dir", str(DATA_DIR)
+        "reproduce_table3", "--smoke", "--tasks", "ptb-lm", "--out", str(out), "--data-dir", str(data_dir)
     )
     assert done.returncode == 0, done.stderr
     assert "reusing" in done.stderr and "ptb-lm-baseline-seed0.pt" in done.stderr
@@ -172,8 +168,8 @@ def test_missing_data_exits_2(tmp_path: Path):
     reason="set PARAMCORRUPT_RUN_QUICK=1 to run the --quick modes (~10 min)",
 )
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_quick(script: str, tmp_path_factory):
+def test_quick(script: str, tmp_path_factory, data_dir):
     out = tmp_path_factory.getbasetemp() / "quick"
-    done = _run(script, "--quick", "--out", str(out), "--data-dir", str(DATA_DIR), timeout=900)
+    done = _run(script, "--quick", "--out", str(out), "--data-dir", str(data_dir), timeout=900)
     assert done.returncode == 0, done.stderr
     assert "QUICK MODE" in done.stdout

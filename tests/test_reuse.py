@@ -39,13 +39,8 @@ def random_delta(model: nn.Module, names, scale: float, seed: int) -> dict[str, 
     return {n: scale * torch.randn(params[n].shape, generator=generator) for n in names}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads contend and crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one intra-op thread: on a shared 2-core machine, two threads contend and crawl
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

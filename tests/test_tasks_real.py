@@ -9,7 +9,6 @@ temporary folder. Each task runs the data set gradient, a corruption and its met
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -27,27 +26,11 @@ from paramcorrupt import (
 from paramcorrupt.tasks import TASKS, get_task
 from paramcorrupt.tasks.ptb_lm import CarriedStateLoss, LMWindow, Perplexity, WindowLoader
 
-DATA_DIR = Path(
-    os.environ.get("PARAMCORRUPT_DATA") or Path(__file__).parents[2] / "shared" / "data"
-)
-CIFAR = DATA_DIR / "cifar10_jpg" / "cifar10_jpg_train.tar.gz"
-PTB = DATA_DIR / "ptb_lm" / "ptb.zip"
-
-needs_cifar = pytest.mark.skipif(
-    not CIFAR.is_file(), reason=f"real data not found at {CIFAR} (set PARAMCORRUPT_DATA)"
-)
-needs_ptb = pytest.mark.skipif(
-    not PTB.is_file(), reason=f"real data not found at {PTB} (set PARAMCORRUPT_DATA)"
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU more threads make LSTMs many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+CIFAR = "cifar10_jpg/cifar10_jpg_train.tar.gz"
+PTB = "ptb_lm/ptb.zip"
+needs_cifar = pytest.mark.data(CIFAR)  # skipped when absent (tests/conftest.py)
+needs_ptb = pytest.mark.data(PTB)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +39,12 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cifar_task(cache_dir):
-    if not CIFAR.is_file():
-        pytest.skip(f"real data not found at {CIFAR} (set PARAMCORRUPT_DATA)")
+def cifar_task(cache_dir, require_data):
+    data_dir = require_data(CIFAR)
     torch.set_num_threads(1)
     return get_task(
         "cifar10",
-        data_dir=DATA_DIR,
+        data_dir=data_dir,
         cache_dir=cache_dir,
         model="tiny",
         limit_train=64,
@@ -75,13 +57,12 @@ def cifar_task(cache_dir):
 
 
 @pytest.fixture(scope="module")
-def ptb_task():
-    if not PTB.is_file():
-        pytest.skip(f"real data not found at {PTB} (set PARAMCORRUPT_DATA)")
+def ptb_task(require_data):
+    data_dir = require_data(PTB)
     torch.set_num_threads(1)
     return get_task(
         "ptb-lm",
-        data_dir=DATA_DIR,
+        data_dir=data_dir,
         model="tiny",
         limit_train_tokens=1500,
         limit_eval_tokens=700,
@@ -229,10 +210,10 @@ class TestCifar10:
         assert by_position["stem"].names == ("conv1.weight", "bn1.weight", "bn1.bias")
         _group_partition(model, task.groupings["position_type"](model))
 
-    def test_resnet34_layout_groups(self, cache_dir):
+    def test_resnet34_layout_groups(self, cache_dir, data_dir):
         task = get_task(
             "cifar10",
-            data_dir=DATA_DIR,
+            data_dir=data_dir,
             cache_dir=cache_dir,
             model="resnet34",
             limit_train=16,
@@ -266,12 +247,12 @@ class TestCifar10:
         assert 0.0 <= after["accuracy"] <= 1.0
         assert _same(before, _state(model))  # restored bit-exactly, running statistics included
 
-    def test_checkpoint(self, task, tmp_path, cache_dir):
+    def test_checkpoint(self, task, tmp_path, cache_dir, data_dir):
         path = tmp_path / "w.pt"
         torch.save({"model": task.model.state_dict(), "epoch": 1}, path)  # a training checkpoint
         again = get_task(
             "cifar10",
-            data_dir=DATA_DIR,
+            data_dir=data_dir,
             cache_dir=cache_dir,
             model="tiny",
             limit_train=64,
@@ -286,7 +267,7 @@ class TestCifar10:
         with pytest.raises(ValueError, match="do not fit"):
             get_task(
                 "cifar10",
-                data_dir=DATA_DIR,
+                data_dir=data_dir,
                 cache_dir=cache_dir,
                 model="resnet8",
                 limit_train=16,
@@ -294,10 +275,10 @@ class TestCifar10:
                 checkpoint=str(path),
             )
 
-    def test_options_as_strings(self, cache_dir):
+    def test_options_as_strings(self, cache_dir, data_dir):
         task = get_task(
             "cifar10",
-            data_dir=DATA_DIR,
+            data_dir=data_dir,
             cache_dir=cache_dir,
             model="tiny",
             depths="1,1",
@@ -389,13 +370,13 @@ class TestPTB:
         assert row["metric"] == "perplexity"
         assert row["metric_before"] == pytest.approx(math.exp(row["loss_before"]), rel=1e-9)
 
-    def test_trains_with_fit(self):
+    def test_trains_with_fit(self, data_dir):
         """fit() runs the LM's windows (hidden state carried), plain and corruption-resistant."""
         from paramcorrupt.train import CorruptionResistant, fit
 
         task = get_task(
             "ptb-lm",
-            data_dir=DATA_DIR,
+            data_dir=data_dir,
             model="tiny",
             limit_train_tokens=600,
             limit_eval_tokens=300,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,9 @@ import torch
 from paramcorrupt.cli import main
 from paramcorrupt.train.recipe import build_optimizer, build_scheduler, fit_options, schedule_name
 
-DATA_DIR = Path(
-    os.environ.get("PARAMCORRUPT_DATA") or Path(__file__).parents[2] / "shared" / "data"
-)
-CIFAR = DATA_DIR / "cifar10_jpg" / "cifar10_jpg_train.tar.gz"
-PTB = DATA_DIR / "ptb_lm" / "ptb.zip"
-
-needs_cifar = pytest.mark.skipif(
-    not CIFAR.is_file(), reason=f"real data not found at {CIFAR} (set PARAMCORRUPT_DATA)"
-)
-needs_ptb = pytest.mark.skipif(
-    not PTB.is_file(), reason=f"real data not found at {PTB} (set PARAMCORRUPT_DATA)"
-)
+needs_cifar = pytest.mark.data("cifar10_jpg/cifar10_jpg_train.tar.gz")  # tests/conftest.py
+needs_ptb = pytest.mark.data("ptb_lm/ptb.zip")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["--epochs", "1", "--quiet", "--eval-eps", "0.1", "--random-trials", "1", "--threads", "1"]
 
@@ -40,28 +30,20 @@ def _options(**options: object) -> list[str]:
     return [arg for k, v in options.items() for arg in ("--task-option", f"{k}={v}")]
 
 
-def cifar_args(cache: Path) -> list[str]:
+def cifar_args(cache: Path, data_dir: Path) -> list[str]:
     return [
-        "--task", "cifar10", "--data-dir", str(DATA_DIR),
+        "--task", "cifar10", "--data-dir", str(data_dir),
         *_options(model="tiny", limit_train=64, limit_test=40, limit_gradient=32, batch_size=16,
                   eval_batch_size=16, cache_dir=cache),
     ]  # fmt: skip
 
 
-PTB_ARGS = [
-    "--task", "ptb-lm", "--data-dir", str(DATA_DIR),
-    *_options(model="tiny", limit_train_tokens=1500, limit_eval_tokens=700, batch_size=5,
-              eval_batch_size=5, gradient_batch_size=5, bptt=20),
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU more threads make LSTMs many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def ptb_args(data_dir: Path) -> list[str]:
+    return [
+        "--task", "ptb-lm", "--data-dir", str(data_dir),
+        *_options(model="tiny", limit_train_tokens=1500, limit_eval_tokens=700, batch_size=5,
+                  eval_batch_size=5, gradient_batch_size=5, bptt=20),
+    ]  # fmt: skip
 
 
 def _check_run(out: Path) -> dict:
@@ -73,9 +55,9 @@ def _check_run(out: Path) -> dict:
 
 @pytest.mark.data
 @needs_ptb
-def test_train_ptb_lm_one_epoch(tmp_path, capsys):
+def test_train_ptb_lm_one_epoch(tmp_path, capsys, data_dir):
     out = tmp_path / "ptb"
-    assert main(["train", *PTB_ARGS, "--out", str(out), *FAST]) == 0
+    assert main(["train", *ptb_args(data_dir), "--out", str(out), *FAST]) == 0
     result = _check_run(out)
     assert result["metric"] == "log_ppl" and result["task"].startswith("ptb-lm(")
     assert "data_dir" not in result["task"]
@@ -90,9 +72,9 @@ def test_train_ptb_lm_one_epoch(tmp_path, capsys):
 
 @pytest.mark.data
 @needs_cifar
-def test_train_cifar10_one_epoch(tmp_path, capsys):
+def test_train_cifar10_one_epoch(tmp_path, capsys, data_dir):
     out = tmp_path / "cifar"
-    argv = ["train", *cifar_args(tmp_path / "cache"), "--method", "resistant", "--lr", "0.05"]
+    argv = ["train", *cifar_args(tmp_path / "cache", data_dir), "--method", "resistant", "--lr", "0.05"]
     assert main([*argv, "--out", str(out), *FAST]) == 0
     result = _check_run(out)
     assert result["metric"] == "accuracy" and 0 <= result["clean"] <= 1
@@ -105,11 +87,11 @@ def test_train_cifar10_one_epoch(tmp_path, capsys):
 
 @pytest.mark.data
 @needs_ptb
-def test_compare_ptb_lm_reuses_finished_runs(tmp_path, capsys):
+def test_compare_ptb_lm_reuses_finished_runs(tmp_path, capsys, data_dir):
     out = tmp_path / "cmp"
     args = [
         "compare",
-        *PTB_ARGS,
+        *ptb_args(data_dir),
         "--methods",
         "plain",
         "regularised:lam=0.01",

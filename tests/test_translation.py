@@ -8,7 +8,6 @@ the reason, when it is absent.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -35,19 +34,8 @@ from paramcorrupt.tasks.translation import (
     transformer_groups_by_type,
 )
 
-DATA_DIR = Path(os.environ.get("PARAMCORRUPT_DATA") or Path(__file__).parents[2] / "shared" / "data")
-MULTI30K = DATA_DIR / "multi30k" / "tok" / "train.lc.norm.tok.de"
-needs_multi30k = pytest.mark.skipif(
-    not MULTI30K.is_file(), reason=f"real data not found at {MULTI30K} (set PARAMCORRUPT_DATA)"
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+needs_multi30k = pytest.mark.data("multi30k/tok/train.lc.norm.tok.de")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _own_bleu(hyps, refs):
@@ -163,9 +151,9 @@ def test_groups_cover_the_layers():
 
 @pytest.mark.data
 @needs_multi30k
-def test_task_end_to_end_on_a_slice():
+def test_task_end_to_end_on_a_slice(data_dir):
     task = get_task(
-        "multi30k", data_dir=str(DATA_DIR), model="tiny", limit_train_sentences="300",
+        "multi30k", data_dir=str(data_dir), model="tiny", limit_train_sentences="300",
         limit_eval_sentences="24", epochs="1", warmup="10", max_tokens="1024",
     )
     model = task.model
@@ -187,12 +175,12 @@ def test_task_end_to_end_on_a_slice():
 
 @pytest.mark.data
 @needs_multi30k
-def test_probe_and_train_cli(tmp_path):
+def test_probe_and_train_cli(tmp_path, data_dir):
     import subprocess
     import sys
 
     common = [
-        "--task", "multi30k", "--data-dir", str(DATA_DIR), "--threads", "1", "--quiet",
+        "--task", "multi30k", "--data-dir", str(data_dir), "--threads", "1", "--quiet",
         "--task-option", "model=tiny", "--task-option", "limit_train_sentences=100",
         "--task-option", "limit_eval_sentences=8",
     ]
@@ -211,12 +199,12 @@ def test_probe_and_train_cli(tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 @needs_multi30k
-def test_reproduce_transformer_smoke(tmp_path):
+def test_reproduce_transformer_smoke(tmp_path, data_dir):
     import subprocess
     import sys
 
     script = Path(__file__).parents[1] / "benchmarks" / "reproduce_transformer.py"
-    command = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--data-dir", str(DATA_DIR)]
+    command = [sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--data-dir", str(data_dir)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (tmp_path / "transformer" / "summary.md").read_text()
@@ -234,7 +222,7 @@ def test_reproduce_transformer_smoke(tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 @needs_multi30k
-def test_table2_models_continue_the_baseline_run(tmp_path):
+def test_table2_models_continue_the_baseline_run(tmp_path, data_dir):
     """reproduce_transformer's Table 2 models continue the baseline's run: the plain one is
     bit for bit the baseline trained for the extra epochs in one go, and the L* one starts
     from the same AdamW moments and schedule step (so its optimiser has counted every step)."""
@@ -247,7 +235,7 @@ def test_table2_models_continue_the_baseline_run(tmp_path):
 
     from paramcorrupt.train.loop import load_checkpoint
 
-    args = rp.arguments("test", ["--smoke", "--out", str(tmp_path), "--data-dir", str(DATA_DIR)])
+    args = rp.arguments("test", ["--smoke", "--out", str(tmp_path), "--data-dir", str(data_dir)])
     rp.setup(args, "transformer")
     family = copy.deepcopy(rt.FAMILY)
     family["sizes"]["smoke"]["task"].update(model="tiny", dropout="0.1")  # dropout: the RNG state must carry over
