@@ -203,3 +203,15 @@ def test_bad_input_is_named(tmp_path, capsys):
         hf_loss(hf_task(config=gpt2_config(), **SMALL).model, {"input_ids": torch.zeros(1, 4, dtype=torch.long)})
     code = main(["probe", "--task", "hf", "--task-option", f"path={tmp_path / 'empty'}", "--out", str(tmp_path / "x.jsonl")])
     assert code == 2 and "is not a Hugging Face checkpoint folder" in capsys.readouterr().err
+
+
+def test_hf_flag_is_short_for_the_task_option(tmp_path, capsys):
+    _, folder = _save(tmp_path, "gpt2")
+    out = tmp_path / "flag.jsonl"
+    code = main(["probe", "--hf", str(folder), "--task-option", "examples=8", "--task-option", "seq_len=8",
+                 "--methods", "gradient", "--n", "3", "--eps", "1e-2", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    header = json.loads(out.read_text().splitlines()[0])
+    assert str(folder) in json.dumps(header)
+    assert main(["probe", "--hf", str(folder), "--task", "digits", "--out", str(tmp_path / "y.jsonl")]) == 2
+    assert "--hf goes with --task hf" in capsys.readouterr().err

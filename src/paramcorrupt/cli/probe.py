@@ -77,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", type=Path, metavar="PATH", help="state dict (torch.save) or .safetensors to load")
     source.add_argument("--data", metavar="SPEC", help="factory returning a Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])")
     source.add_argument("--epochs", type=int, default=30, help="digits: training epochs when no checkpoint is given (default: 30)")
+    source.add_argument("--hf", default=None, metavar="PATH",
+                        help="a local Hugging Face checkpoint folder (safetensors): short for --task hf --task-option path=PATH")
     source.add_argument("--data-dir", default=None, help="--task: the folder holding the task's data (cifar10_jpg/, ptb_lm/; default: $PARAMCORRUPT_DATA)")
     source.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                         help="--task: an option of the task's factory, repeatable (e.g. model=resnet34, limit_test=1000, cache_dir=PATH)")
@@ -442,6 +444,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if getattr(args, "hf", None) is not None:  # --hf PATH: the hf task on a local folder
+        if args.task not in (None, "hf", "hf-causal-lm", "hf-seq-cls"):
+            raise ValueError(f"--hf goes with --task hf, hf-causal-lm or hf-seq-cls, not {args.task!r}")
+        args.task = args.task or "hf"
+        args.task_option = [*args.task_option, f"path={args.hf}"]
     user = args.model is not None or args.data is not None
     if user and args.task is not None:
         raise ValueError("give --task or --model/--data, not both")
