@@ -15,6 +15,8 @@ from .corruption import (
     gradient_corruption,
     random_corruption,
     random_values,
+    relative_gradient_corruption,
+    relative_random_corruption,
 )
 from .evaluate import evaluate
 from .gradient import dataset_gradient
@@ -65,6 +67,8 @@ __all__ = [
     "parameter_types",
     "random_corruption",
     "random_values",
+    "relative_gradient_corruption",
+    "relative_random_corruption",
     "regularized_loss",
     "select",
     "sequence_loss",

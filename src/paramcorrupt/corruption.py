@@ -29,6 +29,9 @@ __all__ = [
     "Corruption",
     "gradient_corruption",
     "random_corruption",
+    "relative_gradient_corruption",
+    "relative_random_corruption",
+    "relative_scale",
     "random_values",
 ]
 
@@ -344,3 +347,99 @@ def gradient_corruption(
     corruption.info["first_order"] = corruption.dot(g)
     corruption.info["G"] = _lp_norm(list(g.values()), 2)
     return corruption
+
+
+# --------------------------------------------------------------------------------------
+# Relative (multiplicative) corruption: ||a / T||_p = eps, T = |w| + eta (analog memory)
+# --------------------------------------------------------------------------------------
+
+
+def relative_scale(model: nn.Module, group: ParameterGroup, eta: float = 0.0) -> dict[str, Tensor]:
+    """T = |w| + eta per coordinate of the group (detached copies).
+
+    Raises:
+        ValueError: for eta < 0 or not finite.
+    """
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got eta={eta!r}")
+    return {name: p.detach().abs() + eta for name, p in group.tensors(model).items()}
+
+
+def _relative(
+    group: ParameterGroup, scale: dict[str, Tensor], direction: dict[str, Tensor], constraint: Constraint, method: str, eta: float
+) -> Corruption:
+    """a = T * b, b the closed form of Proposition 1 on T * v: the maximiser of a.v over
+    {||a / T||_p = eps, ||a||_0 <= n} by the change of variables a = T b."""
+    names = list(scale)
+    weighted = [direction[name] * scale[name].to(direction[name].dtype) for name in names]
+    indices, values = sparse_closed_form(weighted, constraint)
+    out = {}
+    for name, idx, v in zip(names, indices, values):
+        t = scale[name].to(v.dtype)
+        out[name] = (v * (t if idx is None else t.reshape(-1)[idx])).to(scale[name].dtype)
+    return Corruption(group, constraint, method, dict(zip(names, indices)), out, {"relative": True, "eta": float(eta)})
+
+
+def relative_gradient_corruption(
+    model: nn.Module,
+    gradient: Mapping[str, Tensor],
+    constraint: Constraint,
+    group: ParameterGroup | None = None,
+    *,
+    eta: float = 0.0,
+) -> Corruption:
+    """The worst relative corruption to first order: argmax a.g over
+    {||a / T||_p = eps, ||a||_0 <= n}, T = |w| + eta (ASAM's set, multiplicative noise of
+    analog memory), in closed form by a = T b: b is Definition 4's a_hat for the gradient T g.
+
+    Coordinates with T = 0 (w = 0 and eta = 0) cannot change. ``info["first_order"]`` is
+    a.g = eps ||top_n(T g)||_q; ``constraint`` bounds a / T, not a.
+
+    Example:
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[2.0, -0.5]]))
+        >>> a = relative_gradient_corruption(model, {"weight": torch.ones(1, 2)}, Constraint(float("inf"), 0.1))
+        >>> a.values["weight"]
+        tensor([[0.2000, 0.0500]])
+    """
+    if group is None:
+        group = ParameterGroup("all", tuple(gradient))
+    missing = [n for n in group.names if n not in gradient]
+    if missing:
+        raise ValueError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
+    g = {name: gradient[name] for name in group.names}
+    _check_tensors(list(g.values()), list(g))
+    corruption = _relative(group, relative_scale(model, group, eta), g, constraint, "relative-gradient", eta)
+    corruption.info["first_order"] = corruption.dot(g)
+    return corruption
+
+
+def relative_random_corruption(
+    model: nn.Module,
+    constraint: Constraint,
+    group: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator,
+) -> Corruption:
+    """A random relative corruption: a = T b with b Definition 3's random corruption of
+    radius eps (||a / T||_p = eps), T = |w| + eta."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    group = as_group(model, group)
+    params = group.tensors(model)
+    draws = {
+        name: torch.randn(p.shape, generator=generator, dtype=p.dtype, device=generator.device).to(p.device)
+        for name, p in params.items()
+    }
+    scale = relative_scale(model, group, eta)
+    # the closed form of the draw itself (not of T * r): b is Definition 3's corruption
+    ones = {name: torch.ones_like(t) for name, t in scale.items()}
+    b = _relative(group, ones, draws, constraint, "relative-random", eta)
+    values = {}
+    for name, idx in b.indices.items():
+        t = scale[name]
+        values[name] = b.values[name] * (t if idx is None else t.reshape(-1)[idx])
+    return Corruption(group, constraint, "relative-random", dict(b.indices), values, {"relative": True, "eta": float(eta)})
+

@@ -4,7 +4,8 @@
   :class:`FaultContext`, the registry (:data:`FAULTS`, :func:`register_fault`,
   :func:`get_fault`).
 - :mod:`~paramcorrupt.faults.lp`: the paper's ``random``, ``gradient`` and ``iterative``
-  L_p corruptions, swept over one grid of (p, n, eps).
+  L_p corruptions, and ``relative-random`` / ``relative-gradient`` (||a / |w| ||_p = eps),
+  swept over one grid of (p, n, eps).
 - :mod:`~paramcorrupt.faults.values`: ``random-values`` (values written, not added).
 - :mod:`~paramcorrupt.faults.formats`: stored number formats (float32, float16,
   bfloat16, int8 per tensor and per channel) and their bit classes.
@@ -17,7 +18,7 @@
 # the import order is the registry's order: the paper's methods first
 # isort: off
 from .base import FAULTS, FaultContext, FaultModel, get_fault, key_text, register_fault
-from .lp import GradientLp, IterativeLp, LpFault, RandomLp, parse_p
+from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp, parse_p
 from .values import RandomValues
 from .formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
@@ -41,6 +42,8 @@ __all__ = [
     "LpFault",
     "RandomLp",
     "RandomValues",
+    "RelativeGradientLp",
+    "RelativeRandomLp",
     "bit_search",
     "get_fault",
     "get_format",

@@ -1,16 +1,24 @@
 """The paper's corruptions as fault models: L_p-bounded random (Definition 3), gradient-based
-(Definition 4) and the multi-step ascent, over one grid of (p, n, eps)."""
+(Definition 4) and the multi-step ascent, over one grid of (p, n, eps); and their relative
+(multiplicative) versions, ||a / |w| ||_p = eps, on the same grid."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..constraint import Constraint, dual_norm, parse_p
-from ..corruption import Corruption, gradient_corruption, random_corruption
+from ..corruption import (
+    Corruption,
+    gradient_corruption,
+    random_corruption,
+    relative_gradient_corruption,
+    relative_random_corruption,
+    relative_scale,
+)
 from ..iterative import iterative_corruption
 from .base import FaultContext, FaultModel, register_fault
 
-__all__ = ["GradientLp", "IterativeLp", "LpFault", "RandomLp", "parse_p"]
+__all__ = ["GradientLp", "IterativeLp", "LpFault", "RandomLp", "RelativeGradientLp", "RelativeRandomLp", "parse_p"]
 
 
 class LpFault(FaultModel):
@@ -83,3 +91,41 @@ class IterativeLp(LpFault):
             ctx.model, self.constraint(ctx.k), ctx.loader, ctx.loss_fn, ctx.group,
             steps=ctx.options.get("iterative_steps", 5), gradient=ctx.gradient,
         )
+
+
+class _Relative(LpFault):
+    """The relative set {||a / |w| ||_p = eps, ||a||_0 <= n} (T = |w|; see
+    :func:`~paramcorrupt.corruption.relative_gradient_corruption`)."""
+
+    def first_order(self, ctx: FaultContext) -> float | None:
+        """eps ||top_n(|w| g)||_q on the group."""
+        if ctx.gradient is None:
+            return None
+        unit = self.constraint(ctx.k).with_eps(1.0)
+        key = ("relative-dual-norm", unit.p, unit.n)
+        if key not in ctx.cache:
+            scale = relative_scale(ctx.model, ctx.group)
+            ctx.cache[key] = dual_norm({n: ctx.gradient[n] * scale[n].to(ctx.gradient[n].dtype) for n in scale}, unit)
+        return self.setting["eps"] * ctx.cache[key]
+
+
+@register_fault
+class RelativeRandomLp(_Relative):
+    """Random relative corruption: a = |w| b, b a random corruption of radius eps."""
+
+    name = "relative-random"
+    stochastic = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return relative_random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
+
+
+@register_fault
+class RelativeGradientLp(_Relative):
+    """Gradient-based relative corruption: a = |w| b, b the closed form for |w| g."""
+
+    name = "relative-gradient"
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return relative_gradient_corruption(ctx.model, ctx.gradient, self.constraint(ctx.k), ctx.group)
+

@@ -44,7 +44,14 @@ logger = logging.getLogger(__name__)
 #: The keys a parameter group holds this wrapper's hyperparameters under. They carry a
 #: prefix because the groups are shared with the base optimiser, whose own keys would
 #: collide ("eps" in Adam, "alpha" in RMSprop).
-GROUP_KEYS = {"eps": "corruption_eps", "p": "corruption_p", "n": "corruption_n", "alpha": "corruption_alpha"}
+GROUP_KEYS = {
+    "eps": "corruption_eps",
+    "p": "corruption_p",
+    "n": "corruption_n",
+    "alpha": "corruption_alpha",
+    "relative": "corruption_relative",
+    "eta": "corruption_eta",
+}
 
 #: Where the constraint S applies: "all" (one S over every perturbed parameter across the
 #: optimiser groups, as SAM) or "group" (one S per optimiser group).
@@ -76,6 +83,13 @@ def perturbation(
     return sparse_closed_form([g.detach() for g in grads], constraint)
 
 
+def _times(value: Tensor, scale: Tensor | None, idx: Tensor | None) -> Tensor:
+    """value * T, at the flat indices of a sparse entry."""
+    if scale is None:
+        return value
+    return value * (scale if idx is None else scale.reshape(-1)[idx]).to(value.dtype)
+
+
 def check_loss(value: Any, which: str) -> Any:
     """The closure's return value, which must be the loss (a one-element tensor or a number)."""
     if isinstance(value, Tensor):
@@ -96,7 +110,19 @@ def _group_settings(group: dict[str, Any]) -> tuple[Constraint, float]:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be a number in [0, 1], got alpha={alpha!r}")
     constraint = Constraint(group[GROUP_KEYS["p"]], group[GROUP_KEYS["eps"]], group[GROUP_KEYS["n"]])
+    relative, eta = group.get(GROUP_KEYS["relative"], False), group.get(GROUP_KEYS["eta"], 0.0)
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be True or False, got relative={relative!r}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got eta={eta!r}")
     return constraint, float(alpha)
+
+
+def _scale(group: dict[str, Any], param: Tensor) -> Tensor | None:
+    """T = |w| + eta for a relative group (ASAM's T_w), None for an absolute one."""
+    if not group.get(GROUP_KEYS["relative"], False):
+        return None
+    return param.detach().abs().add_(group.get(GROUP_KEYS["eta"], 0.0))
 
 
 def _shared_constraint(groups: Sequence[dict[str, Any]]) -> Constraint | None:
@@ -180,6 +206,10 @@ class CorruptionResistant(Optimizer):
         scope: ``"all"`` (default): one constraint S over every perturbed parameter across
             the optimiser groups, as SAM; the groups with alpha > 0 must then share eps, p
             and n. ``"group"``: one constraint per optimiser group.
+        relative: corrupt relatively: S = {||a / T||_p = eps, ||a||_0 <= n} with
+            T = |w| + eta (ASAM's set; alpha = 1, p = 2 is ASAM with rho = eps), by the change
+            of variables a = T b. Per group as ``corruption_relative``.
+        eta: T's offset, >= 0 (ASAM's eta; default 0). Per group as ``corruption_eta``.
         model: the model the parameters belong to; when given, the perturbed pass cannot
             change its batch-norm running statistics (only the pass at w counts).
         max_grad_norm: clip the total gradient norm of the combined gradient (after
@@ -222,6 +252,8 @@ class CorruptionResistant(Optimizer):
         interval: int = 1,
         *,
         scope: str = "all",
+        relative: bool = False,
+        eta: float = 0.0,
         model: nn.Module | None = None,
         max_grad_norm: float | None = None,
         grad_scaler: Any = None,
@@ -243,6 +275,8 @@ class CorruptionResistant(Optimizer):
         if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in ("unscale_", "scale", "update")):
             raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
         defaults = {GROUP_KEYS["eps"]: eps, GROUP_KEYS["p"]: p, GROUP_KEYS["n"]: n, GROUP_KEYS["alpha"]: alpha}
+        if relative or eta:  # only then: the groups of an absolute wrapper stay as they were
+            defaults.update({GROUP_KEYS["relative"]: relative, GROUP_KEYS["eta"]: eta})
         _group_settings(defaults)
         self._base: Optimizer | None = None
         super().__init__(params, defaults)
@@ -403,8 +437,9 @@ class CorruptionResistant(Optimizer):
             raise ValueError("first_step() was called twice; call second_step() or restore() in between")
         saved_grads: dict[Tensor, Tensor | None] = {}
         shared = _shared_constraint(self.param_groups) if self.scope == "all" else None
-        # (constraint, params, max |g|) per constraint: one per perturbed group, or one in all
-        parts: list[tuple[Constraint, list[Tensor], float]] = []
+        # (constraint, params, T per param or None, max |g|) per constraint: one per perturbed
+        # group, or one in all
+        parts: list[tuple[Constraint, list[Tensor], list[Tensor | None], float]] = []
         finite = True
         for i, group in enumerate(self.param_groups):
             constraint, alpha = _group_settings(group)
@@ -421,17 +456,24 @@ class CorruptionResistant(Optimizer):
                 finite = False
             if alpha == 0:
                 continue
+            scales = [_scale(group, p) for p in params]
             if shared is not None and parts:
-                _, together, top_so_far = parts[0]
-                parts[0] = (shared, together + params, max(top_so_far, top))
+                _, together, together_scales, top_so_far = parts[0]
+                parts[0] = (shared, together + params, together_scales + scales, max(top_so_far, top))
             else:
-                parts.append((constraint if shared is None else shared, params, top))
+                parts.append((constraint if shared is None else shared, params, scales, top))
         if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
             raise ValueError("first_step() found no gradient at w: back-propagate the loss at w first")
         plan = []  # (params, indices, values) per constraint
         if finite:
-            for constraint, params, top in parts:
-                found = perturbation([p.grad for p in params], constraint, max_abs=top)
+            for constraint, params, scales, top in parts:
+                if all(t is None for t in scales):
+                    found = perturbation([p.grad for p in params], constraint, max_abs=top)
+                else:  # relative: a = T b, b the closed form for T g (change of variables)
+                    weighted = [p.grad if t is None else p.grad * t for p, t in zip(params, scales)]
+                    found = perturbation(weighted, constraint)
+                    if found is not None:
+                        found = (found[0], [_times(v, t, i) for v, t, i in zip(found[1], scales, found[0])])
                 if found is not None:
                     plan.append((params, found[0], found[1]))
         # set the gradient at w aside: the pass at w + a_hat fills fresh .grad buffers
