@@ -60,7 +60,8 @@ def _phase(fn):
     start = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - start
-    return out, {"seconds": seconds, "peak_extra_mib": (_status("VmHWM") - before) / MIB, "reset": reset}
+    peak = _status("VmHWM")
+    return out, {"seconds": seconds, "peak_extra_mib": (peak - before) / MIB, "peak_mib": peak / MIB, "reset": reset}
 
 
 def child(size: str, accumulate: str, batches: int, batch: int, seq: int, threads: int) -> dict:
@@ -111,7 +112,9 @@ def child(size: str, accumulate: str, batches: int, batch: int, seq: int, thread
         "size": size, "k": k, "accumulate": accumulate, "rss_model_mib": rss_model,
         "gradient": grad_m, "closed_form_n100": sparse_m, "closed_form_dense_l2": dense_m, "eval": eval_m,
         "predicted_sums_mib": gradient_memory(model, group, dtype)["sums"] / MIB,
-        "peak_rss_mib": _status("VmHWM") / MIB, "loss_after": loss, "threads": threads,
+        # VmHWM is reset before each phase: the run's peak is the largest phase peak
+        "peak_rss_mib": max(m["peak_mib"] for m in (grad_m, sparse_m, dense_m, eval_m)),
+        "loss_after": loss, "threads": threads,
     }
 
 
