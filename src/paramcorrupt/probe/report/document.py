@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .curves import CurvesSection
 from .display import _method_sort, _ordered, _p_label
+from .faults import FaultSection, is_fault_row
 from .heatmaps import HeatmapSection
 from .rows import PathArg, _as_paths, _normalise, _Notes, load_rows
 from .tables import Table1Section
@@ -44,7 +45,9 @@ def write_report(
     paths = _as_paths(results)
     raw = load_rows(paths)
     notes = _Notes()
-    rows, loss_source = _normalise(raw, notes)
+    fault_rows = [r for r in raw if is_fault_row(r)]
+    lp_rows = [r for r in raw if not is_fault_row(r)]
+    rows, loss_source = _normalise(lp_rows, notes) if lp_rows or not fault_rows else ([], "")
     try:
         import matplotlib  # noqa: F401
     except ImportError as error:  # pragma: no cover - matplotlib is in the test environment
@@ -55,10 +58,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     report = _Report(rows, out, notes)
+    faults = FaultSection(fault_rows, out, notes, report._figure, report._save, report._link) if fault_rows else None
 
     sweeps = _ordered(r.get("sweep_id") for r in raw if r.get("sweep_id"))
     lines = [f"# {title or 'Parameter corruption report'}", ""]
-    lines.append("Results: " + ", ".join(f"`{p}`" for p in paths) + f" ({len(rows)} rows).")
+    lines.append("Results: " + ", ".join(f"`{p}`" for p in paths) + f" ({len(rows) + len(fault_rows)} rows).")
     if sweeps:
         lines.append("Sweeps: " + ", ".join(f"`{s}`" for s in sweeps) + ".")
     for t in report.tasks:
@@ -76,13 +80,17 @@ def write_report(
             + ", ".join(f"{e:g}" for e in sorted({r.eps for r in sel}))
             + "."
         )
-    lines.append(loss_source)
+    if loss_source:
+        lines.append(loss_source)
     lines.append("")
     body: list[str] = []
-    body += report.table1()
-    body += report.heatmaps()
-    body += report.curves()
-    body += report.theorem1()
+    if rows:
+        body += report.table1()
+        body += report.heatmaps()
+        body += report.curves()
+        body += report.theorem1()
+    if faults is not None:
+        body += faults.section()
     lines += body
     lines.append("## Notes")
     lines.append("")

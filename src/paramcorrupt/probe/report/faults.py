@@ -1,0 +1,187 @@
+"""The report's section on fault models outside the L_p grid (bit flips, stuck-at bits, the
+bit search, values written): the metric against each fault model's own axis (the bit error
+rate, the number of flips), one panel per group, and a heatmap group x axis value.
+
+Which setting is the axis comes from the fault model (:attr:`FaultModel.axes`, the first one
+its rows set); the other settings (format, bits, ...) split the rows into one figure each.
+Rows of fault models unknown to this process are drawn along the first of ``ber``,
+``flips`` and ``count`` they set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...faults import FAULTS
+from .display import MetricDisplay, _mean_std, _median, _ordered, _slug, metric_display
+from .rows import _Notes, _num
+
+__all__ = ["FaultSection", "is_fault_row"]
+
+#: fields of a fault row that are not its setting
+_NOT_SETTING = frozenset({"bit_errors", "changed", "search_loss", "loss_nonfinite", "_source", "higher_is_better"})
+_FALLBACK_AXES = ("ber", "flips", "count")
+_PANELS_PER_FIGURE = 12
+
+
+def is_fault_row(row: dict[str, Any]) -> bool:
+    """A row of a fault model off the L_p grid: it has no eps."""
+    return isinstance(row.get("method"), str) and _num(row.get("eps")) is None
+
+
+def _axis(method: str, rows: list[dict[str, Any]]) -> str | None:
+    cls = FAULTS.get(method)
+    for name in (cls.axes if cls is not None and cls.axes else _FALLBACK_AXES):
+        if any(_num(r.get(name)) is not None for r in rows):
+            return name
+    return None
+
+
+def _setting_names(method: str, row: dict[str, Any]) -> list[str]:
+    cls = FAULTS.get(method)
+    if cls is not None:
+        return list(cls.parameters)
+    from ..sweep import ROW_FIELDS
+
+    return [k for k in row if k not in ROW_FIELDS and k not in _NOT_SETTING]
+
+
+class FaultSection:
+    """Curves, heatmaps and a table for the fault rows of a report."""
+
+    def __init__(self, rows: list[dict[str, Any]], out_dir: Path, notes: _Notes, figure, save, link) -> None:
+        self.rows, self.out, self.notes = rows, out_dir, notes
+        self._figure, self._save, self._link = figure, save, link
+        self.displays: dict[str, MetricDisplay] = {}
+        for task in _ordered(str(r.get("task") or "") for r in rows):
+            sel = [r for r in rows if str(r.get("task") or "") == task]
+            names = _ordered(r.get("metric") for r in sel if r.get("metric"))
+            values = [v for r in sel for v in (_num(r.get("metric_before")), _num(r.get("metric_after"))) if v is not None]
+            directions = [r["higher_is_better"] for r in sel if isinstance(r.get("higher_is_better"), bool)]
+            self.displays[task] = metric_display(names[0] if names else None, values, directions[0] if directions else None)
+
+    def section(self) -> list[str]:
+        lines = ["## Hardware faults: the metric against the fault rate", ""]
+        lines.append(
+            "Fault models off the L_p grid (bit flips and stuck-at bits in a stored format, the "
+            "progressive bit search, values written). Random faults: the mean over trials with a "
+            "±1 std band; the bit search: one line. Dashed: the original value. Rows whose loss "
+            "became Inf or NaN are drawn by their metric and counted in the table."
+        )
+        lines.append("")
+        figures: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+        for r in self.rows:
+            method = r["method"]
+            figures[(str(r.get("task") or ""), str(r.get("grouping") or ""), method)].append(r)
+        for (task, grouping, method), sel in figures.items():
+            axis = _axis(method, sel)
+            if axis is None:
+                self.notes.add(f"Fault rows of `{method}` set none of {', '.join(_FALLBACK_AXES)}: not drawn.")
+                continue
+            names = [n for n in _setting_names(method, sel[0]) if n != axis]
+            # the settings other than the axis (and other than what varies with it) split the figures
+            splits = _ordered(tuple((n, sel_r.get(n)) for n in names) for sel_r in sel)
+            for fixed in splits:
+                part = [r for r in sel if tuple((n, r.get(n)) for n in names) == fixed]
+                part = [r for r in part if _num(r.get(axis)) is not None and _num(r.get("metric_after")) is not None]
+                if not part:
+                    continue
+                label = ", ".join(f"{n}={v}" for n, v in fixed if v is not None)
+                title = f"{method}" + (f" ({label})" if label else "") + (f"; grouping `{grouping}`" if grouping else "")
+                if task:
+                    title = f"task `{task}`, " + title
+                lines += self._one(task, grouping, method, axis, part, title, label)
+        return lines
+
+    def _one(self, task, grouping, method, axis, rows, title, label) -> list[str]:
+        disp = self.displays[task]
+        groups = _ordered(str(r.get("group")) for r in rows)
+        values = sorted({_num(r.get(axis)) for r in rows})
+        lines = [f"**{title}**", ""]
+        header = f"| group | {axis} | {disp.name}{disp.unit} after (mean ± std) | trials | faulty bits (mean) | loss Inf/NaN |"
+        lines += [header, "|---|---|---|---|---|---|"]
+        cells: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            cells[(str(r.get("group")), _num(r.get(axis)))].append(r)
+        for g in groups:
+            for v in values:
+                members = cells.get((g, v), [])
+                if not members:
+                    continue
+                after = [disp.show(_num(r["metric_after"])) for r in members]
+                mu, sd = _mean_std(after)
+                bits = [_num(r.get("bit_errors")) for r in members if _num(r.get("bit_errors")) is not None]
+                bits_text = f"{np.mean(bits):.3g}" if bits else "–"
+                bad = sum(1 for r in members if r.get("loss_nonfinite"))
+                lines.append(f"| {g} | {v:g} | {disp.fmt(mu)} ± {disp.fmt(sd)} | {len(members)} | {bits_text} | {bad} |")
+        lines.append("")
+        slug = _slug("faults", task, grouping or "nogrouping", method, label)
+        lines.append(self._link(self._curves(rows, groups, values, axis, disp, title, slug), f"curves: {title}"))
+        lines.append("")
+        if len(groups) > 1:
+            lines.append(self._link(self._heatmap(cells, groups, values, axis, disp, title, slug), f"heatmap: {title}"))
+            lines.append("")
+        return lines
+
+    def _curves(self, rows, groups, values, axis, disp, title, slug) -> Path:
+        from matplotlib.ticker import NullLocator
+
+        chunk = groups[:_PANELS_PER_FIGURE]
+        if len(groups) > _PANELS_PER_FIGURE:
+            self.notes.add(f"{title}: curves drawn for the first {_PANELS_PER_FIGURE} of {len(groups)} groups.")
+        cols = min(3, len(chunk))
+        nrows = math.ceil(len(chunk) / cols)
+        fig = self._figure(3.4 * cols, 2.6 * nrows + 0.4)
+        axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
+        for ax in axes.flat[len(chunk):]:
+            fig.delaxes(ax)
+        positive = all(v > 0 for v in values)
+        for ax, g in zip(axes.flat, chunk):
+            sel = [r for r in rows if str(r.get("group")) == g]
+            xs = sorted({_num(r.get(axis)) for r in sel})
+            stats = [_mean_std([disp.show(_num(r["metric_after"])) for r in sel if _num(r.get(axis)) == x]) for x in xs]
+            mu, sd = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+            ax.plot(xs, mu, marker="o", ms=3, color="tab:red")
+            ax.fill_between(xs, mu - sd, mu + sd, color="tab:red", alpha=0.25, lw=0)
+            original = _median(_num(r.get("metric_before")) for r in sel)
+            if original is not None:
+                ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8)
+            if positive and max(values) / min(values) >= 10:
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_title(g, fontsize=9)
+            ax.set_xlabel(axis)
+            ax.set_ylabel(f"{disp.name}{disp.unit}")
+            ax.grid(alpha=0.3)
+        fig.suptitle(title.replace("`", ""), fontsize=10)
+        return self._save(fig, slug + "_curves")
+
+    def _heatmap(self, cells, groups, values, axis, disp, title, slug) -> Path:
+        mat = np.full((len(groups), len(values)), np.nan)
+        for i, g in enumerate(groups):
+            for j, v in enumerate(values):
+                members = cells.get((g, v), [])
+                damage = [disp.damage(_num(r["metric_before"]), _num(r["metric_after"])) for r in members if _num(r.get("metric_before")) is not None]
+                if damage:
+                    mat[i, j] = float(np.mean(damage))
+        finite = mat[np.isfinite(mat)]
+        vmax = max(float(finite.max()) if finite.size else 1.0, 1e-12)
+        fig = self._figure(2.2 + 0.9 * len(values), 1.4 + 0.42 * len(groups))
+        ax = fig.add_subplot()
+        im = ax.imshow(np.ma.masked_invalid(mat), cmap="YlOrRd", vmin=0.0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
+        ax.set_yticks(range(len(groups)), groups)
+        ax.set_xlabel(axis)
+        ax.set_title(title.replace("`", ""), fontsize=9)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                if np.isfinite(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.3g}", ha="center", va="center", fontsize=7,
+                            color="white" if mat[i, j] > 0.6 * vmax else "black")
+        fig.colorbar(im, ax=ax, label=disp.damage_label)
+        return self._save(fig, slug + "_heatmap")

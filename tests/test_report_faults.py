@@ -1,0 +1,53 @@
+"""The report's hardware-fault section: curves against the fault model's own axis and
+heatmaps by group, from rows of the fault models (and beside L_p rows)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from paramcorrupt import accuracy, classification_loss, select
+from paramcorrupt.probe import ResultsStore, SweepConfig, sweep
+from paramcorrupt.probe.report import write_report
+
+pytest.importorskip("matplotlib")
+
+
+def probe(tmp_path, methods, settings, name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    data = [(x, x[:, :3].argmax(1))]
+    groups = {"lower": select(model, "0.*", name="lower"), "upper": select(model, "2.*", name="upper")}
+    config = SweepConfig(methods=methods, settings=settings, trials=3, eps_values=[1e-2, 1e-1], task="toy", grouping="position")
+    path = tmp_path / f"{name}.jsonl"
+    sweep(model, config, data, data, classification_loss, {"accuracy": accuracy}, groups=groups,
+          store=ResultsStore(path), progress=False)
+    return path
+
+
+def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
+    path = probe(
+        tmp_path, ["bitflip", "bit-search"],
+        {"bitflip": {"format": ["int8"], "ber": [1e-3, 1e-2, 1e-1]}, "bit-search": {"flips": [1, 2, 4]}}, "faults",
+    )
+    report = write_report(path, tmp_path / "report")
+    text = report.read_text()
+    assert "## Hardware faults: the metric against the fault rate" in text
+    assert "**task `toy`, bitflip (format=int8, bits=any); grouping `position`**" in text
+    assert "| group | ber | accuracy (%) after (mean ± std) | trials | faulty bits (mean) | loss Inf/NaN |" in text
+    assert "| lower | 0.001 |" in text and "| upper | 0.1 |" in text
+    assert "| group | flips |" in text  # the bit search along its own axis
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert any("bitflip" in f and f.endswith("_curves.png") for f in figures)
+    assert any("bit-search" in f and f.endswith("_heatmap.png") for f in figures)
+    assert "## Table 1" not in text  # no L_p rows, no L_p sections
+
+
+def test_fault_rows_beside_lp_rows(tmp_path):
+    path = probe(tmp_path, ["random", "gradient", "stuck-at"], {"stuck-at": {"value": [1], "bits": ["sign"], "flips": [1, 5]}}, "mixed")
+    text = write_report(path, tmp_path / "report").read_text()
+    assert "## Hardware faults" in text and "stuck-at (format=float32, bits=sign, value=1)" in text
+    assert "Heatmaps: damage by group and eps" in text
