@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     grouping.add_argument("--pattern", default=None, help="--by position: regex whose first group labels each parameter")
     grouping.add_argument("--groups", default=None, metavar="SPEC", help="LABEL=PATTERN[+PATTERN],... (own groups) or LABEL,... (a subset of --by)")
     sweep_args = parser.add_argument_group("sweep")
-    sweep_args.add_argument("--methods", default="random,gradient", help="among random, gradient, iterative (default: random,gradient)")
+    sweep_args.add_argument("--methods", default=None, help="among random, gradient, iterative, relative-random, relative-gradient (default: random,gradient; none when --fault is given)")
     sweep_args.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
     sweep_args.add_argument("--p", default="inf", help="norms, e.g. inf,2 (default: inf)")
     sweep_args.add_argument("--n", "--top-n", default="all", help="numbers of changed parameters, e.g. all,100 (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
@@ -101,6 +101,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "before it (equal rows up to float rounding; see paramcorrupt.probe.reuse)",
     )
     sweep_args.add_argument("--no-gradient-data", action="store_true", help="skip the loss on the gradient's data per row (no Theorem 2 ratio)")
+    faults = parser.add_argument_group(
+        "hardware faults", "fault models beyond the L_p grid, and the values of their settings "
+        "(comma-separated values are swept; each applies to the --fault models that have it)",
+    )
+    faults.add_argument("--fault", default=None, metavar="NAME[,NAME]",
+                        help="bitflip, stuck-at, bit-search, random-values, or any registered fault model (paramcorrupt.faults.FAULTS)")
+    faults.add_argument("--format", default=None, help="stored number format: float32 (default), float16, bfloat16, int8, int8-channel (bit-search: int8)")
+    faults.add_argument("--bits", default=None, help="which bits fail: any (default), sign, exponent, mantissa, msb, or a bit index")
+    faults.add_argument("--ber", default=None, help="bit error rates, e.g. 1e-7,1e-6,1e-5 (bitflip, stuck-at)")
+    faults.add_argument("--flips", default=None, help="numbers of faulty bits, e.g. 1,10,100 (bitflip, stuck-at; bit-search: its budget)")
+    faults.add_argument("--value", default=None, help="stuck-at: the value the bits are stuck at, 0 or 1")
+    faults.add_argument("--candidates", default=None, help="bit-search: flips per tensor evaluated exactly per iteration (default: 1)")
+    faults.add_argument("--batches", default=None, help="bit-search: batches of attack data (default: 1)")
+    faults.add_argument("--count", default=None, help="random-values: numbers of weights set to random values")
+    faults.add_argument("--fault-setting", action="append", default=[], metavar="KEY=V[,V]",
+                        help="any other setting of a --fault model (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("probe-results.jsonl"), help="results file, resumed when it exists (default: probe-results.jsonl)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: PyTorch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -376,15 +392,60 @@ def _groups(args: argparse.Namespace, source: _Source) -> tuple[str, dict[str, A
     return by, groups, keep
 
 
+#: the fault-setting options of the CLI (each one setting name)
+FAULT_OPTIONS = ("format", "bits", "ber", "flips", "value", "candidates", "batches", "count")
+
+
+def _value(text: str) -> Any:
+    """A setting's value as typed: an integer, else a number, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _fault_settings(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, list[Any]]] | None]:
+    """(methods, settings) from --methods, --fault and the fault-setting options."""
+    from ..faults import get_fault
+
+    faults = _items(args.fault, "--fault") if args.fault is not None else []
+    given = {name: getattr(args, name) for name in FAULT_OPTIONS if getattr(args, name, None) is not None}
+    for item in args.fault_setting:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--fault-setting takes KEY=VALUE[,VALUE], got {item!r}")
+        given[key.strip()] = values
+    if given and not faults:
+        raise ValueError(f"--{next(iter(given))} is a fault setting: give the fault model with --fault")
+    methods = _items(args.methods, "--methods") if args.methods is not None else ([] if faults else ["random", "gradient"])
+    settings: dict[str, dict[str, list[Any]]] = {}
+    used = set()
+    for name in faults:
+        cls = get_fault(name)
+        if cls.family_name() == "lp":  # the relative L_p ones run on --p/--n/--eps
+            continue
+        mine = {key: [_value(v) for v in _items(text, f"--{key}")] for key, text in given.items() if key in cls.parameters}
+        used |= set(mine)
+        settings[name] = mine
+    unused = [key for key in given if key not in used]
+    if unused:
+        raise ValueError(f"--{unused[0]} is a setting of none of --fault {','.join(faults)}")
+    return [*methods, *(f for f in faults if f not in methods)], settings or None
+
+
 def _config(args: argparse.Namespace, source: _Source, grouping: str, keep: list[str] | None) -> Any:
     from ..probe.sweep import SweepConfig
 
     for option in ("trials", "steps"):
         if getattr(args, option) < 0:
             raise ValueError(f"--{option} must be >= 0, got {getattr(args, option)}")
+    methods, settings = _fault_settings(args)
     return SweepConfig(
         groups=keep,
-        methods=_items(args.methods, "--methods"),
+        methods=methods,
+        settings=settings,
         trials=args.trials,
         p_values=_floats(args.p, "--p"),
         n_values=_sizes(args.n),
@@ -401,11 +462,44 @@ def _config(args: argparse.Namespace, source: _Source, grouping: str, keep: list
 # -- output ----------------------------------------------------------------------------------
 
 
+def fault_summary(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the rows off the L_p grid: per group, fault model and setting, the
+    metric after the fault (mean over trials) and how many faulty bits were drawn."""
+    from ..faults import FAULTS
+
+    metric = rows[0]["metric"]
+    lines = [
+        f"| group | fault | setting | {metric} before | {metric} after (mean of R) | R | faulty bits (mean) | loss Inf/NaN |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    settings: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        names = FAULTS[row["method"]].parameters if row["method"] in FAULTS else ()
+        text = ", ".join(f"{n}={row[n]}" for n in names if row.get(n) is not None)
+        settings.setdefault((row["group"], row["method"], text), []).append(row)
+    for (group, method, text), members in settings.items():
+        after = sum(r["metric_after"] for r in members) / len(members)
+        bits = [r["bit_errors"] for r in members if r.get("bit_errors") is not None]
+        bits_text = f"{sum(bits) / len(bits):.3g}" if bits else "–"
+        bad = sum(1 for r in members if r.get("loss_nonfinite"))
+        lines.append(
+            f"| {group} | {method} | {text} | {members[0]['metric_before']:.4g} | {after:.4g} | {len(members)} | {bits_text} | {bad} |"
+        )
+    return "\n".join(lines)
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: per group, p, n and eps, the metric after gradient-based corruption
-    and the mean after random corruption (Figure 4 / Table 1 at a glance)."""
+    and the mean after random corruption (Figure 4 / Table 1 at a glance); rows of other
+    fault models in a second table (:func:`fault_summary`)."""
     if not rows:
         return "(no rows)"
+    others = [r for r in rows if r.get("eps") is None]
+    rows = [r for r in rows if r.get("eps") is not None]
+    if not rows:
+        return fault_summary(others)
+    if others:
+        return summary(rows) + "\n\n" + fault_summary(others)
     metric = rows[0]["metric"]
     lines = [
         f"| group | p | n | eps | {metric} before | gradient | random (mean of R) | Δloss gradient | first-order |",

@@ -169,6 +169,17 @@ class _BitFault(FaultModel):
             out["ber"] = float(out["ber"])
         return out
 
+    @classmethod
+    def grid(cls, values: Any) -> list[FaultModel]:
+        """As :meth:`FaultModel.grid`; ber and flips exclude each other, so values for both
+        give the grid over the rates, then the grid over the counts."""
+        values = dict(values)
+        if values.get("ber") is not None and values.get("flips") is not None:
+            rates = {k: v for k, v in values.items() if k != "flips"}
+            counts = {k: v for k, v in values.items() if k != "ber"}
+            return super().grid(rates) + super().grid(counts)
+        return super().grid(values)
+
     def key(self) -> str:
         # unset (None) settings are left out: "format=int8|bits=any|ber=1e-06"
         return "|".join(f"{n}={key_text(self.setting[n])}" for n in self.parameters if self.setting[n] is not None)
