@@ -94,8 +94,41 @@ def test_custom_attention_class_counts_as_attention():
             self.norm = nn.LayerNorm(4)
 
     model = nn.Sequential(SelfAttention(), nn.Linear(4, 2))
-    assert select(model, types="attention").names == ("0.q.weight", "0.q.bias", "0.norm.weight", "0.norm.bias")
+    # a normalisation module is "norm" wherever it sits, inside an attention block too
+    assert select(model, types="attention").names == ("0.q.weight", "0.q.bias")
+    assert select(model, types="norm").names == ("0.norm.weight", "0.norm.bias")
     assert select(model, types="linear").names == ("1.weight", "1.bias")
+
+
+def test_norm_inside_attention_is_norm_by_module_class():
+    """BERT's layout: attention.output.{dense, LayerNorm}; a class named ...Norm is norm too."""
+
+    class LlamaRMSNorm(nn.Module):  # as transformers': not a torch norm class
+        def __init__(self, d):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+    class BertSelfOutput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Linear(4, 4)
+            self.LayerNorm = nn.LayerNorm(4)
+
+    class BertAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query = nn.Linear(4, 4)
+            self.output = BertSelfOutput()
+            self.norm = LlamaRMSNorm(4)
+
+    model = nn.ModuleDict({"attention": BertAttention(), "head": nn.Linear(4, 2)})
+    types = parameter_types(model)
+    assert types["attention.output.LayerNorm.weight"] == "norm"
+    assert types["attention.output.LayerNorm.bias"] == "norm"
+    assert types["attention.norm.weight"] == "norm"
+    assert types["attention.output.dense.weight"] == "attention"
+    assert types["attention.query.bias"] == "attention"
+    assert types["head.weight"] == "linear"
 
 
 def test_default_is_every_trainable_parameter():

@@ -33,13 +33,19 @@ _NORM_TYPES: tuple[type, ...] = (
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation module: torch's (batch, layer, group, instance, local response, RMS)
+    or a class whose name ends in "Norm" (``LlamaRMSNorm``, ``T5LayerNorm``, ``FusedLayerNorm``)."""
+    return isinstance(module, _NORM_TYPES) or type(module).__name__.lower().endswith("norm")
+
+
 def _module_type(module: nn.Module) -> str | None:
+    if _is_norm(module):
+        return "norm"
     if isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower():
         return "attention"
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
-    if isinstance(module, _NORM_TYPES):
-        return "norm"
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return "embedding"
     if isinstance(module, nn.RNNBase):
@@ -52,9 +58,16 @@ def _module_type(module: nn.Module) -> str | None:
 def parameter_types(model: nn.Module) -> dict[str, str]:
     """The type of every (unique) parameter of ``model``, keyed by its name.
 
-    The type is that of the module owning the parameter, except that anything inside an
-    attention module (``nn.MultiheadAttention``, or a class whose name contains "Attention")
-    is "attention" — its output projection included.
+    The rule, by module class (never by parameter name):
+
+    1. a parameter of a normalisation module (``BatchNorm*``, ``LayerNorm``, ``GroupNorm``,
+       ``InstanceNorm*``, ``LocalResponseNorm``, ``RMSNorm``, or any class whose name ends
+       in "Norm") is "norm", wherever that module sits — BERT's
+       ``attention.output.LayerNorm`` included;
+    2. else anything inside an attention module (``nn.MultiheadAttention``, or a class whose
+       name contains "Attention") is "attention" — its output projection included;
+    3. else the type of the innermost typed module owning it (conv, linear, embedding,
+       recurrent), and "other" when there is none.
 
     Example:
         >>> parameter_types(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
@@ -72,7 +85,11 @@ def parameter_types(model: nn.Module) -> dict[str, str]:
             if not prefix:
                 break
             prefix = prefix.rpartition(".")[0]
-        # the innermost typed module decides, but any attention ancestor wins
+        # a normalisation module owning the parameter decides; else any attention ancestor
+        # wins; else the innermost typed module
+        if owner in modules and _is_norm(modules[owner]):
+            types[name] = "norm"
+            continue
         for path in chain:
             module_kind = _module_type(modules[path]) if path in modules else None
             if module_kind == "attention":
