@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for "the same command resumes: ..."
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     prefix = f"paramcorrupt {args.command}"
     try:

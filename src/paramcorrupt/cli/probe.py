@@ -49,6 +49,7 @@ import importlib.util
 import math
 import operator
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping
@@ -74,7 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = parser.add_argument_group("model and data")
     source.add_argument("--task", default=None, help="a built-in task (default: digits, when --model/--data are not given)")
     source.add_argument("--model", metavar="SPEC", help="package.module:factory or path/file.py:factory returning the nn.Module")
-    source.add_argument("--checkpoint", type=Path, metavar="PATH", help="state dict (torch.save) or .safetensors to load")
+    source.add_argument("--checkpoint", type=Path, metavar="PATH",
+                        help="weights to load: a state dict (torch.save(model.state_dict(), PATH)) or .safetensors; "
+                        "without it --model is probed with the factory's initial weights (a warning says so)")
+    source.add_argument("--checkpoint-key", default=None, metavar="KEY",
+                        help="the key of a dict checkpoint holding the state dict, e.g. model_state_dict "
+                        "(default: the file itself, or its 'state_dict' / 'model' entry)")
     source.add_argument("--data", metavar="SPEC", help="factory returning a Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])")
     source.add_argument("--epochs", type=int, default=30, help="digits: training epochs when no checkpoint is given (default: 30)")
     source.add_argument("--hf", default=None, metavar="PATH",
@@ -118,6 +124,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     faults.add_argument("--fault-setting", action="append", default=[], metavar="KEY=V[,V]",
                         help="any other setting of a --fault model (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("probe-results.jsonl"), help="results file, resumed when it exists (default: probe-results.jsonl)")
+    parser.add_argument(
+        "--extend", action="store_true",
+        help="add to a finished --out file of a sweep this one extends (more eps, p, n, methods, groups or trials, "
+        "everything else the same): its rows are kept byte for byte, only the new rows are computed",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: PyTorch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -264,6 +275,7 @@ class _Source:
         self.name, self.identity, self.model = name, identity, model
         self.gradient_loader, self.eval_loader, self.loss_fn = gradient_loader, eval_loader, loss_fn
         self.metrics, self.primary_metric, self.groupings = dict(metrics), primary_metric, dict(groupings)
+        self.untrained: str | None = None  # the --model spec when no --checkpoint was loaded
 
 
 def _from_data(result: Any, model: nn.Module | None, spec: str, identity: str) -> _Source:
@@ -312,11 +324,25 @@ def _user_source(args: argparse.Namespace) -> _Source:
     identity = f"model={_spec_identity(args.model)};data={_spec_identity(args.data)}"
     source = _from_data(result, model, args.data, identity)
     if args.checkpoint is not None:
-        state = load_checkpoint(args.checkpoint)
+        state = load_checkpoint(args.checkpoint, getattr(args, "checkpoint_key", None))
         load_state_into(source.model, state, f"checkpoint {args.checkpoint}")
         source.identity += f";checkpoint=sha256:{_file_digest(args.checkpoint)}"
+        key = getattr(args, "checkpoint_key", None)
+        if key is not None:
+            source.identity += f"[{key}]"
+    elif args.model is not None:
+        source.untrained = args.model  # warned about once the inputs are checked
     source.model.eval()
     return source
+
+
+def untrained_warning(spec: str) -> None:
+    """Say on stderr that a ``--model`` without ``--checkpoint`` has its factory's initial weights."""
+    print(
+        f"warning: no --checkpoint: the model from --model {spec} has the factory's initial weights "
+        "(untrained, unless the factory loads weights itself); give --checkpoint PATH to load trained ones",
+        file=sys.stderr, flush=True,
+    )
 
 
 def _spec_identity(spec: str | None) -> str:
@@ -342,10 +368,13 @@ def _builtin_source(args: argparse.Namespace, *, train: bool) -> _Source:
             identity += f",epochs={args.epochs}"
     if args.checkpoint is not None:
         identity += f",checkpoint=sha256:{_file_digest(args.checkpoint)}" if args.checkpoint.is_file() else ""
+        if getattr(args, "checkpoint_key", None) is not None:
+            identity += f"[{args.checkpoint_key}]"
     identity += ")"
     task = get_task(name, **options)
     if args.checkpoint is not None:
-        load_state_into(task.model, load_checkpoint(args.checkpoint), f"checkpoint {args.checkpoint}")
+        state = load_checkpoint(args.checkpoint, getattr(args, "checkpoint_key", None))
+        load_state_into(task.model, state, f"checkpoint {args.checkpoint}")
         task.model.eval()
     return _Source(task.name, identity, task.model, task.gradient_loader, task.eval_loader, task.loss_fn,
                    task.metrics, task.primary_metric, task.groupings)
@@ -459,6 +488,29 @@ def _config(args: argparse.Namespace, source: _Source, grouping: str, keep: list
     )
 
 
+def _check_store(store: Any, config: Any, groups: Mapping[str, Any]) -> None:
+    """Refuse a results file of another sweep before any work, naming what differs."""
+    from ..probe.sweep import _probed, sweep_id
+
+    probed = _probed(config, groups)
+    store.check(sweep_id(config, groups), config.as_dict(), groups={label: list(g.names) for label, g in probed.items()})
+
+
+def _progress_counts(path: Path, config: Any, groups: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows of this sweep the results file holds, rows the sweep has in all)."""
+    from ..probe.store import read_results
+    from ..probe.sweep import _probed, _settings
+
+    keys = {key for label in _probed(config, groups) for *_, key in _settings(config, label)}
+    done = 0
+    if path.is_file() and path.stat().st_size:
+        try:
+            done = sum(1 for row in read_results(path)[1] if row.get("key") in keys)
+        except ValueError:
+            done = 0
+    return done, len(keys)
+
+
 # -- output ----------------------------------------------------------------------------------
 
 
@@ -531,7 +583,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..probe.store import ResultsStore
-    from ..probe.sweep import sweep, sweep_id
+    from ..probe.sweep import sweep
 
     start = time.perf_counter()
     if args.threads is not None:
@@ -543,12 +595,14 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--hf goes with --task hf, hf-causal-lm or hf-seq-cls, not {args.task!r}")
         args.task = args.task or "hf"
         args.task_option = [*args.task_option, f"path={args.hf}"]
+    if getattr(args, "checkpoint_key", None) is not None and args.checkpoint is None:
+        raise ValueError("--checkpoint-key goes with --checkpoint")
     user = args.model is not None or args.data is not None
     if user and args.task is not None:
         raise ValueError("give --task or --model/--data, not both")
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a results file path")
-    store = ResultsStore(args.out)
+    store = ResultsStore(args.out, extend=getattr(args, "extend", False))
     if user:
         source = _user_source(args)
     else:
@@ -557,13 +611,19 @@ def _run(args: argparse.Namespace) -> int:
         if args.checkpoint is None:
             shell = _builtin_source(args, train=False)
             grouping, groups, keep = _groups(args, shell)
-            store.check(sweep_id(_config(args, shell, grouping, keep), groups))
+            _check_store(store, _config(args, shell, grouping, keep), groups)
             if not args.quiet:
                 print(f"training the {shell.name} model (seed {args.seed}, {args.epochs} epochs) ...", flush=True)
         source = _builtin_source(args, train=True)
     D.broadcast_module(source.model)  # every rank probes rank 0's weights, to the last bit
     grouping, groups, keep = _groups(args, source)
     config = _config(args, source, grouping, keep)
+    _check_store(store, config, groups)
+    if getattr(source, "untrained", None) and D.is_main_process():
+        untrained_warning(source.untrained)
+    done, total = _progress_counts(args.out, config, groups)
+    if done and D.is_main_process():
+        print(f"resuming: {done} of {total} rows done ({args.out})", flush=True)
     evaluator = None
     if args.reuse:
         from ..probe.reuse import ReusingEvaluator
@@ -572,10 +632,21 @@ def _run(args: argparse.Namespace) -> int:
             source.model, source.eval_loader, source.gradient_loader if config.measure_gradient_data else None,
             source.loss_fn, source.metrics,
         )
-    rows = sweep(
-        source.model, config, source.gradient_loader, source.eval_loader, source.loss_fn, source.metrics,
-        groups=groups, store=store, progress=not args.quiet, evaluator=evaluator,
-    )
+    try:
+        rows = sweep(
+            source.model, config, source.gradient_loader, source.eval_loader, source.loss_fn, source.metrics,
+            groups=groups, store=store, progress=not args.quiet, evaluator=evaluator,
+        )
+    except KeyboardInterrupt:
+        if D.is_main_process():
+            saved, total = _progress_counts(args.out, config, groups)
+            command = shlex.join(["paramcorrupt", *(getattr(args, "argv", None) or sys.argv[1:])])
+            print(
+                f"\ninterrupted: {saved} of {total} rows are saved in {args.out}; "
+                f"the same command resumes: {command}",
+                file=sys.stderr, flush=True,
+            )
+        raise
     print(summary(rows))
     print(f"{len(rows)} rows in {args.out} ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -5,7 +5,11 @@ every further line is one finished row. Rows are appended, flushed and ``fsync``
 one as they finish, so a process killed at any moment (SIGKILL included) loses at most the
 row in progress. On reopening, a torn last line (a row cut mid-write) is cut away, finished
 rows are read back, and the sweep skips their keys. A file that belongs to another sweep is
-refused and never written to.
+refused and never written to (the error names the settings that differ) — unless the store
+*extends* it (``extend=True``, ``paramcorrupt probe --extend``): a sweep whose configuration
+only adds values (eps, p, n, methods, groups, more trials) to the file's, everything else
+equal, keeps the file's rows byte for byte, gets a new header (naming the sweeps it extends
+in ``"extends"``) and appends only the rows that are new.
 
 Non-finite floats are not valid JSON: they are written as the strings ``"inf"``, ``"-inf"``
 and ``"nan"`` (``p = inf`` is ``"p": "inf"``) and read back as floats by
@@ -22,7 +26,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "ResultsStore", "decode_row", "encode_row", "read_jsonl", "read_results"]
+__all__ = [
+    "FORMAT",
+    "ResultsStore",
+    "config_differences",
+    "decode_row",
+    "encode_row",
+    "extension_problems",
+    "read_jsonl",
+    "read_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +192,9 @@ class ResultsStore:
         path: the JSONL file (created with its folder when missing).
         resume: reopen a file holding finished rows of the same sweep and skip them; with
             ``False`` such a file is an error instead.
+        extend: accept a file of another sweep whose configuration this one extends
+            (:func:`extension_problems` finds nothing): its rows are kept byte for byte and
+            the header is replaced by this sweep's.
 
     Example:
         >>> import tempfile, pathlib
@@ -192,9 +208,10 @@ class ResultsStore:
         [{'key': 'g|random|0', 'loss_after': inf}]
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, resume: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, resume: bool = True, extend: bool = False) -> None:
         self.path = Path(path)
         self.resume = resume
+        self.extend = extend
         self.header: dict[str, Any] | None = None
         self._file: Any = None
 
@@ -219,8 +236,12 @@ class ResultsStore:
             _lock(handle, self.path)
             handle.seek(0)
             header, rows, good = _scan(handle.read(), self.path)
-            if header is not None:
-                _same_sweep(header, sweep_id, self.path)
+            if header is not None and header.get("sweep_id") != sweep_id:
+                new_header = {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
+                if not self.extend or extension_problems(header, new_header):
+                    _same_sweep(header, sweep_id, self.path, new_header, extend=self.extend)
+                header = _rewrite_header(handle, header, new_header, good, self.path)
+                good = handle.seek(0, os.SEEK_END)
             if rows and not self.resume:
                 raise ValueError(f"{self.path} already holds {len(rows)} rows of this sweep and resume is off")
             handle.seek(0, os.SEEK_END)
@@ -243,8 +264,10 @@ class ResultsStore:
             logger.info("%s: resuming after %d finished rows", self.path, len(rows))
         return rows
 
-    def check(self, sweep_id: str) -> None:
-        """Refuse early, without writing anything, a file that :meth:`open` would refuse.
+    def check(self, sweep_id: str, config: Mapping[str, Any] | None = None, **extra: Any) -> None:
+        """Refuse early, without writing anything, a file that :meth:`open` would refuse
+        (given ``config`` and ``extra`` as :meth:`open` gets them, the error names the
+        settings that differ, and an extension is accepted when ``extend`` is on).
 
         Raises:
             ValueError: when the file belongs to another sweep or is not a results file.
@@ -255,8 +278,10 @@ class ResultsStore:
             return
         data = self.path.read_bytes()
         header, _, good = _scan(data, self.path)
-        if header is not None:
-            _same_sweep(header, sweep_id, self.path)
+        if header is not None and header.get("sweep_id") != sweep_id:
+            new_header = None if config is None else {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
+            if new_header is None or not self.extend or extension_problems(header, new_header):
+                _same_sweep(header, sweep_id, self.path, new_header, extend=self.extend)
         elif data and good == 0 and not _only_torn_header(data):
             raise ValueError(f"{self.path} is not a probe results file; choose another output path")
 
@@ -303,14 +328,100 @@ def _only_torn_header(data: bytes) -> bool:
     return b"\n" not in data and (data.startswith(start) or start.startswith(data))
 
 
-def _same_sweep(header: Mapping[str, Any], sweep_id: str, path: Path) -> None:
+#: configuration entries an extension may add values to (lists: a superset; trials: more)
+_GROWING = ("methods", "p_values", "n_values", "eps_values", "groups")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(_encode_value(value), allow_nan=False))
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The settings two headers differ in, as "name: file X, this sweep Y" texts (the config
+    entries, then the groups' parameters)."""
+    a, b = _jsonable(old.get("config") or {}), _jsonable(new.get("config") or {})
+    out = [f"{key}: file {a.get(key)!r}, this sweep {b.get(key)!r}" for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+    groups_a, groups_b = _jsonable(old.get("groups") or {}), _jsonable(new.get("groups") or {})
+    changed = [g for g in groups_a if g in groups_b and groups_a[g] != groups_b[g]]
+    if changed:
+        out.append(f"the parameters of group {changed[0]!r}")
+    if not out and groups_a != groups_b:
+        out.append(f"groups: file {list(groups_a)}, this sweep {list(groups_b)}")
+    return out
+
+
+def extension_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Why the sweep of header ``new`` does not extend the one of header ``old`` (empty when
+    it does): every setting equal, except that ``methods``, ``p_values``, ``n_values``,
+    ``eps_values`` and ``groups`` may hold more values, ``trials`` may be larger and fault
+    settings may hold more values; groups present in both have the same parameters. Then
+    every row of the old file is a row the new sweep computes the same way (a row's key and
+    seed depend on its own setting only), and the old rows can be kept as they are."""
+    a, b = _jsonable(old.get("config") or {}), _jsonable(new.get("config") or {})
+    problems = []
+    for key in dict.fromkeys([*a, *b]):
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if key in _GROWING and va is not None and isinstance(vb, list) and all(v in vb for v in va):
+            continue
+        if key == "groups" and vb is None:  # every group of the grouping
+            continue
+        if key == "trials" and isinstance(va, int) and isinstance(vb, int) and vb >= va:
+            continue
+        if key == "settings" and isinstance(va, dict) and isinstance(vb, dict) and all(
+            m in vb and all(s in vb[m] and all(v in vb[m][s] for v in vs) for s, vs in d.items()) for m, d in va.items()
+        ):
+            continue
+        problems.append(f"{key}: file {va!r}, this sweep {vb!r}")
+    groups_a, groups_b = _jsonable(old.get("groups") or {}), _jsonable(new.get("groups") or {})
+    for label, names in groups_a.items():
+        if groups_b.get(label) != names:
+            problems.append(f"group {label!r}: " + ("not in this sweep" if label not in groups_b else "other parameters"))
+    return problems
+
+
+def _rewrite_header(handle: Any, old: Mapping[str, Any], new: dict[str, Any], good: int, path: Path) -> dict[str, Any]:
+    """Replace the header of an extended file, every row line kept byte for byte: written to a
+    temporary file, synced, then renamed over the old one (atomic), and ``handle`` reopened."""
+    new = {**new, "extends": [*(old.get("extends") or []), old.get("sweep_id")]}
+    handle.seek(0)
+    data = handle.read()[:good]
+    body = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    tmp = path.with_name(path.name + ".extend.tmp")
+    with open(tmp, "wb") as out:
+        out.write(json.dumps(_encode_value(new), allow_nan=False).encode() + b"\n" + body)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    # the open handle (and its lock) still points at the old inode: move both to the new file
+    fresh = open(path, "a+b")  # noqa: SIM115
+    _lock(fresh, path)
+    os.dup2(fresh.fileno(), handle.fileno())
+    fresh.close()
+    handle.seek(0, os.SEEK_END)
+    logger.info("%s: extending sweep %s with %s", path, old.get("sweep_id"), new["sweep_id"])
+    return new
+
+
+def _same_sweep(header: Mapping[str, Any], sweep_id: str, path: Path, new: Mapping[str, Any] | None = None,
+                *, extend: bool = False) -> None:
     if header.get("sweep_id") != sweep_id:
         config = header.get("config") or {}
-        raise ValueError(
-            f"{path} holds the results of another sweep (sweep_id {header.get('sweep_id')}, task "
-            f"{config.get('task')!r}, grouping {config.get('grouping')!r}); this sweep is {sweep_id}: "
-            "choose another output file (the existing one is left untouched)"
+        what = (
+            f"sweep_id {header.get('sweep_id')}, task {config.get('task')!r}, grouping {config.get('grouping')!r}"
         )
+        advice = "choose another output file (the existing one is left untouched)"
+        if new is not None:
+            differences = config_differences(header, new)
+            if differences:
+                what = f"sweep_id {header.get('sweep_id')}; it differs in " + "; ".join(differences)
+            problems = extension_problems(header, new)
+            if not problems:
+                advice = "add --extend to add this sweep's new rows to it (its rows are kept), or " + advice
+            elif extend:
+                advice = f"--extend cannot add to it ({problems[0]}): " + advice
+        raise ValueError(f"{path} holds the results of another sweep ({what}); this sweep is {sweep_id}: {advice}")
 
 
 def _lock(handle: Any, path: Path) -> None:

@@ -4,6 +4,8 @@ loading weights without unpickling code; shared by every task."""
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,22 +70,47 @@ def as_bool(value: Any, what: str) -> bool:
     raise ValueError(f"{what} must be true or false, got {value!r}")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: modules whose pickled objects are plain data, not a model
+_DATA_MODULES = ("builtins", "collections", "pathlib", "datetime", "numpy", "decimal", "fractions", "argparse")
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
+    text = _ANSI.sub("", str(error)).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-def load_weights(checkpoint: str | os.PathLike[str]) -> dict[str, Tensor]:
+def _unpickling_error(path: Path, error: BaseException) -> str:
+    """One line for a file that ``weights_only=True`` refuses: what it holds and what to save
+    instead (never the advice to unpickle it)."""
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", _ANSI.sub("", str(error)))
+    name = found.group(1) if found else None
+    if name is not None and not name.startswith(_DATA_MODULES):
+        what = f"a pickled model (class {name})"
+    else:
+        what = "a pickled Python object" + (f" (class {name})" if name else "")
+    return (
+        f"cannot read checkpoint {path}: this file holds {what}, not a state dict of tensors; "
+        "save the weights with torch.save(model.state_dict(), PATH) (or safetensors) and give that file "
+        "(paramcorrupt never unpickles code)"
+    )
+
+
+def load_weights(checkpoint: str | os.PathLike[str], key: str | None = None) -> dict[str, Tensor]:
     """The model weights in a file, never unpickling code: ``.safetensors``, or
     ``torch.load(weights_only=True)`` of a plain state dict or of a wrapper holding one under
     ``"state_dict"`` or ``"model"`` (a training checkpoint, as
-    :func:`paramcorrupt.train.save_checkpoint` writes). The one loader of the tasks'
-    ``checkpoint`` option and of ``paramcorrupt probe --checkpoint``.
+    :func:`paramcorrupt.train.save_checkpoint` writes), or under ``key`` when given (a dict
+    such as ``{"model_state_dict": ..., "epoch": 3}``; ``--checkpoint-key`` on the command
+    line). The one loader of the tasks' ``checkpoint`` option and of ``paramcorrupt probe
+    --checkpoint``.
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when it cannot be read (corrupt, truncated, an unsafe pickle) or holds no
-            mapping of parameter names to tensors.
+        ValueError: when it cannot be read (corrupt, truncated, a pickled model or other
+            object: the message says to save ``model.state_dict()``), ``key`` is not in it, or
+            it holds no mapping of parameter names to tensors (the message names the keys that
+            hold one, for ``--checkpoint-key``).
     """
     path = Path(checkpoint).expanduser()
     if not path.is_file():
@@ -97,16 +124,35 @@ def load_weights(checkpoint: str | os.PathLike[str]) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
         raise ValueError(f"checkpoint {path}: reading .safetensors needs the safetensors package") from None
-    except Exception as error:  # any reader failure: corrupt, truncated, not a checkpoint, unsafe pickle
-        raise ValueError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
+    except pickle.UnpicklingError as error:  # weights_only refused a class: a pickled model, or other object
+        raise ValueError(_unpickling_error(path, error)) from None
+    except Exception as error:  # any reader failure: corrupt, truncated, not a checkpoint
+        raise ValueError(
+            f"cannot read checkpoint {path} (not a file that torch.save or safetensors wrote, or a damaged one): "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from None
+    if key is not None:
+        if not isinstance(state, Mapping) or key not in state:
+            keys = ", ".join(repr(k) for k in state) if isinstance(state, Mapping) else f"a {type(state).__name__}"
+            raise ValueError(f"--checkpoint-key {key!r} is not in checkpoint {path} (its keys: {keys})")
+        state = state[key]
+    else:
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+                break
     if not isinstance(state, Mapping) or not state or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
-        raise ValueError(f"checkpoint {path} does not hold a state dict (a mapping of parameter names to tensors)")
+        where = f" under key {key!r}" if key is not None else ""
+        hint = ""
+        if key is None and isinstance(state, Mapping):
+            nested = [k for k, v in state.items() if isinstance(v, Mapping) and v and all(isinstance(t, Tensor) for t in v.values())]
+            if nested:
+                hint = f"; the tensors are under {', '.join(repr(k) for k in nested)}: give --checkpoint-key {nested[0]}"
+        raise ValueError(
+            f"checkpoint {path} does not hold a state dict{where} (a mapping of parameter names to tensors){hint}"
+        )
     return dict(state)
 
 
