@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the trials")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the trials (default: 0)")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     parser.add_argument(
         "--threads", type=int, default=1,

@@ -70,7 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "probe",
         help="sweep parameter groups x methods x p x n x eps; resumable JSONL results",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
+        epilog="Your own model: --model FILE.py:FACTORY --data FILE.py:FACTORY [--checkpoint PATH]; "
+        "see examples/user_model.py. Running the same command again resumes; --extend adds new eps "
+        "(p, n, methods, trials) to a finished results file.",
     )
     source = parser.add_argument_group("model and data")
     source.add_argument("--task", default=None, help="a built-in task (default: digits, when --model/--data are not given)")
@@ -90,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="--task: an option of the task's factory, repeatable (e.g. model=resnet34, limit_test=1000, cache_dir=PATH)")
     grouping = parser.add_argument_group("groups")
     grouping.add_argument("--by", default="type", help="type, position, module, or a grouping the task defines (default: type)")
-    grouping.add_argument("--depth", type=int, default=None, help="--by position: cut module paths at this depth")
+    grouping.add_argument("--depth", type=int, default=None, help="--by position: cut module paths at this depth (default: none: top-level modules, repeated blocks split one by one)")
     grouping.add_argument("--pattern", default=None, help="--by position: regex whose first group labels each parameter")
     grouping.add_argument("--groups", default=None, metavar="SPEC", help="LABEL=PATTERN[+PATTERN],... (own groups) or LABEL,... (a subset of --by)")
     sweep_args = parser.add_argument_group("sweep")
@@ -100,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep_args.add_argument("--n", "--top-n", default="all", help="numbers of changed parameters, e.g. all,100 (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     sweep_args.add_argument("--eps", default="1e-3,1e-2,1e-1", help="radii (default: 1e-3,1e-2,1e-1)")
     sweep_args.add_argument("--steps", type=int, default=5, help="iterative: ascent steps after the one-step corruption (default: 5)")
-    sweep_args.add_argument("--seed", type=int, default=0, help="seed of the random rows (and of the digits task)")
+    sweep_args.add_argument("--seed", type=int, default=0, help="seed of the random rows (and of the digits task) (default: 0)")
     sweep_args.add_argument(
         "--reuse", action="store_true",
         help="evaluate only the part of the network downstream of each group, reusing the activations "
@@ -161,9 +164,12 @@ def _sizes(text: str) -> list[int | None]:
             out.append(None)
             continue
         try:
-            out.append(int(item))
+            value = int(item)
         except ValueError:
             raise ValueError(f"--n: {item!r} is not an integer or 'all'") from None
+        if value < 1:
+            raise ValueError(f"--n: {item!r}: n must be an integer >= 1, or 'all' (every parameter of the group)")
+        out.append(value)
     return out
 
 
