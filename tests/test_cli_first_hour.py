@@ -149,3 +149,29 @@ def test_another_sweep_names_what_differs_and_extend_keeps_old_rows(tmp_path):
     code, stdout, err = cli(*more)
     assert code == 0 and "resuming: 48 of 48 rows done" in stdout, err
     assert out.read_bytes() == after
+
+
+def test_train_your_own_model_then_probe_it(tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = cli(*USER, "--method", "resistant:eps=0.1", "--epochs", "3", "--random-trials", "1",
+                            "--eval-eps", "0.1", "--quiet", "--threads", "1", "--out", out, command="train")
+    assert code == 0, err
+    assert "model=" in stdout and "w/o corruption" in stdout
+    weights = out / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    assert set(state) == set(resolve(f"{EXAMPLE}:make_model")().state_dict())
+    code, _, err = cli(*USER, "--checkpoint", weights, "--by", "type", *FAST, "--out", tmp_path / "p.jsonl")
+    assert code == 0 and "warning" not in err, err
+    code, _, err = cli("--task", "digits", *USER, "--out", out, command="train")
+    assert code == 2 and "not both" in err and err.count("\n") == 1, err
+
+
+def test_help_shows_defaults_and_method_settings():
+    code, text, _ = cli("--help", command="train")
+    assert code == 0
+    assert "Table 2" in text and "(default: plain" in text and "(default: 0)" in text
+    assert "resistant     eps, p, n" in text and "resistant:eps=0.2:alpha=1" in text and "--model SPEC" in text
+    code, text, _ = cli("--help")
+    assert code == 0 and "``" not in text
+    assert "--seed SEED" in text and "(default: 0)" in text and "--depth DEPTH" in text and "(default: none" in text
+    assert "--extend" in text and "--checkpoint-key KEY" in text

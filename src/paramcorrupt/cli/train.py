@@ -87,7 +87,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="digits", help="the task: digits (default), cifar10, ptb-lm, ... (see paramcorrupt.tasks.TASKS)")
+    parser.add_argument("--task", default=None, help="the task: digits (default), cifar10, ptb-lm, ... (see paramcorrupt.tasks.TASKS)")
     parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of the task's factory, e.g. model=tiny, limit_train=512 (repeatable)")
     parser.add_argument("--data-dir", default=None, help="the folder holding the task's data (cifar10_jpg/, ptb_lm/; default: $PARAMCORRUPT_DATA)")
@@ -106,9 +106,42 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+#: the recipe of a user's model (``--model/--data``) whose --data gives none
+#: (``info["recipe"]``); --lr and --epochs override it
+USER_RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "epochs": 10}
+
+_TRAIN_EPILOG = """\
+method settings (NAME:key=value[:key=value...], overriding the options below):
+  plain         epochs, lr
+  resistant     eps, p, n (an integer or all), alpha, interval, epochs, lr
+  regularised   lam, p, epochs, lr
+  e.g. resistant:eps=0.2:alpha=1, resistant:interval=4, regularised:lam=0.05
+
+your own model (as for probe): --model FILE.py:FACTORY --data FILE.py:FACTORY
+  [--checkpoint PATH [--checkpoint-key KEY]]: --data returns a Task-like object or
+  (gradient_loader, eval_loader, loss_fn[, metrics]); it trains on its train_loader
+  (else the gradient loader) with its info["recipe"], else Adam, lr 1e-3, cosine schedule,
+  10 epochs; the checkpoint gives the initial weights. See examples/user_model.py.
+
+  paramcorrupt train --model examples/user_model.py:make_model \\
+      --data examples/user_model.py:make_data --method resistant --eps 0.1 --out runs/mine
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="train with a plain, corruption-resistant or regularised loss; evaluate as Table 2")
-    train.add_argument("--method", default="plain", help="plain, resistant or regularised, optionally with :key=value settings")
+    train = sub.add_parser(
+        "train", help="train with a plain, corruption-resistant or regularised loss; evaluate as Table 2",
+        description="Train one model (a built-in task, or your own with --model/--data) with one method, "
+        "checkpointing every epoch (an interrupted run resumes), save its weights (model.pt, a state dict) "
+        "and evaluate it as the paper's Table 2: the metric under gradient-based and random L2 corruption "
+        "of every parameter at each --eval-eps.",
+        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--method", default="plain", help="plain, resistant or regularised, optionally with :key=value settings (default: plain; see below)")
+    train.add_argument("--model", metavar="SPEC", help="your model: package.module:factory or path/file.py:factory returning the nn.Module (needs --data)")
+    train.add_argument("--data", metavar="SPEC", help="your data: a factory returning a Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])")
+    train.add_argument("--checkpoint", type=Path, metavar="PATH", help="--model: initial weights, a state dict (torch.save) or .safetensors (default: the factory's)")
+    train.add_argument("--checkpoint-key", default=None, metavar="KEY", help="the key of a dict checkpoint holding the state dict, e.g. model_state_dict")
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order (default: 0)")
     train.add_argument("--out", type=Path, default=Path("train-out"), help="output folder (default: train-out)")
     train.add_argument(
@@ -128,16 +161,74 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.set_defaults(run=run_compare)
 
 
+def _user_factory(args: argparse.Namespace) -> tuple[Any, str]:
+    """``factory(seed)`` -> the Task of ``--model/--data`` (its model seeded by ``seed``, the
+    checkpoint loaded when given), and its identity."""
+    from ..tasks import Task
+    from .probe import (
+        _file_digest,
+        _from_data,
+        _spec_identity,
+        load_checkpoint,
+        load_state_into,
+        resolve,
+    )
+
+    if args.data is None:
+        raise ValueError("--model needs --data (the loaders and the loss; see `paramcorrupt train --help`)")
+    if args.task_option or args.data_dir is not None:
+        raise ValueError("--task-option and --data-dir go with --task, not --model/--data")
+    model_factory = resolve(args.model, "--model") if args.model is not None else None
+    data_factory = resolve(args.data, "--data")
+    identity = f"model={_spec_identity(args.model)};data={_spec_identity(args.data)}"
+    if args.checkpoint is not None:
+        identity += f";checkpoint=sha256:{_file_digest(args.checkpoint)}" if args.checkpoint.is_file() else ""
+        if args.checkpoint_key is not None:
+            identity += f"[{args.checkpoint_key}]"
+
+    def factory(seed: int) -> Any:
+        torch.manual_seed(seed)  # a factory that does not seed itself initialises from --seed
+        model = None
+        if model_factory is not None:
+            model = model_factory() if callable(model_factory) else model_factory
+        result = data_factory() if callable(data_factory) else data_factory
+        source = _from_data(result, model, args.data, identity)
+        if args.checkpoint is not None:
+            load_state_into(source.model, load_checkpoint(args.checkpoint, args.checkpoint_key), f"checkpoint {args.checkpoint}")
+        info = dict(getattr(result, "info", None) or {})
+        info["recipe"] = dict(info.get("recipe") or USER_RECIPE)
+        metric = source.primary_metric if source.primary_metric in source.metrics else next(iter(source.metrics), "loss")
+        train_loader = getattr(result, "train_loader", None) or source.gradient_loader
+        return Task(source.name, source.model, source.gradient_loader, source.eval_loader, source.loss_fn,
+                    source.metrics, metric, getattr(result, "higher_is_better", metric != "loss"),
+                    source.groupings, train_loader, info)
+
+    return factory, identity
+
+
 def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, MethodConfig]:
     from .probe import task_options
 
-    setup, base = task_setup(
-        args.task, task_options(args), seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size
-    )
+    if getattr(args, "checkpoint_key", None) is not None and getattr(args, "checkpoint", None) is None:
+        raise ValueError("--checkpoint-key goes with --checkpoint")
+    if getattr(args, "model", None) is not None or getattr(args, "data", None) is not None:
+        if args.task != "digits" or args.task_given:
+            raise ValueError("give --task or --model/--data, not both")
+        factory, identity = _user_factory(args)
+        setup, base = task_setup("custom", seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                 factory=factory, identity=identity)
+    else:
+        if getattr(args, "checkpoint", None) is not None:
+            raise ValueError("--checkpoint goes with --model/--data (a built-in task trains from its own initialisation)")
+        setup, base = task_setup(
+            args.task, task_options(args), seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size
+        )
     return setup, replace(base, eps=args.eps, p=args.p, n=args.n, alpha=args.alpha, interval=args.interval, lam=args.lam)
 
 
 def _setup(args: argparse.Namespace) -> None:
+    args.task_given = args.task is not None
+    args.task = args.task or "digits"
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

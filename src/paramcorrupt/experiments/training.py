@@ -132,10 +132,15 @@ class TaskSetup:
     options: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     identity: str = "digits"
+    #: a user's task instead of a registered one: ``factory(seed)`` -> a Task, its model
+    #: untrained (``paramcorrupt train --model/--data``)
+    factory: Any = field(default=None, compare=False)
 
 
 def build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
     """The task for ``seed``, its model untrained."""
+    if setup.factory is not None:
+        return setup.factory(seed)
     if setup.name == "digits":
         from ..tasks.digits import DIGITS_RECIPE
 
@@ -179,12 +184,27 @@ def task_setup(
     epochs: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
+    factory: Any = None,
+    identity: str | None = None,
 ) -> tuple[TaskSetup, MethodConfig]:
     """Check the task and its options (building it once, untrained) and read its recipe:
     the setup and the base MethodConfig (epochs, lr, batch size: the arguments, else the
-    recipe's)."""
+    recipe's). With ``factory`` (``factory(seed)`` -> a Task) the task is the user's own,
+    named ``name`` and matched by ``identity``."""
     from ..tasks import TASKS
 
+    if factory is not None:
+        if batch_size is not None:
+            raise ValueError("--batch-size: the batch size of --data is its loaders' own")
+        setup = TaskSetup(name, {}, {}, identity or name, factory)
+        task = build_task(setup, seed, None)
+        recipe = dict(task.info.get("recipe") or {})
+        config = MethodConfig(
+            epochs=int(epochs if epochs is not None else recipe.get("epochs", DEFAULT_EPOCHS)),
+            lr=float(lr if lr is not None else recipe["lr"]),
+            batch_size=None,
+        )
+        return replace(setup, recipe=recipe), config
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     options = dict(options or {})
