@@ -41,15 +41,17 @@ def frozen_norm_stats(model: nn.Module) -> Iterator[nn.Module]:
         >>> bn.running_mean
         tensor([0., 0.])
     """
-    saved = []
-    for module in model.modules():
-        if isinstance(module, _STAT_MODULES):
-            for buffer in module.buffers(recurse=False):
-                if buffer is not None:
-                    saved.append((buffer, buffer.detach().clone()))
+    buffers = [
+        buffer
+        for module in model.modules()
+        if isinstance(module, _STAT_MODULES)
+        for buffer in module._buffers.values()  # the module's own buffers, without a generator per module
+        if buffer is not None
+    ]
+    saved = [buffer.detach().clone() for buffer in buffers]
     try:
         yield model
     finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
+        if buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, saved)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ._state import frozen_norm_stats
 from .corruption import Corruption
+from .groups import find_parameter
 
 __all__ = ["corrupted", "frozen_norm_stats", "restore_in_place", "write_in_place"]
 
@@ -26,14 +27,13 @@ def _as_corruption(corruption: Corruption | Mapping[str, Tensor]) -> Corruption:
 
 
 def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Parameter, Tensor | None, Tensor]]:
-    lookup = dict(model.named_parameters(remove_duplicate=False))
     plan = []
     seen: dict[int, str] = {}
     what = "values" if corruption.mode == "set" else "delta"
     for name, value in corruption.values.items():
-        if name not in lookup:
+        param = find_parameter(model, name)
+        if param is None:
             raise ValueError(f"the model has no parameter named {name!r}")
-        param = lookup[name]
         if id(param) in seen:
             raise ValueError(f"{name!r} and {seen[id(param)]!r} are the same (tied) parameter; corrupt it once")
         seen[id(param)] = name
@@ -48,7 +48,8 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
         else:
             if idx.dim() != 1 or value.shape != idx.shape:
                 raise ValueError(f"the sparse {what} for {name!r} needs 1-D indices and values of one length")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= param.numel()):
+            low, high = torch.aminmax(idx) if idx.numel() else (0, 0)
+            if idx.numel() and (int(low) < 0 or int(high) >= param.numel()):
                 raise ValueError(f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})")
             if corruption.mode == "set" and idx.unique().numel() != idx.numel():
                 raise ValueError(f"the values for {name!r} write one index twice; which value wins would be undefined")

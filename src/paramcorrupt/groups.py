@@ -115,11 +115,11 @@ class ParameterGroup:
 
     def tensors(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """The group's parameters in ``model``, name -> Parameter, in group order."""
-        lookup = _parameter_lookup(model)
-        missing = [n for n in self.names if n not in lookup]
+        found = {n: find_parameter(model, n) for n in self.names}
+        missing = [n for n, p in found.items() if p is None]
         if missing:
             raise ValueError(f"group {self.name!r}: the model has no parameter named {missing[0]!r}")
-        return {n: lookup[n] for n in self.names}
+        return found  # type: ignore[return-value]  # no None left
 
     def numel(self, model: nn.Module) -> int:
         """k, the group's number of scalar parameters."""
@@ -127,6 +127,23 @@ class ParameterGroup:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def find_parameter(model: nn.Module, name: str) -> nn.Parameter | None:
+    """The parameter reachable as ``name`` (tied aliases included), or None: resolved along
+    its module path, without walking the whole model."""
+    *path, last = name.split(".")
+    module: nn.Module | None = model
+    for atom in path:  # the registered submodules, as named_parameters() walks them
+        module = module._modules.get(atom)  # type: ignore[union-attr]
+        if module is None:
+            break
+    else:
+        param = module._parameters.get(last)  # type: ignore[union-attr]
+        if param is not None:
+            return param  # type: ignore[return-value]
+    # a model whose names do not follow its module tree: the full walk
+    return _parameter_lookup(model).get(name)
 
 
 def _parameter_lookup(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -86,8 +86,8 @@ def random_bit_faults(
     _check_rate(ber, flips)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    group = as_group(model, group)
-    params = group.tensors(model)
+    group = group if isinstance(group, ParameterGroup) else as_group(model, group)
+    params = group.tensors(model)  # validates the names
     for name, param in params.items():
         if not param.is_floating_point():
             raise TypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
@@ -124,28 +124,51 @@ def _write_bits(
 ) -> Corruption:
     """The corruption that applies ``op`` to bit ``bit_of[j]`` of flat coordinate
     ``coords[j]`` of the group (coordinates over the group's tensors in order)."""
+    names = list(params)
     offsets = torch.tensor([0, *(p.numel() for p in params.values())]).cumsum(0)
+    # one mask per faulty coordinate (its distinct bits summed = or-ed), coordinates sorted
+    unique, inverse = coords.unique(return_inverse=True)
+    mask = torch.zeros_like(unique).scatter_add_(0, inverse, torch.ones_like(coords) << bit_of)
+    owner = torch.searchsorted(offsets, unique, right=True) - 1  # the tensor of each coordinate
+    touched = owner.unique_consecutive(return_counts=True)
+    pieces = []  # (name, local indices, values there, int8 scales there)
+    start = 0
+    for t, count in zip(*(x.tolist() for x in touched)):  # only the tensors that hold a fault
+        name = names[t]
+        param = params[name]
+        local = (unique[start : start + count] - offsets[t]).to(param.device)
+        start += count
+        values = param.detach().reshape(-1)[local]
+        scale = None if fmt.is_float else fmt._scale_at(param, local, fmt.scales(param))
+        pieces.append((name, local, values, scale))
     indices: dict[str, Tensor | None] = {}
     values: dict[str, Tensor] = {}
     changed = 0
-    for (name, param), start, stop in zip(params.items(), offsets[:-1], offsets[1:]):
-        inside = (coords >= start) & (coords < stop)
-        if not inside.any():
-            continue
-        local, masks = coords[inside] - start, torch.ones_like(coords[inside]) << bit_of[inside]
-        unique, inverse = local.unique(return_inverse=True)
-        mask = torch.zeros_like(unique).scatter_add_(0, inverse, masks)  # distinct bits: sum = or
-        idx = unique.to(param.device)
-        codes = fmt.encode(param, idx)
+    if pieces:
+        # encode, apply the op and decode every faulty coordinate at once
+        dtype = fmt.dtype if fmt.is_float else torch.float64
+        flat = torch.cat([v.to(dtype) for _, _, v, _ in pieces])
+        scale = None if fmt.is_float else torch.cat([s for *_, s in pieces])
+        codes = fmt.encode_values(flat, scale)
         mask = mask.to(codes.device)
         new = codes ^ mask if op == "flip" else (codes | mask if op == "stuck-1" else codes & ~mask)
-        keep = new != codes
-        if not keep.any():
-            continue
-        idx, new = idx[keep], new[keep]
-        indices[name] = idx
-        values[name] = fmt.decode(param, idx, new)
-        changed += int(keep.sum())
+        decoded = fmt.decode_values(new, scale)
+        keep = None if op == "flip" else new != codes  # a flip always changes its code
+        if keep is not None and bool(keep.all()):
+            keep = None
+        start = 0
+        for name, local, _, _ in pieces:
+            stop = start + local.numel()
+            if keep is None:
+                idx, value = local, decoded[start:stop]
+            else:
+                here = keep[start:stop]
+                idx, value = local[here], decoded[start:stop][here]
+            start = stop
+            if idx.numel():
+                indices[name] = idx
+                values[name] = value.to(params[name].dtype)
+                changed += idx.numel()
     return Corruption(group, None, f"bit-{op}", indices, values, {"format": fmt.name, "changed": changed, **info}, mode="set")
 
 

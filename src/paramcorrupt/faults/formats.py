@@ -91,23 +91,34 @@ class NumberFormat:
     def encode(self, param: Tensor, idx: Tensor, scales: Tensor | None = None) -> Tensor:
         """The codes (bit patterns as int64 in [0, 2^bits)) of ``param``'s flat ``idx``."""
         values = param.detach().reshape(-1)[idx]
-        mask = (1 << self.bits) - 1
         if self.is_float:
-            view = {32: torch.int32, 16: torch.int16}[self.bits]
-            return values.to(self.dtype).view(view).long() & mask
+            return self.encode_values(values)
         scales = self.scales(param) if scales is None else scales
-        codes = torch.round(values.double() / self._scale_at(param, idx, scales)).clamp(-127, 127).long()
-        return codes & mask
+        return self.encode_values(values, self._scale_at(param, idx, scales))
 
     def decode(self, param: Tensor, idx: Tensor, codes: Tensor, scales: Tensor | None = None) -> Tensor:
         """Values (in ``param``'s dtype) of codes at ``param``'s flat ``idx``."""
         if self.is_float:
+            return self.decode_values(codes).to(param.dtype)
+        scales = self.scales(param) if scales is None else scales
+        return self.decode_values(codes, self._scale_at(param, idx, scales)).to(param.dtype)
+
+    def encode_values(self, values: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Codes of the values themselves (int8: with each value's scale)."""
+        mask = (1 << self.bits) - 1
+        if self.is_float:
+            view = {32: torch.int32, 16: torch.int16}[self.bits]
+            return values.to(self.dtype).view(view).long() & mask
+        return torch.round(values.double() / scale).clamp(-127, 127).long() & mask
+
+    def decode_values(self, codes: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Values of codes: in the format's dtype (floats) or float64 (int8, times the scale)."""
+        if self.is_float:
             view = {32: torch.int32, 16: torch.int16}[self.bits]
             signed = torch.where(codes >= 1 << (self.bits - 1), codes - (1 << self.bits), codes)
-            return signed.to(view).view(self.dtype).to(param.dtype)
-        scales = self.scales(param) if scales is None else scales
+            return signed.to(view).view(self.dtype)
         signed = torch.where(codes >= 128, codes - 256, codes)
-        return (signed.double() * self._scale_at(param, idx, scales)).to(param.dtype)
+        return signed.double() * scale
 
 
 _F32 = NumberFormat("float32", 32, 31, tuple(range(23, 31)), tuple(range(23)), torch.float32)
