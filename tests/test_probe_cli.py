@@ -250,9 +250,10 @@ def test_demo_writes_table1_probes_and_the_report(tmp_path, capsys):
     _, table1 = read_results(out / "results.jsonl")
     fields = {"method", "p", "eps", "n", "group", "trial", "loss_before", "loss_after", "metric_before", "metric_after", "first_order"}
     assert all(fields <= row.keys() for row in table1)
-    assert len(table1) == 2 * 5 * (2 + 1)  # n = k and 100, five eps, random trials + gradient
+    assert len(table1) == 2 * 2 * 5 * (2 + 1)  # L_inf and L_2, n = k and 100, five eps, random trials + gradient
     assert {r["group"] for r in read_results(out / "probe-type.jsonl")[1]} == {"conv", "norm", "linear"}
     assert [g for g in read_results(out / "probe-position.jsonl")[0]["groups"]] == ["stem", "layer1", "layer2", "fc"]
     report = out / "report" / "report.md"
     assert report.is_file() and f"report: {report}" in printed
-    assert "| n | eps | random acc (mean ± std) | gradient acc |" in printed
+    assert "| n | eps | random acc % (test, mean ± std) | gradient acc % (test) |" in printed
+    assert "L_2, all" in printed and "gradient Δloss (test) | gradient Δloss (train) | first-order (train) |" in printed

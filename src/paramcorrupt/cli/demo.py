@@ -4,7 +4,7 @@ corruption (the paper's Table 1 in miniature), probe its parameters by type and 
 
 Every measurement goes through :func:`paramcorrupt.probe.sweep`; the output folder holds
 
-- ``results.jsonl``: Table 1, all parameters, L_inf, n = k and n = 100;
+- ``results.jsonl``: Table 1, all parameters, L_inf and L_2, n = k and n = 100;
 - ``probe-type.jsonl`` and ``probe-position.jsonl``: the probes, L_inf, n = 100;
 - ``report/report.md`` and its figures (when matplotlib is installed).
 
@@ -26,6 +26,9 @@ from ..groups import select
 
 EPS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 SIZES = (None, 100)
+#: Table 1's norms: L_inf as the paper's Table 1, and L_2 with n = k, Theorem 1's premise
+#: (the report's Theorem 1 section compares its random rows with the theory)
+NORMS = (math.inf, 2.0)
 #: the probes: (grouping, n values); L_inf, random and gradient-based, every eps of EPS
 PROBES = (("type", (100,)), ("position", (100,)))
 RESULTS = "results.jsonl"
@@ -53,10 +56,10 @@ def _identity(args: argparse.Namespace) -> str:
 
 
 def table1_rows(
-    task: Any, *, eps_values=EPS, sizes=SIZES, trials: int, seed: int, progress: bool,
+    task: Any, *, eps_values=EPS, sizes=SIZES, norms=NORMS, trials: int, seed: int, progress: bool,
     path: Path | None = None, identity: str = "digits",
 ) -> list[dict[str, Any]]:
-    """Rows of random vs gradient-based L_inf corruption over every parameter (Table 1).
+    """Rows of random vs gradient-based corruption over every parameter (Table 1), L_inf and L_2.
 
     Rows have the sweep's schema (:data:`paramcorrupt.probe.ROW_FIELDS`); with ``path`` they
     are written there as well.
@@ -65,7 +68,7 @@ def table1_rows(
     from ..probe.sweep import SweepConfig, sweep
 
     config = SweepConfig(
-        methods=("gradient", "random"), trials=trials, p_values=(math.inf,), n_values=sizes,
+        methods=("gradient", "random"), trials=trials, p_values=norms, n_values=sizes,
         eps_values=eps_values, seed=seed, task=identity, grouping="all", metric=task.primary_metric,
     )
     store = None
@@ -102,22 +105,48 @@ def probe_rows(
     )
 
 
-def _summary(rows: list[dict[str, Any]]) -> str:
+def _p_text(p: float) -> str:
+    return "inf" if p == math.inf else f"{p:g}"
+
+
+def _summary(rows: list[dict[str, Any]], p: float = math.inf) -> str:
+    """Table 1 of one norm: accuracy (%, test set) and Δloss on the test set (the numbers the
+    report's Table 1 shows for the same rows), the gradient-based Δloss on the training set
+    and its first-order estimate eps·‖top_n(g)‖_q there (Theorem 2 compares these two)."""
     lines = [
-        "| n | eps | random acc (mean ± std) | gradient acc | random Δloss (train) | gradient Δloss (train) | first-order |",
-        "|---|---|---|---|---|---|---|",
+        "| n | eps | random acc % (test, mean ± std) | gradient acc % (test) | random Δloss (test, mean) "
+        "| gradient Δloss (test) | gradient Δloss (train) | first-order (train) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = [r for r in rows if r["p"] == p]
     keys = sorted({(r["n"], r["eps"]) for r in rows}, key=lambda t: (-t[0], t[1]))
     for n, eps in keys:
         rand = [r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "random"]
         grad = next(r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "gradient")
         acc = np.array([r["metric_after"] for r in rand]) * 100
-        dloss = np.array([r["grad_loss_after"] - r["grad_loss_before"] for r in rand])
+        dloss = np.array([r["loss_change"] for r in rand])
         lines.append(
             f"| {n} | {eps:g} | {acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.2f} "
-            f"| {grad['metric_after'] * 100:.2f} | {dloss.mean():+.2e} "
+            f"| {grad['metric_after'] * 100:.2f} | {dloss.mean():+.2e} | {grad['loss_change']:+.2e} "
             f"| {grad['grad_loss_after'] - grad['grad_loss_before']:+.2e} | {grad['first_order']:.2e} |"
         )
+    return "\n".join(lines)
+
+
+#: the README's table: L_inf, (n, eps) as the README lists them
+README_SETTINGS = ((None, 1e-4), (None, 1e-3), (None, 1e-2), (None, 1e-1), (100, 1e-2), (100, 1e-1))
+
+
+def readme_table(rows: list[dict[str, Any]], settings=README_SETTINGS) -> str:
+    """The README's demo table from Table 1's rows (``tests/test_demo_readme.py`` compares)."""
+    k = rows[0]["k"]
+    lines = ["| n | eps | random acc % (test, mean ± std) | gradient acc % (test) |", "|---|---|---|---|"]
+    for n, eps in settings:
+        chosen = [r for r in rows if r["p"] == math.inf and r["n_requested"] == n and r["eps"] == eps]
+        acc = np.array([r["metric_after"] for r in chosen if r["method"] == "random"]) * 100
+        grad = next(r for r in chosen if r["method"] == "gradient")["metric_after"] * 100
+        label = f"{k} (all)" if n is None else str(n)
+        lines.append(f"| {label} | {eps:.0e} | {acc.mean():.2f} ± {acc.std(ddof=1):.2f} | {grad:.2f} |".replace("e-0", "e-"))
     return "\n".join(lines)
 
 
@@ -170,18 +199,19 @@ def run(args: argparse.Namespace) -> int:
         task, trials=args.trials, seed=args.seed, progress=progress, path=path, identity=identity
     )
     clean = rows[0]["metric_before"] * 100
-    print(
-        f"\nRandom vs gradient-based corruption, L_inf, all {rows[0]['k']} parameters of the digits ResNet "
-        f"(clean test accuracy {clean:.2f}%; gradient and Δloss on the training set, accuracy on the test set, "
-        f"{args.trials} random trials):\n"
-    )
-    print(_summary(rows))
-    at = [r for r in rows if r["eps"] == 1e-3 and r["n"] == r["k"]]
+    for p in NORMS:
+        print(
+            f"\nRandom vs gradient-based corruption, L_{_p_text(p)}, all {rows[0]['k']} parameters of the digits "
+            f"ResNet (clean test accuracy {clean:.2f}%; the gradient taken on the training set; "
+            f"{args.trials} random trials):\n"
+        )
+        print(_summary(rows, p))
+    at = [r for r in rows if r["p"] == math.inf and r["eps"] == 1e-3 and r["n"] == r["k"]]
     drop_grad = np.mean([r["metric_before"] - r["metric_after"] for r in at if r["method"] == "gradient"])
     drop_rand = np.mean([r["metric_before"] - r["metric_after"] for r in at if r["method"] == "random"])
     versus = f"ratio {drop_grad / drop_rand:.1f}x" if drop_rand > 0 else "random corruption costs nothing on average"
     print(
-        f"\nAt eps = 1e-3, n = k: accuracy drop {drop_grad * 100:.2f} points (gradient) vs "
+        f"\nAt L_inf, eps = 1e-3, n = k: accuracy drop {drop_grad * 100:.2f} points (gradient) vs "
         f"{drop_rand * 100:.2f} (random, mean): {versus}"
     )
     print(f"rows written to {path}")

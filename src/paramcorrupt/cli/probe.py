@@ -527,7 +527,7 @@ def fault_summary(rows: list[dict[str, Any]]) -> str:
 
     metric = rows[0]["metric"]
     lines = [
-        f"| group | fault | setting | {metric} before | {metric} after (mean of R) | R | faulty bits (mean) | loss Inf/NaN |",
+        f"| group | fault | setting | {metric} before (eval) | {metric} after (eval, mean of R trials) | R (trials) | faulty bits (mean) | loss Inf/NaN |",
         "|---|---|---|---|---|---|---|---|",
     ]
     settings: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -558,10 +558,18 @@ def summary(rows: list[dict[str, Any]]) -> str:
         return fault_summary(others)
     if others:
         return summary(rows) + "\n\n" + fault_summary(others)
+    from ..probe.report.display import metric_display
+
     metric = rows[0]["metric"]
+    disp = metric_display(metric, [r["metric_before"] for r in rows if r.get("metric_before") is not None])
+    name = f"{metric}{disp.unit}"
     lines = [
-        f"| group | p | n | eps | {metric} before | gradient | random (mean of R) | Δloss gradient | first-order |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Eval data: {name} and Δloss (loss after - loss before); R: random trials per setting; "
+        "first-order: eps·‖top_n(g)‖_q, g the gradient on the gradient's data (train).",
+        "",
+        f"| group | p | n | eps | {name} before (eval) | {name} after gradient (eval) | {name} after random "
+        "(eval, mean of R) | R | gradient Δloss (eval) | first-order (train) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     settings: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -570,12 +578,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
         grad = next((r for r in members if r["method"] == "gradient"), None)
         rand = [r["metric_after"] for r in members if r["method"] == "random"]
         p_text = "inf" if p == math.inf else f"{p:g}"
-        grad_metric = "" if grad is None else f"{grad['metric_after']:.4g}"
+        grad_metric = "" if grad is None else disp.fmt(disp.show(grad["metric_after"]))
         grad_loss = "" if grad is None else f"{grad['loss_change']:+.3g}"
-        rand_metric = "" if not rand else f"{sum(rand) / len(rand):.4g}"
+        rand_metric = "" if not rand else disp.fmt(disp.show(sum(rand) / len(rand)))
         lines.append(
-            f"| {group} | {p_text} | {n} | {eps:g} | {members[0]['metric_before']:.4g} | {grad_metric} "
-            f"| {rand_metric} | {grad_loss} | {members[0]['first_order']:.3g} |"
+            f"| {group} | {p_text} | {n} | {eps:g} | {disp.fmt(disp.show(members[0]['metric_before']))} | {grad_metric} "
+            f"| {rand_metric} | {len(rand) or ''} | {grad_loss} | {members[0]['first_order']:.3g} |"
         )
     return "\n".join(lines)
 

@@ -16,8 +16,8 @@ __all__ = ["MIN_THEOREM1_TRIALS", "PROBS"]
 PROBS = (0.5, 0.9, 0.95, 0.995)
 #: random trials a setting needs before its quantiles are reported
 MIN_THEOREM1_TRIALS = 10
-#: settings shown in the Theorem 1 figure
-_THEOREM1_FIGURE_MAX = 30
+#: (group, p, n) panels shown in the Theorem 1 figure
+_THEOREM1_FIGURE_MAX = 9
 
 
 class Theorem1Section(ReportBase):
@@ -33,11 +33,15 @@ class Theorem1Section(ReportBase):
             "first-order quantiles eps·G·x_p, x_p = sqrt(I⁻¹_p(1/2, (k-1)/2)), the first-order "
             "worst case eps·G and the gradient-based corruption's Δloss, all on the gradient's "
             "data where the rows have it ('Δloss data'). Theorem 1 assumes L_2 and "
-            "n = k (a uniform direction on the sphere); other settings are shown only where a "
-            "group has no L_2, n = k setting, marked 'no', and their theory is a reference only."
+            "n = k (a uniform direction on the sphere; premise 'yes'). The first-order worst case "
+            "is the largest first-order loss change in the row's set S: eps·G (G = ‖g‖_2) under the "
+            "premise, eps·‖top_n(g)‖_q otherwise (for L_inf, n = k: eps·‖g‖_1). Settings off the "
+            "premise are shown only when no group of the report has an L_2, n = k setting; then "
+            "Theorem 1's quantiles do not apply to them and are left out ('–')."
         )
         lines.append("")
         entries = []
+        off_premise: list[str] = []
         for task, grouping, group in _ordered((r.task, r.grouping, r.group) for r in self.rows):
             cands = []
             for r in self._select(task, grouping, group, method="random"):
@@ -60,6 +64,8 @@ class Theorem1Section(ReportBase):
                     )
                 continue
             ideal = [x for x in good if x[0] == 2.0 and x[1] == "k"]
+            if not ideal:
+                off_premise.append(self._title(task, grouping, group))
             for p, nk, eps, rand in sorted(
                 ideal or good, key=lambda x: (x[0], _n_sort(x[1]), x[2])
             ):
@@ -75,6 +81,7 @@ class Theorem1Section(ReportBase):
                     or _median(r.G for r in same)
                 )
                 k = _median(r.k for r in rand)
+                first_order = _median(r.first_order for r in grad) or _median(r.first_order for r in rand)
                 entries.append(
                     dict(
                         task=task,
@@ -88,8 +95,19 @@ class Theorem1Section(ReportBase):
                         G=G,
                         k=k,
                         ideal=bool(ideal),
+                        premise=p == 2.0 and nk == "k",
+                        first_order=first_order,
                     )
                 )
+        if any(e["premise"] for e in entries):
+            # Theorem 1 applies: the groups without an L_2, n = k setting are left out, said so
+            entries = [e for e in entries if e["premise"]]
+            if off_premise:
+                lines.append(
+                    f"Left out ({len(off_premise)} groups with no L_2, n = k setting, where Theorem 1 "
+                    f"does not apply): {', '.join(off_premise)}."
+                )
+                lines.append("")
         if not entries:
             lines.append(
                 f"_No setting has {MIN_THEOREM1_TRIALS} or more random trials with a loss change._"
@@ -102,7 +120,7 @@ class Theorem1Section(ReportBase):
         head = ["setting", "premise", "Δloss data", "trials", "k", "G"]
         for pr in PROBS:
             head += [f"α({pr:g}) empirical", f"α({pr:g}) theory"]
-        head += ["eps·G", "gradient Δloss", "gradient / α(0.95) empirical"]
+        head += ["first-order worst case", "gradient Δloss", "gradient / α(0.95) empirical"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         plotted = []
@@ -116,6 +134,8 @@ class Theorem1Section(ReportBase):
                 self.notes.add(
                     f"Theorem 1: no `G` for {e['group']}; theoretical quantiles left out."
                 )
+            elif not e["premise"]:
+                pass  # off the premise: the theory's quantiles do not apply
             elif k is None or k < 2 or not float(k).is_integer():
                 self.notes.add(
                     f"Theorem 1: no valid `k` for {e['group']}; theoretical quantiles left out."
@@ -131,7 +151,7 @@ class Theorem1Section(ReportBase):
             gdl = _median(r.dloss_theory for r in e["grad"])
             cells = [
                 setting,
-                "yes" if e["p"] == 2.0 and e["nk"] == "k" else "no",
+                "yes" if e["premise"] else "no",
                 "gradient" if on_grad else "evaluation",
                 str(len(e["rand"])),
                 f"{int(k):,}" if k is not None else "–",
@@ -142,8 +162,10 @@ class Theorem1Section(ReportBase):
                     _sci(float(emp[i])),
                     _sci(float(theory[i])) if theory is not None else "–",
                 ]
+            worst = e["eps"] * G if e["premise"] and G is not None else e["first_order"]
+            e["worst"] = worst
             cells += [
-                _sci(e["eps"] * G) if G is not None else "–",
+                _sci(worst),
                 _sci(gdl, sign=True),
                 f"{gdl / emp[PROBS.index(0.95)]:.1f}x"
                 if gdl is not None and emp[PROBS.index(0.95)] > 0
@@ -152,13 +174,19 @@ class Theorem1Section(ReportBase):
             lines.append("| " + " | ".join(cells) + " |")
             plotted.append(e)
         lines.append("")
-        if len(plotted) > _THEOREM1_FIGURE_MAX:
-            self.notes.add(
-                f"Theorem 1 figure: showing the first {_THEOREM1_FIGURE_MAX} of {len(plotted)} settings."
+        panels: dict[tuple, list[dict[str, Any]]] = {}
+        for e in plotted:
+            panels.setdefault((e["task"], e["grouping"], e["group"], e["p"], e["nk"]), []).append(e)
+        shown = list(panels.items())
+        if len(shown) > _THEOREM1_FIGURE_MAX:
+            lines.append(
+                f"The figure shows the first {_THEOREM1_FIGURE_MAX} of {len(shown)} (group, p, n) "
+                "settings; the table above has them all."
             )
-            plotted = plotted[:_THEOREM1_FIGURE_MAX]
-        path = self._theorem1_figure(plotted)
-        lines.append(self._link(path, "Theorem 1: quantiles of |loss change|"))
+            lines.append("")
+            shown = shown[:_THEOREM1_FIGURE_MAX]
+        path = self._theorem1_figure(shown)
+        lines.append(self._link(path, "Theorem 1: quantiles of |loss change| against eps"))
         lines.append("")
         best = max(
             (e for e in entries if e["theory"] is not None and e["p"] == 2.0 and e["nk"] == "k"),
@@ -176,63 +204,56 @@ class Theorem1Section(ReportBase):
             lines.append("")
         return lines
 
-    def _theorem1_figure(self, entries: list[dict[str, Any]]) -> Path:
-        fig = self._figure(max(4.5, 0.9 * len(entries) + 2.5), 4.0)
-        ax = fig.add_subplot()
-        x = np.arange(len(entries))
-        markers = ("o", "s", "^", "D")
-        for i, pr in enumerate(PROBS):
-            ax.scatter(
-                x - 0.15,
-                [e["emp"][i] for e in entries],
-                marker=markers[i % 4],
-                s=18,
-                color="tab:blue",
-                alpha=0.4 + 0.6 * i / max(1, len(PROBS) - 1),
-                label=f"empirical α({pr:g})",
+    def _theorem1_figure(self, panels: list[tuple[tuple, list[dict[str, Any]]]]) -> Path:
+        """One panel per (group, p, n): |Δloss| against eps on log axes, the random trials'
+        quantiles (points) beside Theorem 1's (lines, premise settings only), the first-order
+        worst case and the gradient-based Δloss; off-premise panels say so in their title."""
+        cols = min(3, len(panels))
+        rows = -(-len(panels) // cols)
+        fig = self._figure(max(4.2 * cols, 7.0), 3.4 * rows + 1.4)
+        grid = fig.subplots(rows, cols, squeeze=False)
+        shades = ("tab:blue", "tab:purple", "tab:orange", "tab:red")
+        for ax in grid.flat[len(panels):]:
+            ax.remove()
+        for ax, ((task, grouping, group, p, nk), entries) in zip(grid.flat, panels):
+            entries = sorted(entries, key=lambda e: e["eps"])
+            eps = np.array([e["eps"] for e in entries])
+            for i, pr in enumerate(PROBS):
+                ax.scatter(eps, [max(e["emp"][i], 1e-300) for e in entries], s=22, color=shades[i],
+                           label=f"random α({pr:g}), measured", zorder=3)
+                th = [(e["eps"], e["theory"][i]) for e in entries if e["theory"] is not None]
+                if th:
+                    ax.plot(*zip(*th), color=shades[i], lw=1.2, alpha=0.8, label=f"Theorem 1 α({pr:g})")
+            worst = [(e["eps"], e["worst"]) for e in entries if e.get("worst")]
+            if worst:
+                ax.plot(*zip(*worst), color="black", ls="--", lw=1.0, label="first-order worst case")
+            gd = [(e["eps"], abs(g)) for e in entries
+                  if (g := _median(r.dloss_theory for r in e["grad"])) is not None and g != 0]
+            if gd:
+                ax.scatter(*zip(*gd), marker="*", s=90, color="tab:green", label="|gradient Δloss|", zorder=4)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("eps")
+            ax.set_ylabel("|Δloss|")
+            premise = p == 2.0 and nk == "k"
+            head = f"{task}: " if task else ""
+            ax.set_title(
+                f"{head}{group} ({grouping}), {_p_label(p)}, {_n_label(nk)}"
+                + ("" if premise else "\noff Theorem 1's premise: no theory"),
+                fontsize=9, color="black" if premise else "tab:red",
             )
-            th = [(j, e["theory"][i]) for j, e in enumerate(entries) if e["theory"] is not None]
-            if th:
-                ax.scatter(
-                    [j + 0.15 for j, _ in th],
-                    [v for _, v in th],
-                    marker=markers[i % 4],
-                    s=18,
-                    facecolors="none",
-                    edgecolors="tab:green",
-                    label=f"theory α({pr:g})",
-                )
-        eg = [(j, e["eps"] * e["G"]) for j, e in enumerate(entries) if e["G"] is not None]
-        if eg:
-            ax.scatter(
-                [j for j, _ in eg],
-                [v for _, v in eg],
-                marker="_",
-                s=300,
-                color="black",
-                label="eps·G",
-            )
-        gd = [
-            (j, abs(_median(r.dloss_theory for r in e["grad"])))
-            for j, e in enumerate(entries)
-            if _median(r.dloss_theory for r in e["grad"]) is not None
-        ]
-        if gd:
-            ax.scatter(
-                [j for j, _ in gd],
-                [v for _, v in gd],
-                marker="*",
-                s=80,
-                color="tab:red",
-                label="|gradient Δloss|",
-            )
-        ax.set_yscale("log")
-        ax.set_xticks(x, [e["label"] for e in entries], rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel("|loss change|")
-        ax.set_title("Theorem 1: random |Δloss| quantiles vs theory", fontsize=10)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        return self._save(fig, "theorem1", tight=True)  # the legend sits outside the axes
+            ax.grid(alpha=0.3, which="both")
+        handles, labels = {}, []
+        for ax in grid.flat[: len(panels)]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in handles:
+                    handles[lab] = h
+                    labels.append(lab)
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=3,
+                   fontsize=8, frameon=False)
+        fig.suptitle("Theorem 1: random |Δloss| quantiles vs theory\n(Δloss on the gradient's data where measured)",
+                     fontsize=10)
+        return self._save(fig, "theorem1")
 
     def _eta_histogram(self, e: dict[str, Any], eta_pdf) -> Path:
         eta = e["absd"] / (e["eps"] * e["G"])
