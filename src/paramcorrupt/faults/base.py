@@ -55,9 +55,11 @@ class FaultContext:
         generator: the row's own generator (stochastic fault models), else ``None``.
         loader: the gradient's data (for fault models that evaluate, as the iterative one).
         loss_fn: the batch loss.
-        options: sweep-wide options (``iterative_steps``).
+        options: sweep-wide values: ``iterative_steps``, ``seed``, ``trials`` and the L_p
+            grid ``p_values``, ``n_values``, ``eps_values``.
         cache: a per-group dict a fault model may keep derived values in (the dual norm of
             the gradient per (p, n), say) across the rows of one group.
+        trial: the row's trial (0 for deterministic fault models).
     """
 
     model: nn.Module
@@ -69,6 +71,7 @@ class FaultContext:
     loss_fn: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)
+    trial: int = 0
 
 
 def key_text(value: Any) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..constraint import Constraint, dual_norm, parse_p
 from ..corruption import (
     Corruption,
@@ -18,7 +20,16 @@ from ..corruption import (
 from ..iterative import iterative_corruption
 from .base import FaultContext, FaultModel, register_fault
 
-__all__ = ["GradientLp", "IterativeLp", "LpFault", "RandomLp", "RelativeGradientLp", "RelativeRandomLp", "parse_p"]
+__all__ = [
+    "GradientLp",
+    "IterativeLp",
+    "LpFault",
+    "RandomLp",
+    "RelativeGradientLp",
+    "RelativeRandomLp",
+    "SequentialRandomLp",
+    "parse_p",
+]
 
 
 class LpFault(FaultModel):
@@ -66,6 +77,37 @@ class RandomLp(LpFault):
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
+
+
+@register_fault
+class SequentialRandomLp(LpFault):
+    """Random corruption (Definition 3) drawn from *one* generator seeded with the sweep's
+    seed, in grid order (p, n, eps, then trial): the stream of a plain loop over the grid, as
+    the Table 2 evaluation has always drawn it. Rows computed out of order (a resumed sweep,
+    other processes' rows) replay the draws before theirs, so every row gets the draw the
+    loop gives it. ``random`` (one seed per row) is the cheaper default for new sweeps."""
+
+    name = "random-sequential"
+    stochastic = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        o = ctx.options
+        position = (
+            (o["p_values"].index(self.setting["p"]) * len(o["n_values"]) + o["n_values"].index(self.setting["n"]))
+            * len(o["eps_values"])
+            + o["eps_values"].index(self.setting["eps"])
+        ) * o["trials"] + ctx.trial
+        key = ("random-sequential", o["seed"])
+        if key not in ctx.cache or ctx.cache[key][1] > position:
+            ctx.cache[key] = [torch.Generator().manual_seed(o["seed"]), 0]
+        stream = ctx.cache[key]
+        while True:
+            # n = None as the loop had it (the closed form without a top-n)
+            constraint = Constraint(self.setting["p"], self.setting["eps"], self.setting["n"])
+            corruption = random_corruption(ctx.model, constraint, ctx.group, generator=stream[0])
+            stream[1] += 1
+            if stream[1] > position:
+                return corruption
 
 
 @register_fault

@@ -518,7 +518,14 @@ def _run(
         clean = full.evaluate()
     _check_resumed(finished, clean, metric)
     evaluator = evaluator or full
-    options = {"iterative_steps": config.iterative_steps}
+    options = {
+        "iterative_steps": config.iterative_steps,
+        "seed": config.seed,
+        "trials": config.trials,
+        "p_values": config.p_values,
+        "n_values": config.n_values,
+        "eps_values": config.eps_values,
+    }
     logged: set[str] = set()
 
     def compute(item: tuple[_Plan, tuple[FaultModel, int, str]]) -> dict[str, Any]:
@@ -529,7 +536,7 @@ def _run(
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(row_seed(config.seed, key)) if fault.stochastic else None
         ctx = FaultContext(
-            model, plan.group, plan.k, plan.gradient, generator, gradient_loader, loss_fn, options, plan.cache
+            model, plan.group, plan.k, plan.gradient, generator, gradient_loader, loss_fn, options, plan.cache, trial
         )
         corruption = fault.corrupt(ctx)
         with corrupted(model, corruption):
