@@ -21,8 +21,9 @@ class HeatmapSection(ReportBase):
         lines = ["## Heatmaps: damage by group and eps", ""]
         lines.append(
             "Colour: the metric's damage (its drop, or its rise for lower-is-better metrics) in "
-            "display units, mean over trials; warmer = more damage, as in the paper's Figures 4, "
-            "5 and 7. Rows are the groups with their size k. The colour scale is shared by the "
+            "display units, mean over trials, on a diverging scale centred on 0: red = damage, as in "
+            "the paper's Figures 4, 5 and 7, blue = the corruption improved the metric, white = no "
+            "change. Rows are the groups with their size k. The colour scale is shared by the "
             "methods of one grouping, norm and n, so random and gradient-based maps compare."
         )
         lines.append("")
@@ -51,7 +52,7 @@ class HeatmapSection(ReportBase):
                 for j, e in enumerate(eps_values):
                     if cells.get((g, e)):
                         mat[i, j] = float(np.mean(cells[(g, e)]))
-            vmax = self._damage_max(task, grouping, p, nk)
+            vmin, vmax = self._damage_range(task, grouping, p, nk)
             lines.append(f"**{title}**")
             lines.append("")
             for start in range(0, len(groups), _HEATMAP_ROWS):
@@ -61,8 +62,8 @@ class HeatmapSection(ReportBase):
                     mat[rows_],
                     [self._group_label(task, grouping, g) for g in groups[rows_]],
                     eps_values,
-                    vmax,
-                    f"{method}, {_p_label(p)}, {_n_label(nk)}",
+                    (vmin, vmax),
+                    (f"{task}: " if task else "") + f"{method}, {_p_label(p)}, {_n_label(nk)}",
                     disp.damage_label,
                     _slug(
                         "heatmap",
@@ -83,10 +84,15 @@ class HeatmapSection(ReportBase):
             lines.append("")
         return lines
 
-    def _heatmap(self, mat, labels, eps_values, vmax, title, cbar_label, name) -> Path:
-        fig = self._figure(1.6 + 0.9 * len(eps_values), 1.2 + 0.42 * len(labels))
+    def _heatmap(self, mat, labels, eps_values, limits, title, cbar_label, name) -> Path:
+        from matplotlib.colors import Normalize
+
+        vmin, vmax = limits
+        # tall enough for the colour bar's label, also with one row
+        fig = self._figure(2.2 + 0.9 * len(eps_values), max(2.8, 1.3 + 0.42 * len(labels)))
         ax = fig.add_subplot()
-        im = ax.imshow(np.ma.masked_invalid(mat), cmap="YlOrRd", vmin=0.0, vmax=vmax, aspect="auto")
+        norm = Normalize(vmin=vmin, vmax=vmax)
+        im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", norm=norm, aspect="auto")
         ax.set_xticks(range(len(eps_values)), [f"{e:g}" for e in eps_values])
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("eps")
@@ -94,12 +100,28 @@ class HeatmapSection(ReportBase):
         for i in range(mat.shape[0]):
             for j in range(mat.shape[1]):
                 if np.isfinite(mat[i, j]):
-                    colour = "white" if mat[i, j] > 0.6 * vmax else "black"
+                    colour = "white" if mat[i, j] > 0.6 * vmax or mat[i, j] < 0.6 * vmin else "black"
                     ax.text(
                         j, i, f"{mat[i, j]:.3g}", ha="center", va="center", fontsize=7, color=colour
                     )
-        fig.colorbar(im, ax=ax, label=cbar_label)
+        bar = fig.colorbar(im, ax=ax)
+        bar.set_label(cbar_label, fontsize=8)
         return self._save(fig, name)
+
+    def _damage_range(self, task: str, grouping: str, p: float, nk: str) -> tuple[float, float]:
+        """The colour scale's (-M, M) around 0, shared by every method of one (grouping, p, n)
+        so that they compare; M the largest |damage|."""
+        disp = self.displays[task]
+        vals = [
+            disp.damage(r.before, r.after)
+            for r in self._select(task, grouping, p=p, n_key=nk)
+            if r.before is not None and r.after is not None
+        ]
+        top = self._damage_max(task, grouping, p, nk)
+        bottom = min((v for v in vals if math.isfinite(v)), default=0.0)
+        # symmetric, so that a colour's depth means the same size of change on both sides
+        top = max(top, -bottom)
+        return -top, top
 
     def _damage_max(self, task: str, grouping: str, p: float, nk: str) -> float:
         """The colour scale's top, shared by every method of one (grouping, p, n): comparable."""
