@@ -311,6 +311,22 @@ def random_values(
     return Corruption.from_values(values, indices, method="random-values", group=group, low=low, high=high)
 
 
+def _group_gradient(gradient: Mapping[str, Tensor], group: ParameterGroup | None) -> tuple[ParameterGroup, dict[str, Tensor]]:
+    """The group (default: every entry of ``gradient``) and its slice of the gradient, checked.
+
+    Raises:
+        ValueError: for a name missing from ``gradient``, or NaN/Inf in it.
+    """
+    if group is None:
+        group = ParameterGroup("all", tuple(gradient))
+    missing = [n for n in group.names if n not in gradient]
+    if missing:
+        raise ValueError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
+    g = {name: gradient[name] for name in group.names}
+    _check_tensors(list(g.values()), list(g))
+    return group, g
+
+
 def gradient_corruption(
     gradient: Mapping[str, Tensor],
     constraint: Constraint,
@@ -336,13 +352,7 @@ def gradient_corruption(
         >>> a.values["w"], round(a.info["first_order"], 6)
         (tensor([ 0.1000, -0.1000]), 0.3)
     """
-    if group is None:
-        group = ParameterGroup("all", tuple(gradient))
-    missing = [n for n in group.names if n not in gradient]
-    if missing:
-        raise ValueError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
-    g = {name: gradient[name] for name in group.names}
-    _check_tensors(list(g.values()), list(g))
+    group, g = _group_gradient(gradient, group)
     corruption = _build(group, g, list(g.values()), constraint, "gradient")
     corruption.info["first_order"] = corruption.dot(g)
     corruption.info["G"] = _lp_norm(list(g.values()), 2)
@@ -403,13 +413,7 @@ def relative_gradient_corruption(
         >>> a.values["weight"]
         tensor([[0.2000, 0.0500]])
     """
-    if group is None:
-        group = ParameterGroup("all", tuple(gradient))
-    missing = [n for n in group.names if n not in gradient]
-    if missing:
-        raise ValueError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
-    g = {name: gradient[name] for name in group.names}
-    _check_tensors(list(g.values()), list(g))
+    group, g = _group_gradient(gradient, group)
     corruption = _relative(group, relative_scale(model, group, eta), g, constraint, "relative-gradient", eta)
     corruption.info["first_order"] = corruption.dot(g)
     return corruption

@@ -57,14 +57,21 @@ class LpFault(FaultModel):
         s = self.setting
         return {"p": s["p"], "eps": s["eps"], "n": self.constraint(ctx.k).n, "n_requested": s["n"]}
 
+    #: what the first-order estimate is the dual norm of (the cache's key)
+    _vector = "gradient"
+
+    def _first_order_vector(self, ctx: FaultContext) -> Any:
+        return ctx.gradient
+
     def first_order(self, ctx: FaultContext) -> float | None:
-        """eps ||top_n(g)||_q on the group (Proposition 1); None without a gradient."""
+        """eps ||top_n(v)||_q on the group (Proposition 1), v the gradient (|w| g for the
+        relative set); None without a gradient. The norm is kept per (p, n) in ctx.cache."""
         if ctx.gradient is None:
             return None
         unit = self.constraint(ctx.k).with_eps(1.0)
-        key = ("lp-dual-norm", unit.p, unit.n)
+        key = (self._vector, unit.p, unit.n)
         if key not in ctx.cache:
-            ctx.cache[key] = dual_norm(ctx.gradient, unit)
+            ctx.cache[key] = dual_norm(self._first_order_vector(ctx), unit)
         return self.setting["eps"] * ctx.cache[key]
 
 
@@ -77,6 +84,31 @@ class RandomLp(LpFault):
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
+
+
+@register_fault
+class GradientLp(LpFault):
+    """Gradient-based corruption (Definition 4): a_hat = argmax_{a in S} a.g in closed form."""
+
+    name = "gradient"
+    uses_gradient = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return gradient_corruption(ctx.gradient, self.constraint(ctx.k), ctx.group)
+
+
+@register_fault
+class IterativeLp(LpFault):
+    """Multi-step projected ascent from a_hat (``options["iterative_steps"]`` steps)."""
+
+    name = "iterative"
+    uses_gradient = True
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        return iterative_corruption(
+            ctx.model, self.constraint(ctx.k), ctx.loader, ctx.loss_fn, ctx.group,
+            steps=ctx.options.get("iterative_steps", 5), gradient=ctx.gradient,
+        )
 
 
 @register_fault
@@ -110,45 +142,15 @@ class SequentialRandomLp(LpFault):
                 return corruption
 
 
-@register_fault
-class GradientLp(LpFault):
-    """Gradient-based corruption (Definition 4): a_hat = argmax_{a in S} a.g in closed form."""
-
-    name = "gradient"
-    uses_gradient = True
-
-    def corrupt(self, ctx: FaultContext) -> Corruption:
-        return gradient_corruption(ctx.gradient, self.constraint(ctx.k), ctx.group)
-
-
-@register_fault
-class IterativeLp(LpFault):
-    """Multi-step projected ascent from a_hat (``options["iterative_steps"]`` steps)."""
-
-    name = "iterative"
-    uses_gradient = True
-
-    def corrupt(self, ctx: FaultContext) -> Corruption:
-        return iterative_corruption(
-            ctx.model, self.constraint(ctx.k), ctx.loader, ctx.loss_fn, ctx.group,
-            steps=ctx.options.get("iterative_steps", 5), gradient=ctx.gradient,
-        )
-
-
 class _Relative(LpFault):
     """The relative set {||a / |w| ||_p = eps, ||a||_0 <= n} (T = |w|; see
     :func:`~paramcorrupt.corruption.relative_gradient_corruption`)."""
 
-    def first_order(self, ctx: FaultContext) -> float | None:
-        """eps ||top_n(|w| g)||_q on the group."""
-        if ctx.gradient is None:
-            return None
-        unit = self.constraint(ctx.k).with_eps(1.0)
-        key = ("relative-dual-norm", unit.p, unit.n)
-        if key not in ctx.cache:
-            scale = relative_scale(ctx.model, ctx.group)
-            ctx.cache[key] = dual_norm({n: ctx.gradient[n] * scale[n].to(ctx.gradient[n].dtype) for n in scale}, unit)
-        return self.setting["eps"] * ctx.cache[key]
+    _vector = "|w| gradient"
+
+    def _first_order_vector(self, ctx: FaultContext) -> Any:
+        scale = relative_scale(ctx.model, ctx.group)
+        return {n: ctx.gradient[n] * scale[n].to(ctx.gradient[n].dtype) for n in scale}
 
 
 @register_fault
