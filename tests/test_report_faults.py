@@ -51,3 +51,20 @@ def test_fault_rows_beside_lp_rows(tmp_path):
     text = write_report(path, tmp_path / "report").read_text()
     assert "## Hardware faults" in text and "stuck-at (format=float32, bits=sign, value=1)" in text
     assert "Heatmaps: damage by group and eps" in text
+
+
+def test_rows_with_an_inf_or_nan_loss_are_reported_and_counted(tmp_path):
+    """The top exponent bit stuck at 1 in 20 weights: outputs overflow to Inf/NaN; the rows
+    are kept, and the table counts them per setting."""
+    from paramcorrupt.probe import read_results
+
+    path = probe(tmp_path, ["stuck-at"], {"stuck-at": {"value": [1], "bits": ["msb"], "flips": [1, 20]}}, "nan")
+    _, rows = read_results(path)
+    flagged = {}
+    for r in rows:
+        flagged[(r["group"], r["flips"])] = flagged.get((r["group"], r["flips"]), 0) + bool(r.get("loss_nonfinite"))
+    assert flagged[("upper", 20)] > 0
+    text = write_report(path, tmp_path / "report").read_text()
+    for (group, flips), count in flagged.items():
+        line = next(x for x in text.splitlines() if x.startswith(f"| {group} | {flips} |"))
+        assert line.endswith(f"| {count} |")
