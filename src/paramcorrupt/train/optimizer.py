@@ -510,12 +510,19 @@ class CorruptionResistant(Optimizer):
             return
         self._pending = None
         try:
+            self._return_to_w(pending)
+        finally:
+            for p, g in pending["grads"].items():
+                p.grad = g
+
+    @staticmethod
+    def _return_to_w(pending: dict[str, Any]) -> None:
+        """Back from w + a_hat to w bit-exactly; release the batch-norm statistics."""
+        try:
             for saved in reversed(pending["climbed"]):
                 restore_in_place(saved)
         finally:
             pending["stack"].close()
-            for p, g in pending["grads"].items():
-                p.grad = g
 
     @torch.no_grad()
     def second_step(self) -> None:
@@ -538,12 +545,7 @@ class CorruptionResistant(Optimizer):
                 "no gradient was computed at w + a_hat: back-propagate the loss between first_step() and second_step()"
             )
         self._pending = None
-        # return to w (bit-exact), release the batch-norm statistics
-        try:
-            for saved in reversed(pending["climbed"]):
-                restore_in_place(saved)
-        finally:
-            pending["stack"].close()
+        self._return_to_w(pending)
         saved_grads = pending["grads"]
         if not pending["finite"]:
             for p, g in saved_grads.items():
