@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from paramcorrupt.cli.demo import README_SETTINGS, readme_table, table1_rows
 
@@ -31,4 +33,17 @@ def test_readme_demo_table_equals_a_fresh_demo():
     # gives the demo's rows
     rows = table1_rows(task, eps_values=eps, sizes=(None, 100), norms=(math.inf,), trials=10, seed=0,
                        progress=False, identity="digits(seed=0,epochs=30)")
-    assert readme_table(rows) == readme_block()
+    fresh, stated = readme_table(rows), readme_block()
+    measured = re.search(r"measured with torch (\S+), CPU capability (\w+)", README.read_text())
+    assert measured, "the README's demo table must say what it was measured with"
+    here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
+    if here == measured.groups():
+        assert fresh == stated
+        return
+    # another CPU's kernels may round differently: the spread is unmeasured, so require
+    # closeness and say how far the table moved
+    numbers = [[float(x) for x in re.findall(r"\d+\.\d+", line)] for line in (fresh, stated)]
+    assert len(numbers[0]) == len(numbers[1])
+    worst = max(abs(a - b) for a, b in zip(*numbers))
+    warnings.warn(f"torch {here[0]} / {here[1]}: the demo table differs from the README's by up to {worst:.2f} points", stacklevel=1)
+    assert worst <= 3.0
