@@ -170,10 +170,11 @@ class FaultSection:
                 if damage:
                     mat[i, j] = float(np.mean(damage))
         finite = mat[np.isfinite(mat)]
-        vmax = max(float(finite.max()) if finite.size else 1.0, 1e-12)
-        fig = self._figure(2.2 + 0.9 * len(values), 1.4 + 0.42 * len(groups))
+        # diverging, centred on 0 as the L_p heatmaps: red = damage, blue = an improvement
+        vmax = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-12)
+        fig = self._figure(2.2 + 0.9 * len(values), max(2.2, 1.4 + 0.42 * len(groups)))
         ax = fig.add_subplot()
-        im = ax.imshow(np.ma.masked_invalid(mat), cmap="YlOrRd", vmin=0.0, vmax=vmax, aspect="auto")
+        im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
         ax.set_yticks(range(len(groups)), groups)
         ax.set_xlabel(axis)
@@ -182,6 +183,6 @@ class FaultSection:
             for j in range(mat.shape[1]):
                 if np.isfinite(mat[i, j]):
                     ax.text(j, i, f"{mat[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                            color="white" if mat[i, j] > 0.6 * vmax else "black")
+                            color="white" if abs(mat[i, j]) > 0.6 * vmax else "black")
         fig.colorbar(im, ax=ax, label=disp.damage_label)
         return self._save(fig, slug + "_heatmap")
