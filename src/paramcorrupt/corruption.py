@@ -51,7 +51,9 @@ class Corruption:
         indices: name -> flat indices touched, or ``None`` for a dense entry of that tensor.
         values: name -> the delta (``mode="add"``) or the values written (``mode="set"``):
             at ``indices`` (1-D), or the full shape.
-        info: anything else worth keeping (the first-order estimate, steps taken, ...).
+        info: anything else worth keeping (the first-order estimate, steps taken, ...);
+            ``info["distinct_indices"] = True`` says the builder guarantees that no sparse
+            index repeats, and spares :func:`~paramcorrupt.corrupted` the check.
         mode: "add" (w + a) or "set" (w_i := v_i, written exactly, Inf and NaN allowed).
     """
 
@@ -308,7 +310,7 @@ def random_values(
         if inside.any():
             indices[name] = (flat[inside] - start).to(param.device)
             values[name] = draws[inside].to(param.dtype).to(param.device)
-    return Corruption.from_values(values, indices, method="random-values", group=group, low=low, high=high)
+    return Corruption.from_values(values, indices, method="random-values", group=group, low=low, high=high, distinct_indices=True)
 
 
 def _group_gradient(gradient: Mapping[str, Tensor], group: ParameterGroup | None) -> tuple[ParameterGroup, dict[str, Tensor]]:

@@ -169,7 +169,8 @@ def _write_bits(
                 indices[name] = idx
                 values[name] = value.to(params[name].dtype)
                 changed += idx.numel()
-    return Corruption(group, None, f"bit-{op}", indices, values, {"format": fmt.name, "changed": changed, **info}, mode="set")
+    info = {"format": fmt.name, "changed": changed, "distinct_indices": True, **info}
+    return Corruption(group, None, f"bit-{op}", indices, values, info, mode="set")
 
 
 class _BitFault(FaultModel):
