@@ -151,7 +151,7 @@ def _floats(text: str, option: str) -> list[float]:
     out = []
     for item in _items(text, option):
         try:
-            out.append(math.inf if item.lower() in ("inf", "infinity") else float(item))
+            out.append(float(item))  # float() reads "inf" and "infinity", any case
         except ValueError:
             raise ValueError(f"{option}: {item!r} is not a number") from None
     return out
@@ -277,10 +277,11 @@ class _Source:
 
     def __init__(self, name: str, identity: str, model: nn.Module, gradient_loader: Any, eval_loader: Any,
                  loss_fn: Any, metrics: Mapping[str, Any], primary_metric: str | None,
-                 groupings: Mapping[str, Any]) -> None:
+                 groupings: Mapping[str, Any], chance: float | None = None) -> None:
         self.name, self.identity, self.model = name, identity, model
         self.gradient_loader, self.eval_loader, self.loss_fn = gradient_loader, eval_loader, loss_fn
         self.metrics, self.primary_metric, self.groupings = dict(metrics), primary_metric, dict(groupings)
+        self.chance = chance  # the primary metric's chance level (Task.chance), for the report
         self.untrained: str | None = None  # the --model spec when no --checkpoint was loaded
 
 
@@ -290,7 +291,7 @@ def _from_data(result: Any, model: nn.Module | None, spec: str, identity: str) -
             raise TypeError(f"--data {spec!r} returned a tuple of {len(result)}; expected (gradient_loader, eval_loader, loss_fn[, metrics])")
         gradient_loader, eval_loader, loss_fn = result[:3]
         metrics = result[3] if len(result) == 4 else {}
-        primary, groupings, name = None, {}, "custom"
+        primary, groupings, name, chance = None, {}, "custom", None
     else:
         missing = [a for a in ("gradient_loader", "eval_loader", "loss_fn") if not hasattr(result, a)]
         if missing:
@@ -303,6 +304,7 @@ def _from_data(result: Any, model: nn.Module | None, spec: str, identity: str) -
         primary = getattr(result, "primary_metric", None)
         groupings = getattr(result, "groupings", None) or {}
         name = getattr(result, "name", None) or "custom"
+        chance = getattr(result, "chance", None)
         if model is None:
             model = getattr(result, "model", None)
     if model is None:
@@ -313,7 +315,7 @@ def _from_data(result: Any, model: nn.Module | None, spec: str, identity: str) -
         raise TypeError(f"--data {spec!r}: loss_fn is a {type(loss_fn).__name__}, expected a callable")
     if not isinstance(metrics, Mapping):
         raise TypeError(f"--data {spec!r}: metrics is a {type(metrics).__name__}, expected a mapping name -> metric")
-    return _Source(name, identity, model, gradient_loader, eval_loader, loss_fn, metrics, primary, groupings)
+    return _Source(name, identity, model, gradient_loader, eval_loader, loss_fn, metrics, primary, groupings, chance)
 
 
 def _user_source(args: argparse.Namespace) -> _Source:
@@ -383,7 +385,7 @@ def _builtin_source(args: argparse.Namespace, *, train: bool) -> _Source:
         load_state_into(task.model, state, f"checkpoint {args.checkpoint}")
         task.model.eval()
     return _Source(task.name, identity, task.model, task.gradient_loader, task.eval_loader, task.loss_fn,
-                   task.metrics, task.primary_metric, task.groupings)
+                   task.metrics, task.primary_metric, task.groupings, getattr(task, "chance", None))
 
 
 def task_options(args: argparse.Namespace) -> dict[str, str]:
@@ -596,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..probe.store import ResultsStore
+    from ..probe.store import ResultsStore, chance_metadata
     from ..probe.sweep import sweep
 
     start = time.perf_counter()
@@ -633,6 +635,7 @@ def _run(args: argparse.Namespace) -> int:
     grouping, groups, keep = _groups(args, source)
     config = _config(args, source, grouping, keep)
     _check_store(store, config, groups)
+    store.metadata = chance_metadata(config.metric, source.chance)  # a new header's chance level
     if getattr(source, "untrained", None) and D.is_main_process():
         untrained_warning(source.untrained)
     done, total = _progress_counts(args.out, config, groups)

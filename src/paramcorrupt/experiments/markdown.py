@@ -11,30 +11,34 @@ from typing import Any
 
 import numpy as np
 
+from ..losses import metric_info_by_name
+
 __all__ = ["KNOWN_METRICS", "damage", "display", "fmt", "goal_check", "mean", "paper_cell", "table", "table2_markdown"]
 
 
-#: metric -> (what the tables call it, value -> shown value, higher is better)
-_DISPLAY: dict[str, tuple[str, Any, bool]] = {
-    "accuracy": ("Accuracy (%)", lambda v: v * 100, True),
-    "uas": ("UAS (%)", lambda v: v * 100, True),
-    "las": ("LAS (%)", lambda v: v * 100, True),
-    "log_ppl": ("Perplexity (lower is better)", math.exp, False),
-    "perplexity": ("Perplexity (lower is better)", lambda v: v, False),
-    "loss": ("Loss (lower is better)", lambda v: v, False),
-    "bleu": ("BLEU", lambda v: v, True),
+#: metric -> (what the tables call it, value -> shown value); the direction is the metric's
+#: own, asked of :func:`paramcorrupt.losses.metric_info_by_name` (a results file holds names)
+_TITLES: dict[str, tuple[str, Any]] = {
+    "accuracy": ("Accuracy (%)", lambda v: v * 100),
+    "uas": ("UAS (%)", lambda v: v * 100),
+    "las": ("LAS (%)", lambda v: v * 100),
+    "log_ppl": ("Perplexity (lower is better)", math.exp),
+    "perplexity": ("Perplexity (lower is better)", lambda v: v),
+    "loss": ("Loss (lower is better)", lambda v: v),
+    "bleu": ("BLEU", lambda v: v),
 }
 
 
-#: the metrics whose title and direction :func:`display` knows
-KNOWN_METRICS = frozenset(_DISPLAY)
+#: the metrics whose title :func:`display` knows
+KNOWN_METRICS = frozenset(_TITLES)
 
 
 def display(metric: str, higher_is_better: bool = True) -> tuple[str, Any, bool]:
     """How a metric is shown: (title, value -> shown value, higher is better). Accuracy in %,
-    PTB's log-perplexity as perplexity, anything else as it is."""
-    if metric in _DISPLAY:
-        return _DISPLAY[metric]
+    PTB's log-perplexity as perplexity, anything else as it is (with ``higher_is_better``)."""
+    if metric in _TITLES:
+        title, shown = _TITLES[metric]
+        return title, shown, metric_info_by_name(metric).higher_is_better
     return (f"{metric} ({'higher' if higher_is_better else 'lower'} is better)", lambda v: v, higher_is_better)
 
 
@@ -125,7 +129,7 @@ def fmt(value: Any, metric: str | None = None, digits: int = 2) -> str:
         return "—"
     if isinstance(value, str):
         return value
-    if metric == "accuracy":
+    if metric is not None and metric_info_by_name(metric, [value]).scale == 100.0:  # a fraction, in percent
         return f"{100 * value:.{digits - 1}f}"
     return f"{value:.{digits}f}"
 
@@ -142,8 +146,8 @@ def mean(values: Iterable[float]) -> float | None:
 
 
 def damage(metric: str, before: float, after: float) -> float:
-    """How much worse ``after`` is than ``before`` (positive = worse)."""
-    return (before - after) if metric == "accuracy" else (after - before)
+    """How much worse ``after`` is than ``before`` (positive = worse), by the metric's direction."""
+    return (before - after) if metric_info_by_name(metric).higher_is_better else (after - before)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
