@@ -64,7 +64,7 @@ def table1_rows(
     Rows have the sweep's schema (:data:`paramcorrupt.probe.ROW_FIELDS`); with ``path`` they
     are written there as well.
     """
-    from ..probe.store import ResultsStore
+    from ..probe.store import ResultsStore, chance_metadata
     from ..probe.sweep import SweepConfig, sweep
 
     config = SweepConfig(
@@ -74,7 +74,7 @@ def table1_rows(
     store = None
     if path is not None:
         path.unlink(missing_ok=True)  # the demo retrains: its files start afresh
-        store = ResultsStore(path)
+        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None)))
     return sweep(
         task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
         groups={"all": select(task.model, name="all")}, store=store, progress=progress,
@@ -87,7 +87,7 @@ def probe_rows(
 ) -> list[dict[str, Any]]:
     """Random vs gradient-based L_inf corruption of each group of one of the task's groupings."""
     from ..probe.grouping import GROUPINGS
-    from ..probe.store import ResultsStore
+    from ..probe.store import ResultsStore, chance_metadata
     from ..probe.sweep import SweepConfig, sweep
 
     make = task.groupings.get(grouping) or GROUPINGS[grouping]
@@ -98,7 +98,7 @@ def probe_rows(
     store = None
     if path is not None:
         path.unlink(missing_ok=True)
-        store = ResultsStore(path)
+        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None)))
     return sweep(
         task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
         groups=make(task.model), store=store, progress=progress,

@@ -29,6 +29,7 @@ from typing import Any
 __all__ = [
     "FORMAT",
     "ResultsStore",
+    "chance_metadata",
     "config_differences",
     "decode_row",
     "encode_row",
@@ -47,6 +48,8 @@ _HEADER_START = b'{"format": "' + FORMAT.encode()
 #: row fields that hold text; every other string "inf", "-inf" or "nan" is a float
 _TEXT_FIELDS = frozenset({"sweep_id", "key", "task", "grouping", "group", "method", "metric"})
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+#: header entries the store and the sweep write themselves
+_HEADER_KEYS = frozenset({"format", "sweep_id", "config", "groups", "extends"})
 
 
 def _encode_value(value: Any) -> Any:
@@ -195,6 +198,10 @@ class ResultsStore:
         extend: accept a file of another sweep whose configuration this one extends
             (:func:`extension_problems` finds nothing): its rows are kept byte for byte and
             the header is replaced by this sweep's.
+        metadata: entries a new header gets beside the sweep's (JSON values), for readers of
+            the file such as the report: ``{"chance": {"accuracy": 0.1}}``, the chance level
+            of a metric. They are no part of the sweep_id and never compared on resume or
+            extension; a resumed file keeps the header it has.
 
     Example:
         >>> import tempfile, pathlib
@@ -208,17 +215,22 @@ class ResultsStore:
         [{'key': 'g|random|0', 'loss_after': inf}]
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, resume: bool = True, extend: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, resume: bool = True, extend: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.resume = resume
         self.extend = extend
+        self.metadata = metadata
         self.header: dict[str, Any] | None = None
         self._file: Any = None
 
     def open(self, sweep_id: str, config: Mapping[str, Any], **extra: Any) -> list[dict[str, Any]]:
         """Open the file for the sweep ``sweep_id``; return the rows it already holds.
 
-        A new (or empty) file gets the header ``{"format", "sweep_id", "config", **extra}``.
+        A new (or empty) file gets the header ``{"format", "sweep_id", "config", **extra}``
+        and the store's ``metadata``.
         An existing one must carry the same ``sweep_id``; its torn last line, if any, is cut
         away before anything is appended.
 
@@ -228,6 +240,7 @@ class ResultsStore:
         """
         if self._file is not None:
             raise ValueError(f"{self.path} is already open")
+        extra = self._with_metadata(extra)
         if self.path.is_dir():
             raise ValueError(f"{self.path} is a folder; give a file path for the results")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +289,7 @@ class ResultsStore:
             raise ValueError(f"{self.path} is a folder; give a file path for the results")
         if not self.path.exists():
             return
+        extra = self._with_metadata(extra)
         data = self.path.read_bytes()
         header, _, good = _scan(data, self.path)
         if header is not None and header.get("sweep_id") != sweep_id:
@@ -284,6 +298,14 @@ class ResultsStore:
                 _same_sweep(header, sweep_id, self.path, new_header, extend=self.extend)
         elif data and good == 0 and not _only_torn_header(data):
             raise ValueError(f"{self.path} is not a probe results file; choose another output path")
+
+    def _with_metadata(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """The header's extra entries: the sweep's own, then ``metadata``."""
+        metadata = dict(self.metadata or {})
+        taken = [k for k in metadata if k in _HEADER_KEYS or k in extra]
+        if taken:
+            raise ValueError(f"metadata may not set the header entry {taken[0]!r} (the sweep writes it)")
+        return {**extra, **metadata}
 
     @staticmethod
     def _write(handle: Any, line: str) -> None:
@@ -312,6 +334,20 @@ class ResultsStore:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(read_results(self.path)[1])
+
+
+def chance_metadata(metric: str | None, chance: float | None) -> dict[str, Any]:
+    """The header entry of a metric's chance level, for :class:`ResultsStore`'s ``metadata``:
+    ``{"chance": {metric: chance}}``, or ``{}`` when either is unknown.
+
+    >>> chance_metadata("accuracy", 0.1), chance_metadata("loss", None)
+    ({'chance': {'accuracy': 0.1}}, {})
+    """
+    if metric is None or chance is None:
+        return {}
+    if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not math.isfinite(chance):
+        raise ValueError(f"a chance level must be a finite number, got {chance!r}")
+    return {"chance": {str(metric): float(chance)}}
 
 
 def _torn_header(handle: Any) -> bool:

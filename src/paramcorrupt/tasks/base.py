@@ -33,6 +33,9 @@ class Task:
             "position" (see :mod:`paramcorrupt.probe.grouping`).
         train_loader: the data to train on (with augmentation), when the task can train.
         info: anything else (sizes, seeds, the training recipe).
+        chance: the value of ``primary_metric`` that guessing gets (a k-class classifier's
+            accuracy: 1 / k), in the metric's own units; None when it has none or is unknown.
+            Written into a probe's results header, drawn in the report's curves.
     """
 
     name: str
@@ -46,3 +49,4 @@ class Task:
     groupings: Mapping[str, Grouping] = field(default_factory=dict)
     train_loader: Iterable[Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    chance: float | None = None

@@ -324,6 +324,7 @@ def cifar10_task(
         metrics={"accuracy": accuracy},
         primary_metric="accuracy",
         higher_is_better=True,
+        chance=0.1,  # ten classes
         groupings={
             "type": resnet_groups_by_type,
             "position": resnet_groups_by_position,

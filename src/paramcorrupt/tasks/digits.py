@@ -156,6 +156,7 @@ def digits_task(
         metrics={"accuracy": accuracy},
         primary_metric="accuracy",
         higher_is_better=True,
+        chance=0.1,  # ten classes
         groupings={"type": groups_by_type, "position": groups_by_position},
         train_loader=train_loader,
         info={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class ReportBase:
         self.figures: list[Path] = []
         self.tasks = _ordered(r.task for r in rows)
         self.displays = {t: self._display(t) for t in self.tasks}
+        self.chance = {t: self._chance(t) for t in self.tasks}
         self._index: dict[tuple[str, str, str, float, str], list[_Row]] = defaultdict(list)
         for r in rows:
             self._index[(r.task, r.grouping, r.group, r.p, r.n_key)].append(r)
@@ -40,6 +42,15 @@ class ReportBase:
             [v for r in rows for v in (r.before, r.after) if v is not None],
             directions[0] if directions else None,
         )
+
+    def _chance(self, task: str) -> float | None:
+        """The chance level of the task's metric, where its results headers give one (one value)."""
+        name = self.displays[task].name
+        levels = _ordered(r.chance for r in self.rows if r.task == task and r.metric == name and r.chance is not None)
+        if len(levels) > 1:
+            self.notes.add(f"Task `{task}`: the results files give {len(levels)} chance levels; none is drawn.")
+            return None
+        return levels[0] if levels else None
 
     def _figure(self, width: float, height: float, layout: str | None = "constrained"):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,3 +121,37 @@ class ReportBase:
                 if (method is None or r.method == method) and (eps is None or r.eps == eps)
             ]
         return out
+
+
+def grid_shape(panels: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``panels`` panels: at most ``max_cols`` columns, and no row
+    of holes (4 panels: 2 x 2, not 3 + 1); a grid with a spare slot puts the legend there."""
+    if panels < 1:
+        raise ValueError(f"a grid needs at least one panel, got {panels}")
+    cols = 2 if panels == 4 and max_cols >= 2 else min(max_cols, panels)
+    return math.ceil(panels / cols), cols
+
+
+def figure_legend(fig, axes, spare_slots: int = 0, *, fontsize: float = 8, ncol: int | None = None,
+                  loc: str = "lower center"):
+    """One legend for the whole figure: every label of every panel in ``axes``, once (in order
+    of first appearance). With ``spare_slots`` > 0 the grid's last ``spare_slots`` slots (empty:
+    removed beforehand) hold it; otherwise it sits at ``loc`` (below the panels: the caller
+    leaves room, or a constrained layout's "outside lower center" makes it).
+    Returns the legend, or None when no panel has a label."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if not label.startswith("_"):
+                handles.setdefault(label, handle)
+    if not handles:
+        return None
+    if spare_slots > 0:
+        spec = axes[0].get_subplotspec().get_gridspec()
+        slot = fig.add_subplot(spec[spec.nrows - 1, spec.ncols - spare_slots:])
+        slot.axis("off")
+        return slot.legend(list(handles.values()), list(handles), loc="center", fontsize=fontsize, frameon=False)
+    return fig.legend(
+        list(handles.values()), list(handles), loc=loc, ncol=ncol or min(len(handles), 5),
+        fontsize=fontsize, frameon=False,
+    )

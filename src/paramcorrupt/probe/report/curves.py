@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .base import ReportBase
+from .base import ReportBase, figure_legend, grid_shape
 from .display import (
     MetricDisplay,
     _mean_std,
@@ -30,7 +28,8 @@ class CurvesSection(ReportBase):
         lines = ["## Metric vs eps", ""]
         lines.append(
             "Random corruption: mean over trials with a ±1 std band; gradient-based (and "
-            "multi-step) corruption: lines. Dashed: the original value. As in the paper's Figure 3."
+            "multi-step) corruption: lines. Dashed: the original value; dotted: chance level (where "
+            "the results file gives it). As in the paper's Figure 3."
         )
         lines.append("")
         groupings = _ordered((r.task, r.grouping) for r in self.rows)
@@ -45,34 +44,43 @@ class CurvesSection(ReportBase):
                 self.notes.add(f"Curves {title}: no `metric_after`, not drawn.")
                 continue
             groups = _ordered(r.group for r in sel)
+            chance = self.chance.get(task)
             for start in range(0, len(groups), _CURVES_PER_FIGURE):
                 chunk = groups[start : start + _CURVES_PER_FIGURE]
-                cols = min(3, len(chunk))
-                nrows = math.ceil(len(chunk) / cols)
+                nrows, cols = grid_shape(len(chunk))
+                spare = nrows * cols - len(chunk)  # the legend's slot; none: a row below
                 # a fixed grid (no layout engine): the panels' labels are known in advance
-                fig = self._figure(3.4 * cols, 2.5 * nrows + 0.5, layout=None)
+                width = max(3.4 * cols, 5.0)
+                below = 0.0 if spare else 0.45
+                height = 2.5 * nrows + 1.25 + below
+                fig = self._figure(width, height, layout=None)
                 fig.subplots_adjust(
-                    left=0.65 / (3.4 * cols),
-                    right=1 - 0.1 / (3.4 * cols),
-                    bottom=0.5 / (2.5 * nrows + 0.5),
-                    top=1 - 0.6 / (2.5 * nrows + 0.5),
+                    left=0.7 / width,
+                    right=1 - 0.15 / width,
+                    bottom=(0.55 + below) / height,
+                    top=1 - 0.75 / height,
                     wspace=0.08,
-                    hspace=0.25,
+                    hspace=0.3,
                 )
                 # shared axes: groups compare at a glance, and far fewer ticks to lay out
                 axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
                 for ax in axes.flat[len(chunk) :]:
                     fig.delaxes(ax)
-                for ax, g in zip(axes.flat, chunk):
-                    self._curve_panel(ax, [r for r in sel if r.group == g], disp)
+                panels = list(axes.flat[: len(chunk)])
+                for ax, g in zip(panels, chunk):
+                    self._curve_panel(ax, [r for r in sel if r.group == g], disp, chance)
                     ax.set_title(self._group_label(task, grouping, g), fontsize=9)
-                for i, ax in enumerate(axes.flat[: len(chunk)]):
+                for i, ax in enumerate(panels):
                     ax.label_outer()
                     if i + cols >= len(chunk):  # nothing below it: keep its eps axis
                         ax.tick_params(labelbottom=True)
                         ax.set_xlabel("eps")
-                axes.flat[0].legend(fontsize=7)
-                fig.suptitle(f"{_p_label(p)}, {_n_label(nk)}", fontsize=10)
+                figure_legend(fig, panels, spare)
+                fig.suptitle(
+                    (f"task {task}\n" if task else "")
+                    + f"{'grouping ' + grouping if grouping else 'no grouping'}: {_p_label(p)}, {_n_label(nk)}",
+                    fontsize=10,
+                )
                 part = (
                     ""
                     if len(groups) <= _CURVES_PER_FIGURE
@@ -92,7 +100,7 @@ class CurvesSection(ReportBase):
         return lines
 
     @staticmethod
-    def _curve_panel(ax, rows: list[_Row], disp: MetricDisplay) -> None:
+    def _curve_panel(ax, rows: list[_Row], disp: MetricDisplay, chance: float | None = None) -> None:
         from matplotlib.ticker import NullLocator
 
         colours = {"random": "tab:blue", "gradient": "tab:red", "iterative": "tab:purple"}
@@ -111,7 +119,9 @@ class CurvesSection(ReportBase):
                 ax.fill_between(eps_values, mu - sd, mu + sd, color=colour, alpha=0.25, lw=0)
         original = _median(r.before for r in rows)
         if original is not None:
-            ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8)
+            ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8, label="original")
+        if chance is not None:
+            ax.axhline(disp.show(chance), color="black", ls=":", lw=1.2, label="chance")
         ax.set_xscale("log")
         ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost most of the drawing
         ax.set_xlabel("eps")

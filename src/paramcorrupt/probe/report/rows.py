@@ -7,6 +7,7 @@ missing only drops what needs it, with a note in the report.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,14 +56,26 @@ def _num(value: Any) -> float | None:
     return None
 
 
+def _chance_levels(value: Any) -> dict[str, float]:
+    """A header's ``"chance"`` entry (metric name -> chance level), its unusable values left out."""
+    if not isinstance(value, dict):
+        return {}
+    out = {}
+    for metric, level in value.items():
+        number = _num(level)
+        if number is not None and math.isfinite(number):
+            out[str(metric)] = number
+    return out
+
 
 def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     """Result rows of one or more JSONL files, in file order.
 
     Header lines (objects without a ``"method"`` key) are skipped and a torn last line is
     ignored. ``p`` is returned as a float (``"inf"`` -> ``math.inf``); every other field is
-    left as stored, and ``"_source"`` names the file. A row repeated with the same
-    (``sweep_id``, ``key``) keeps its last copy.
+    left as stored, ``"_source"`` names the file and ``"_chance"`` is the row's metric's chance
+    level where the file's header gives one (``"chance": {metric: value}``). A row repeated
+    with the same (``sweep_id``, ``key``) keeps its last copy.
 
     Raises:
         FileNotFoundError: if a file does not exist.
@@ -73,11 +86,17 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     index: dict[tuple[Any, Any], int] = {}
     files = _as_paths(paths)
     for path in files:
+        chance: dict[str, float] = {}
         for obj in read_jsonl(path):
-            if not isinstance(obj, dict) or "method" not in obj:
+            if isinstance(obj, dict) and "method" not in obj:
+                chance = _chance_levels(obj.get("chance")) or chance  # a header's chance levels
+                continue
+            if not isinstance(obj, dict):
                 continue
             row = dict(obj)
             row["_source"] = str(path)
+            if isinstance(row.get("metric"), str) and row["metric"] in chance:
+                row["_chance"] = chance[row["metric"]]
             p = _num(row.get("p"))
             row["p"] = p
             ident = (row.get("sweep_id"), row.get("key"))
@@ -112,6 +131,7 @@ class _Row:
     G: float | None
     ratio: float | None
     higher_is_better: bool | None = None  # the metric's direction, where the row carries it
+    chance: float | None = None  # the metric's chance level, where the file's header gives it
 
     @property
     def dloss_theory(self) -> float | None:
@@ -193,6 +213,7 @@ def _normalise(raw: list[dict[str, Any]], notes: _Notes) -> tuple[list[_Row], st
                 G=_num(r.get("G")),
                 ratio=_num(r.get("ratio")),
                 higher_is_better=h if isinstance(h := r.get("higher_is_better"), bool) else None,
+                chance=_num(r.get("_chance")),
             )
         )
     if dropped:

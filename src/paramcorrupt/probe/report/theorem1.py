@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ReportBase
+from .base import ReportBase, figure_legend, grid_shape
 from .display import _median, _n_label, _n_sort, _ordered, _p_label, _sci, _slug
 
 __all__ = ["MIN_THEOREM1_TRIALS", "PROBS"]
@@ -208,9 +208,9 @@ class Theorem1Section(ReportBase):
         """One panel per (group, p, n): |Δloss| against eps on log axes, the random trials'
         quantiles (points) beside Theorem 1's (lines, premise settings only), the first-order
         worst case and the gradient-based Δloss; off-premise panels say so in their title."""
-        cols = min(3, len(panels))
-        rows = -(-len(panels) // cols)
-        fig = self._figure(max(4.2 * cols, 7.0), 3.4 * rows + 1.4)
+        rows, cols = grid_shape(len(panels))
+        spare = rows * cols - len(panels)  # the legend's slot; none: below the panels
+        fig = self._figure(max(4.2 * cols, 7.0), 3.4 * rows + (0.6 if spare else 1.4))
         grid = fig.subplots(rows, cols, squeeze=False)
         shades = ("tab:blue", "tab:purple", "tab:orange", "tab:red")
         for ax in grid.flat[len(panels):]:
@@ -243,14 +243,7 @@ class Theorem1Section(ReportBase):
                 fontsize=9, color="black" if premise else "tab:red",
             )
             ax.grid(alpha=0.3, which="both")
-        handles, labels = {}, []
-        for ax in grid.flat[: len(panels)]:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in handles:
-                    handles[lab] = h
-                    labels.append(lab)
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=3,
-                   fontsize=8, frameon=False)
+        figure_legend(fig, list(grid.flat[: len(panels)]), spare, ncol=3, loc="outside lower center")
         fig.suptitle("Theorem 1: random |Δloss| quantiles vs theory\n(Δloss on the gradient's data where measured)",
                      fontsize=10)
         return self._save(fig, "theorem1")
@@ -272,6 +265,6 @@ class Theorem1Section(ReportBase):
         ax.plot(xs, eta_pdf(xs, int(e["k"])), color="tab:green", label="Theorem 1 density")
         ax.set_xlabel("η = |Δloss| / (eps·G)")
         ax.set_ylabel("density")
-        ax.set_title(e["label"], fontsize=9)
+        ax.set_title((f"{e['task']}: " if e.get("task") else "") + e["label"], fontsize=9)
         ax.legend(fontsize=7)
         return self._save(fig, _slug("theorem1-eta", e["group"]))
