@@ -81,6 +81,14 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
 
 
+def _top_n(text: str) -> int | None:
+    """``--n``: an integer >= 1 or ``all`` (the error in the option's own terms)."""
+    try:
+        return parse_top_n(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {text!r}") from None
+
+
 # --------------------------------------------------------------------------------------
 # the commands
 # --------------------------------------------------------------------------------------
@@ -96,7 +104,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the task's; digits: 64)")
     parser.add_argument("--eps", type=parse_number, default=0.5, help="resistant: radius of a_hat (default: 0.5, the paper's CIFAR-10 setting)")
     parser.add_argument("--p", type=parse_number, default=2.0, help="resistant/regularised: the norm p (default: 2)")
-    parser.add_argument("--n", "--top-n", type=parse_top_n, default=None, help="resistant: top-n per step, or 'all' (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
+    parser.add_argument("--n", "--top-n", type=_top_n, default=None, help="resistant: top-n per step, or 'all' (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     parser.add_argument("--alpha", type=float, default=0.5, help="resistant: weight of L(w + a_hat) (default: 0.5)")
     parser.add_argument("--interval", type=int, default=1, help="resistant: two-pass step every INTERVAL steps (default: 1)")
     parser.add_argument("--lam", type=float, default=0.25, help="regularised: lambda of L + lambda ||g||_q (default: 0.25 = alpha * eps)")

@@ -83,8 +83,23 @@ def parse_number(text: str) -> float:
 
 
 def parse_top_n(text: str) -> int | None:
-    """``"all"``, ``"k"``, ``"none"`` -> None (every coordinate), else an integer."""
-    return None if text.lower() in ("all", "k", "none") else int(text)
+    """``"all"``, ``"k"``, ``"none"`` -> None (every coordinate), else an integer >= 1.
+
+    Raises:
+        ValueError: for anything else, in the spelling a user types (``'all'``, not None).
+
+    >>> parse_top_n("all"), parse_top_n("100")
+    (None, 100)
+    """
+    if text.strip().lower() in ("all", "k", "none"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"n must be an integer >= 1 or 'all', got {text!r}")
+    return n
 
 
 _FIELDS = {"eps": parse_number, "p": parse_number, "n": parse_top_n, "alpha": float, "interval": int, "lam": float, "epochs": int, "lr": float}

@@ -28,8 +28,9 @@ class CurvesSection(ReportBase):
         lines = ["## Metric vs eps", ""]
         lines.append(
             "Random corruption: mean over trials with a ±1 std band; gradient-based (and "
-            "multi-step) corruption: lines. Dashed: the original value; dotted: chance level (where "
-            "the results file gives it). As in the paper's Figure 3."
+            "multi-step) corruption: lines. Dashed: the original value"
+            + ("; dotted: the chance level" if any(c is not None for c in self.chance.values()) else "")
+            + ". As in the paper's Figure 3."
         )
         lines.append("")
         groupings = _ordered((r.task, r.grouping) for r in self.rows)

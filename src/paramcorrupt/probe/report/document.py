@@ -72,6 +72,8 @@ def write_report(
             (f"Task `{t}`: " if t else "")
             + f"metric **{d.name}**{' (shown in percent)' if d.scale == 100.0 else ''}, "
             + ("higher is better" if d.higher_is_better else "lower is better")
+            + (f", chance level {d.fmt(d.show(c))}{' %' if d.scale == 100.0 else ''}"
+               if (c := report.chance.get(t)) is not None else "")
             + "; methods "
             + ", ".join(sorted({r.method for r in sel}, key=_method_sort))
             + "; norms "

@@ -151,6 +151,11 @@ class FaultSection:
             original = _median(_num(r.get("metric_before")) for r in sel)
             if original is not None:
                 ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8)
+            chance = next((_num(r.get("_chance")) for r in sel if _num(r.get("_chance")) is not None), None)
+            if chance is not None:  # the metric's chance level, where the results header gives it
+                ax.axhline(disp.show(chance), color="black", ls=":", lw=1.2)
+                ax.annotate("chance", (1, disp.show(chance)), xycoords=("axes fraction", "data"),
+                            xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=7)
             if positive and max(values) / min(values) >= 10:
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_locator(NullLocator())
