@@ -215,7 +215,7 @@ def part_b(args) -> list[str]:
     state = state.get("model", state)
     task = get_task("cifar10", data_dir=args.data_dir, state_dict=state, limit_test=args.cifar_test, augment=False, batch_size=128)
     attack = [next(iter(task.gradient_loader))]
-    lines += flips_to_chance("CIFAR-10 ResNet-20", task.model, attack, task.eval_loader, 60, [1, 10, 100, 1000, 10_000, 100_000], args.trials)
+    lines += flips_to_chance("CIFAR-10 ResNet-20", task.model, attack, task.eval_loader, 60, [1, 10, 100, 1000, 10_000, 100_000, 300_000, 1_000_000], args.trials)
     return lines
 
 
