@@ -48,15 +48,10 @@ def frozen_norm_stats(model: nn.Module) -> Iterator[nn.Module]:
         for buffer in module._buffers.values()  # the module's own buffers, without a generator per module
         if buffer is not None
     ]
-    # one flat copy per dtype (a few ops, not one clone per buffer); restored by one foreach copy
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for buffer in buffers:
-        by_dtype.setdefault(buffer.dtype, []).append(buffer)
-    saved = {dtype: torch.cat([b.detach().reshape(-1) for b in group]) for dtype, group in by_dtype.items()}
+    saved = [buffer.detach().clone() for buffer in buffers]
     try:
         yield model
     finally:
-        with torch.no_grad():
-            for dtype, group in by_dtype.items():
-                values = saved[dtype].split([b.numel() for b in group])
-                torch._foreach_copy_(group, [v.view(b.shape) for v, b in zip(values, group)])
+        if buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, saved)  # one call for every buffer

@@ -48,11 +48,13 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
         else:
             if idx.dim() != 1 or value.shape != idx.shape:
                 raise ValueError(f"the sparse {what} for {name!r} needs 1-D indices and values of one length")
-            low, high = torch.aminmax(idx) if idx.numel() else (0, 0)
+            # a builder that drew distinct indices inside a tensor of this size says so (the
+            # faults of paramcorrupt.faults): the checks below would only repeat its own
+            drawn = corruption.info.get("distinct_indices_of", {}).get(name) == param.numel()
+            low, high = torch.aminmax(idx) if idx.numel() and not drawn else (0, 0)
             if idx.numel() and (int(low) < 0 or int(high) >= param.numel()):
                 raise ValueError(f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})")
-            distinct = corruption.info.get("distinct_indices", False)  # the builder guarantees it
-            if corruption.mode == "set" and not distinct and idx.unique().numel() != idx.numel():
+            if corruption.mode == "set" and not drawn and idx.unique().numel() != idx.numel():
                 raise ValueError(f"the values for {name!r} write one index twice; which value wins would be undefined")
         # a fault that sets values may write Inf or NaN (a flipped exponent bit); a delta may not
         if corruption.mode == "add" and not torch.isfinite(value).all():
@@ -76,7 +78,8 @@ def _write(param: Tensor, idx: Tensor | None, value: Tensor, mode: str) -> tuple
             param.add_(value)
         return None, saved
     contiguous = param.is_contiguous()
-    saved = param.view(-1)[idx].clone() if contiguous else param.detach().clone()
+    # advanced indexing copies: the n overwritten values, saved
+    saved = param.view(-1)[idx] if contiguous else param.detach().clone()
     # a non-contiguous parameter is changed through a flat copy, then written back whole
     flat = param.view(-1) if contiguous else param.detach().reshape(-1).clone()
     if mode == "set":

@@ -52,8 +52,10 @@ class Corruption:
         values: name -> the delta (``mode="add"``) or the values written (``mode="set"``):
             at ``indices`` (1-D), or the full shape.
         info: anything else worth keeping (the first-order estimate, steps taken, ...);
-            ``info["distinct_indices"] = True`` says the builder guarantees that no sparse
-            index repeats, and spares :func:`~paramcorrupt.corrupted` the check.
+            ``info["distinct_indices_of"] = {name: numel}`` says the builder drew distinct
+            indices inside a tensor of ``numel`` coordinates, and spares
+            :func:`~paramcorrupt.corrupted` the range and repeat checks on a parameter of that
+            size.
         mode: "add" (w + a) or "set" (w_i := v_i, written exactly, Inf and NaN allowed).
     """
 
@@ -310,7 +312,10 @@ def random_values(
         if inside.any():
             indices[name] = (flat[inside] - start).to(param.device)
             values[name] = draws[inside].to(param.dtype).to(param.device)
-    return Corruption.from_values(values, indices, method="random-values", group=group, low=low, high=high, distinct_indices=True)
+    return Corruption.from_values(
+        values, indices, method="random-values", group=group, low=low, high=high,
+        distinct_indices_of={name: params[name].numel() for name in indices},
+    )
 
 
 def _group_gradient(gradient: Mapping[str, Tensor], group: ParameterGroup | None) -> tuple[ParameterGroup, dict[str, Tensor]]:

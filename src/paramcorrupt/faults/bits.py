@@ -113,6 +113,7 @@ def _check_rate(ber: Any, flips: Any) -> None:
         raise ValueError(f"flips must be an integer >= 0, got flips={flips!r}")
 
 
+@torch.no_grad()
 def _write_bits(
     group: ParameterGroup,
     params: dict[str, Tensor],
@@ -131,14 +132,15 @@ def _write_bits(
     mask = torch.zeros_like(unique).scatter_add_(0, inverse, torch.ones_like(coords) << bit_of)
     owner = torch.searchsorted(offsets, unique, right=True) - 1  # the tensor of each coordinate
     touched = owner.unique_consecutive(return_counts=True)
+    locals_ = unique - offsets[owner]  # the flat index inside each coordinate's tensor
     pieces = []  # (name, local indices, values there, int8 scales there)
     start = 0
     for t, count in zip(*(x.tolist() for x in touched)):  # only the tensors that hold a fault
         name = names[t]
         param = params[name]
-        local = (unique[start : start + count] - offsets[t]).to(param.device)
+        local = locals_[start : start + count].to(param.device)
         start += count
-        values = param.detach().reshape(-1)[local]
+        values = (param.view(-1) if param.is_contiguous() else param.reshape(-1))[local]
         scale = None if fmt.is_float else fmt._scale_at(param, local, fmt.scales(param))
         pieces.append((name, local, values, scale))
     indices: dict[str, Tensor | None] = {}
@@ -169,7 +171,7 @@ def _write_bits(
                 indices[name] = idx
                 values[name] = value.to(params[name].dtype)
                 changed += idx.numel()
-    info = {"format": fmt.name, "changed": changed, "distinct_indices": True, **info}
+    info = {"format": fmt.name, "changed": changed, "distinct_indices_of": {n: params[n].numel() for n in indices}, **info}
     return Corruption(group, None, f"bit-{op}", indices, values, info, mode="set")
 
 
