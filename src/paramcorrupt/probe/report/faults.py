@@ -10,7 +10,6 @@ Rows of fault models unknown to this process are drawn along the first of ``ber`
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...faults import FAULTS
+from .base import figure_legend, grid_shape
 from .display import MetricDisplay, _mean_std, _median, _ordered, _slug, metric_display
 from .rows import _Notes, _num
 
@@ -134,35 +134,39 @@ class FaultSection:
         chunk = groups[:_PANELS_PER_FIGURE]
         if len(groups) > _PANELS_PER_FIGURE:
             self.notes.add(f"{title}: curves drawn for the first {_PANELS_PER_FIGURE} of {len(groups)} groups.")
-        cols = min(3, len(chunk))
-        nrows = math.ceil(len(chunk) / cols)
-        fig = self._figure(3.4 * cols, 2.6 * nrows + 0.4)
+        nrows, cols = grid_shape(len(chunk))
+        spare = nrows * cols - len(chunk)
+        fig = self._figure(max(5.0, 3.4 * cols), 2.6 * nrows + (0.9 if not spare else 0.4))
         axes = fig.subplots(nrows, cols, squeeze=False, sharex=True, sharey=True)
         for ax in axes.flat[len(chunk):]:
             fig.delaxes(ax)
         positive = all(v > 0 for v in values)
+        label = "random faults (mean ± std)" if any(r.get("trial", 0) for r in rows) else str(rows[0]["method"])
         for ax, g in zip(axes.flat, chunk):
             sel = [r for r in rows if str(r.get("group")) == g]
             xs = sorted({_num(r.get(axis)) for r in sel})
             stats = [_mean_std([disp.show(_num(r["metric_after"])) for r in sel if _num(r.get(axis)) == x]) for x in xs]
             mu, sd = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-            ax.plot(xs, mu, marker="o", ms=3, color="tab:red")
+            ax.plot(xs, mu, marker="o", ms=3, color="tab:red", label=label)
             ax.fill_between(xs, mu - sd, mu + sd, color="tab:red", alpha=0.25, lw=0)
             original = _median(_num(r.get("metric_before")) for r in sel)
             if original is not None:
-                ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8)
+                ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8, label="original")
             chance = next((_num(r.get("_chance")) for r in sel if _num(r.get("_chance")) is not None), None)
             if chance is not None:  # the metric's chance level, where the results header gives it
-                ax.axhline(disp.show(chance), color="black", ls=":", lw=1.2)
-                ax.annotate("chance", (1, disp.show(chance)), xycoords=("axes fraction", "data"),
-                            xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=7)
+                ax.axhline(disp.show(chance), color="black", ls=":", lw=1.2, label="chance")
             if positive and max(values) / min(values) >= 10:
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_locator(NullLocator())
             ax.set_title(g, fontsize=9)
-            ax.set_xlabel(axis)
             ax.set_ylabel(f"{disp.name}{disp.unit}")
             ax.grid(alpha=0.3)
+        for i, ax in enumerate(axes.flat[: len(chunk)]):
+            ax.label_outer()
+            if i + cols >= len(chunk):  # nothing below it: keep its axis labels
+                ax.tick_params(labelbottom=True)
+                ax.set_xlabel(axis)
+        figure_legend(fig, list(axes.flat[: len(chunk)]), spare, loc="outside lower center")
         fig.suptitle(title.replace("`", ""), fontsize=10)
         return self._save(fig, slug + "_curves")
 
