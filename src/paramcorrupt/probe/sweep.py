@@ -381,6 +381,8 @@ def _settings(config: SweepConfig, label: str) -> list[tuple[FaultModel, int, st
     rows = []
     for methods in families.values():
         grids = [config.faults(method) for method in methods]
+        if len({tuple(f.key() for f in grid) for grid in grids}) > 1:
+            raise ValueError(f"the fault models {', '.join(methods)} share a family but not their grid of settings")
         for faults in zip(*grids):
             for fault in faults:
                 for trial in range(config.trials if fault.stochastic else 1):
