@@ -76,18 +76,30 @@ def groups_by_type(
         >>> {label: g.names for label, g in groups_by_type(model).items()}
         {'conv': ('0.weight', '0.bias'), 'linear': ('3.weight', '3.bias'), 'norm': ('1.weight', '1.bias')}
     """
-    wanted = PARAMETER_TYPES if types is None else tuple(types)
-    unknown = [t for t in wanted if t not in PARAMETER_TYPES]
+    return _groups_by_kind(model, types, PARAMETER_TYPES, parameter_types, "parameter type", include_frozen)
+
+
+def _groups_by_kind(
+    model: nn.Module,
+    wanted: Iterable[str] | None,
+    kinds: tuple[str, ...],
+    kind_of: Callable[[nn.Module], Mapping[str, str]],
+    what: str,
+    include_frozen: bool,
+) -> dict[str, ParameterGroup]:
+    """One group per kind (``kind_of(model)``: parameter name -> kind), in ``kinds`` order."""
+    wanted = kinds if wanted is None else tuple(wanted)
+    unknown = [k for k in wanted if k not in kinds]
     if unknown:
-        raise ValueError(f"unknown parameter type {unknown[0]!r}; expected one of {PARAMETER_TYPES}")
-    type_of = parameter_types(model)
-    units: dict[str, list[str]] = {t: [] for t in wanted}
+        raise ValueError(f"unknown {what} {unknown[0]!r}; expected one of {kinds}")
+    kind = kind_of(model)
+    units: dict[str, list[str]] = {k: [] for k in wanted}
     for name in _trainable_names(model, include_frozen):
-        if type_of[name] in units:
-            units[type_of[name]].append(name)
+        if kind[name] in units:
+            units[kind[name]].append(name)
     groups = _build(model, units)
     if not groups:
-        raise ValueError(f"no parameter of type {', '.join(wanted)} in the model")
+        raise ValueError(f"no parameter of {what.split()[-1]} {', '.join(wanted)} in the model")
     return groups
 
 
@@ -398,19 +410,7 @@ def groups_by_component(
     Raises:
         ValueError: for an unknown component, or when no parameter is left.
     """
-    wanted = COMPONENTS if components is None else tuple(components)
-    unknown = [c for c in wanted if c not in COMPONENTS]
-    if unknown:
-        raise ValueError(f"unknown component {unknown[0]!r}; expected one of {COMPONENTS}")
-    kind_of = component_of(model)
-    units: dict[str, list[str]] = {c: [] for c in wanted}
-    for name in _trainable_names(model, include_frozen):
-        if kind_of[name] in units:
-            units[kind_of[name]].append(name)
-    groups = _build(model, units)
-    if not groups:
-        raise ValueError(f"no parameter of component {', '.join(wanted)} in the model")
-    return groups
+    return _groups_by_kind(model, components, COMPONENTS, component_of, "component", include_frozen)
 
 
 def _block_lists(model: nn.Module) -> list[str]:
