@@ -215,3 +215,15 @@ def test_hf_flag_is_short_for_the_task_option(tmp_path, capsys):
     assert str(folder) in json.dumps(header)
     assert main(["probe", "--hf", str(folder), "--task", "digits", "--out", str(tmp_path / "y.jsonl")]) == 2
     assert "--hf goes with --task hf" in capsys.readouterr().err
+
+
+def test_train_takes_the_hf_flag_and_a_classifier_declares_its_chance(tmp_path, capsys):
+    _, folder = _save(tmp_path, "bert")
+    small = ["--task-option", "examples=16", "--task-option", "seq_len=8", "--task-option", "eval_examples=8"]
+    code = main(["train", "--hf", str(folder), *small, "--method", "resistant:eps=0.05", "--epochs", "1",
+                 "--random-trials", "0", "--eval-eps", "0.1", "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "model.pt").is_file()
+    task = hf_task(path=folder, **SMALL)
+    assert task.chance == pytest.approx(1 / task.model.config.num_labels)
+    assert hf_task(config=gpt2_config(), **SMALL).chance is None  # a language model has none

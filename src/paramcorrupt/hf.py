@@ -487,6 +487,8 @@ def hf_task(
         primary, higher = "log_ppl", False
     else:
         metrics, primary, higher = {"accuracy": hf_accuracy}, "accuracy", True
+    # a k-class classifier's chance accuracy (the report's dotted line); none for a language model
+    chance = 1.0 / num_labels if chosen != "causal-lm" and num_labels > 1 else None
     recipe = dict(HF_RECIPE, batch_size=batch_size)
     if lr is not None:
         recipe["lr"] = float(lr)
@@ -507,4 +509,5 @@ def hf_task(
         train_loader=DictBatches(train_data, batch_size, shuffle=True, seed=seed),
         info={"head": chosen, "architecture": type(net).__name__, "parameters": params, "data": source,
               "path": None if path is None else str(path), "recipe": recipe},
+        chance=chance,
     )

@@ -597,6 +597,19 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+HF_TASKS = ("hf", "hf-causal-lm", "hf-seq-cls")
+
+
+def use_hf_flag(args: argparse.Namespace) -> None:
+    """--hf PATH (probe and train): the hf task on a local folder, i.e. --task hf --task-option path=PATH."""
+    if getattr(args, "hf", None) is None:
+        return
+    if args.task not in (None, *HF_TASKS):
+        raise ValueError(f"--hf goes with --task hf, hf-causal-lm or hf-seq-cls, not {args.task!r}")
+    args.task = args.task or "hf"
+    args.task_option = [*args.task_option, f"path={args.hf}"]
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..probe.store import ResultsStore, chance_metadata
     from ..probe.sweep import sweep
@@ -606,11 +619,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if getattr(args, "hf", None) is not None:  # --hf PATH: the hf task on a local folder
-        if args.task not in (None, "hf", "hf-causal-lm", "hf-seq-cls"):
-            raise ValueError(f"--hf goes with --task hf, hf-causal-lm or hf-seq-cls, not {args.task!r}")
-        args.task = args.task or "hf"
-        args.task_option = [*args.task_option, f"path={args.hf}"]
+    use_hf_flag(args)
     if getattr(args, "checkpoint_key", None) is not None and args.checkpoint is None:
         raise ValueError("--checkpoint-key goes with --checkpoint")
     user = args.model is not None or args.data is not None

@@ -98,6 +98,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None, help="the task: digits (default), cifar10, ptb-lm, ... (see paramcorrupt.tasks.TASKS)")
     parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of the task's factory, e.g. model=tiny, limit_train=512 (repeatable)")
+    parser.add_argument("--hf", default=None, metavar="PATH",
+                        help="a local Hugging Face checkpoint folder (safetensors): short for --task hf --task-option path=PATH")
     parser.add_argument("--data-dir", default=None, help="the folder holding the task's data (cifar10_jpg/, ptb_lm/; default: $PARAMCORRUPT_DATA)")
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: the task's recipe; digits: 30; else {DEFAULT_EPOCHS})")
     parser.add_argument("--lr", type=float, default=None, help="(peak) learning rate (default: the task's recipe; digits: 0.1)")
@@ -235,6 +237,9 @@ def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, Me
 
 
 def _setup(args: argparse.Namespace) -> None:
+    from .probe import use_hf_flag
+
+    use_hf_flag(args)
     args.task_given = args.task is not None
     args.task = args.task or "digits"
     if args.threads is not None:
