@@ -139,3 +139,18 @@ def test_lp_fault_keys_match_the_row_keys_of_the_paper_methods():
         RandomLp(p=2, n=None, eps=0)
     with pytest.raises(ValueError, match="low must be below high"):
         RandomValues(count=1, low=1.0, high=0.0)
+
+
+def test_every_lp_method_gets_the_gradient_alone_in_a_sweep():
+    """A sweep of random rows alone still records the first-order scale and G (as sweeps
+    always did), and a relative-gradient sweep alone has its gradient."""
+    model, data = model_and_data()
+    groups = {"all": select(model)}
+    random_only = sweep(model, SweepConfig(methods=["random"], trials=1), data, data, classification_loss,
+                        groups=groups, progress=False)
+    both = sweep(model, SweepConfig(methods=["random", "gradient"], trials=1), data, data, classification_loss,
+                 groups=groups, progress=False)
+    assert random_only[0]["first_order"] == both[0]["first_order"] > 0 and random_only[0]["G"] == both[0]["G"]
+    relative = sweep(model, SweepConfig(methods=["relative-gradient"], p_values=[2]), data, data, classification_loss,
+                     groups=groups, progress=False)
+    assert relative[0]["first_order"] > 0 and relative[0]["loss_change"] > 0

@@ -102,7 +102,8 @@ class FaultModel(ABC):
         defaults: values for settings a sweep does not list.
         stochastic: whether it draws from the row's generator (then a sweep runs ``trials``
             of it, each with its own seed).
-        uses_gradient: whether :meth:`corrupt` reads ``ctx.gradient``.
+        uses_gradient: whether :meth:`corrupt` or :meth:`first_order` reads
+            ``ctx.gradient`` (the sweep computes the data set gradient only when one does).
         family: fault models of one family share one grid of settings and are interleaved
             in a sweep (random and gradient L_p corruptions are compared at each (p, n, eps)).
         axes: the settings a report may plot along, in order of preference (``eps``;

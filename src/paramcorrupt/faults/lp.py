@@ -41,6 +41,8 @@ class LpFault(FaultModel):
     parameters = ("p", "n", "eps")
     family = "lp"
     axes = ("eps",)
+    # every L_p row records its first-order estimate eps ||top_n(g)||_q, random ones too
+    uses_gradient = True
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
         p, n, eps = parse_p(setting["p"]), setting["n"], setting["eps"]
@@ -91,7 +93,6 @@ class GradientLp(LpFault):
     """Gradient-based corruption (Definition 4): a_hat = argmax_{a in S} a.g in closed form."""
 
     name = "gradient"
-    uses_gradient = True
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return gradient_corruption(ctx.gradient, self.constraint(ctx.k), ctx.group)
@@ -102,7 +103,6 @@ class IterativeLp(LpFault):
     """Multi-step projected ascent from a_hat (``options["iterative_steps"]`` steps)."""
 
     name = "iterative"
-    uses_gradient = True
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return iterative_corruption(
