@@ -32,6 +32,7 @@ __all__ = [
     "relative_gradient_corruption",
     "relative_random_corruption",
     "relative_scale",
+    "times_scale",
     "random_values",
 ]
 
@@ -382,19 +383,18 @@ def relative_scale(model: nn.Module, group: ParameterGroup, eta: float = 0.0) ->
     return {name: p.detach().abs() + eta for name, p in group.tensors(model).items()}
 
 
-def _relative(
-    group: ParameterGroup, scale: dict[str, Tensor], direction: dict[str, Tensor], constraint: Constraint, method: str, eta: float
-) -> Corruption:
-    """a = T * b, b the closed form of Proposition 1 on T * v: the maximiser of a.v over
-    {||a / T||_p = eps, ||a||_0 <= n} by the change of variables a = T b."""
-    names = list(scale)
-    weighted = [direction[name] * scale[name].to(direction[name].dtype) for name in names]
-    indices, values = sparse_closed_form(weighted, constraint)
-    out = {}
-    for name, idx, v in zip(names, indices, values):
-        t = scale[name].to(v.dtype)
-        out[name] = (v * (t if idx is None else t.reshape(-1)[idx])).to(scale[name].dtype)
-    return Corruption(group, constraint, method, dict(zip(names, indices)), out, {"relative": True, "eta": float(eta)})
+def times_scale(value: Tensor, scale: Tensor, idx: Tensor | None) -> Tensor:
+    """T b at the entry's coordinates: ``value * scale`` (the flat ``idx`` of ``scale`` for a
+    sparse entry), computed in ``value``'s dtype and returned in ``scale``'s."""
+    at = scale if idx is None else scale.reshape(-1)[idx]
+    return (value * at.to(value.dtype)).to(scale.dtype)
+
+
+def _relative(b: Corruption, scale: dict[str, Tensor], method: str, eta: float) -> Corruption:
+    """a = T b: the change of variables that maps S = {||b||_p = eps, ||b||_0 <= n} onto the
+    relative set {||a / T||_p = eps, ||a||_0 <= n}."""
+    values = {name: times_scale(b.values[name], scale[name], idx) for name, idx in b.indices.items()}
+    return Corruption(b.group, b.constraint, method, dict(b.indices), values, {"relative": True, "eta": float(eta)})
 
 
 def relative_gradient_corruption(
@@ -421,7 +421,10 @@ def relative_gradient_corruption(
         tensor([[0.2000, 0.0500]])
     """
     group, g = _group_gradient(gradient, group)
-    corruption = _relative(group, relative_scale(model, group, eta), g, constraint, "relative-gradient", eta)
+    scale = relative_scale(model, group, eta)
+    # b = Definition 4's a_hat for the gradient T g; a = T b
+    b = _build(group, g, [g[name] * scale[name].to(g[name].dtype) for name in g], constraint, "relative-gradient")
+    corruption = _relative(b, scale, "relative-gradient", eta)
     corruption.info["first_order"] = corruption.dot(g)
     return corruption
 
@@ -436,21 +439,5 @@ def relative_random_corruption(
 ) -> Corruption:
     """A random relative corruption: a = T b with b Definition 3's random corruption of
     radius eps (||a / T||_p = eps), T = |w| + eta."""
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    group = as_group(model, group)
-    params = group.tensors(model)
-    draws = {
-        name: torch.randn(p.shape, generator=generator, dtype=p.dtype, device=generator.device).to(p.device)
-        for name, p in params.items()
-    }
-    scale = relative_scale(model, group, eta)
-    # the closed form of the draw itself (not of T * r): b is Definition 3's corruption
-    ones = {name: torch.ones_like(t) for name, t in scale.items()}
-    b = _relative(group, ones, draws, constraint, "relative-random", eta)
-    values = {}
-    for name, idx in b.indices.items():
-        t = scale[name]
-        values[name] = b.values[name] * (t if idx is None else t.reshape(-1)[idx])
-    return Corruption(group, constraint, "relative-random", dict(b.indices), values, {"relative": True, "eta": float(eta)})
-
+    b = random_corruption(model, constraint, group, generator=generator)
+    return _relative(b, relative_scale(model, b.group, eta), "relative-random", eta)

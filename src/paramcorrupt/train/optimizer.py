@@ -36,6 +36,7 @@ from torch.optim import Optimizer
 from .._state import frozen_norm_stats
 from ..apply import restore_in_place, write_in_place
 from ..constraint import Constraint, sparse_closed_form
+from ..corruption import times_scale
 
 __all__ = ["CorruptionResistant"]
 
@@ -81,13 +82,6 @@ def perturbation(
     if max_abs == 0.0:
         return None
     return sparse_closed_form([g.detach() for g in grads], constraint)
-
-
-def _times(value: Tensor, scale: Tensor | None, idx: Tensor | None) -> Tensor:
-    """value * T, at the flat indices of a sparse entry."""
-    if scale is None:
-        return value
-    return value * (scale if idx is None else scale.reshape(-1)[idx]).to(value.dtype)
 
 
 def check_loss(value: Any, which: str) -> Any:
@@ -473,7 +467,7 @@ class CorruptionResistant(Optimizer):
                     weighted = [p.grad if t is None else p.grad * t for p, t in zip(params, scales)]
                     found = perturbation(weighted, constraint)
                     if found is not None:
-                        found = (found[0], [_times(v, t, i) for v, t, i in zip(found[1], scales, found[0])])
+                        found = (found[0], [v if t is None else times_scale(v, t, i) for v, t, i in zip(found[1], scales, found[0])])
                 if found is not None:
                     plan.append((params, found[0], found[1]))
         # set the gradient at w aside: the pass at w + a_hat fills fresh .grad buffers
