@@ -14,7 +14,7 @@ fl(w + fl(v - w)) is not v in general (1e-9 would become 0.0): it writes v itsel
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "relative_gradient_corruption",
     "relative_random_corruption",
     "relative_scale",
+    "split_flat",
     "times_scale",
     "random_values",
 ]
@@ -272,6 +273,25 @@ def random_corruption(
     return _build(group, params, draws, constraint, "random")
 
 
+def split_flat(coords: Tensor, sizes: Sequence[int]) -> list[tuple[int, slice, Tensor]]:
+    """Sorted flat coordinates over a group's tensors (in order, of ``sizes`` elements) as
+    (tensor number, the slice of ``coords`` inside it, flat indices inside the tensor), for
+    the tensors that hold any.
+
+    Example:
+        >>> split_flat(torch.tensor([1, 4, 5]), [3, 4])
+        [(0, slice(0, 1, None), tensor([1])), (1, slice(1, 3, None), tensor([1, 2]))]
+    """
+    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    owner = torch.searchsorted(offsets, coords, right=True) - 1  # the tensor of each coordinate
+    local = coords - offsets[owner]
+    out, start = [], 0
+    for t, count in zip(*(x.tolist() for x in owner.unique_consecutive(return_counts=True))):
+        out.append((t, slice(start, start + count), local[start : start + count]))
+        start += count
+    return out
+
+
 def random_values(
     model: nn.Module,
     count: int,
@@ -305,14 +325,13 @@ def random_values(
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= k:
         raise ValueError(f"count must be an integer in [1, {k}] (the group's size), got count={count!r}")
     flat = torch.randperm(k, generator=generator)[:count].sort().values
-    offsets = torch.tensor([0, *sizes]).cumsum(0)
     draws = torch.rand(count, generator=generator, dtype=torch.float64) * (high - low) + low
     indices, values = {}, {}
-    for (name, param), start, stop in zip(params.items(), offsets[:-1], offsets[1:]):
-        inside = (flat >= start) & (flat < stop)
-        if inside.any():
-            indices[name] = (flat[inside] - start).to(param.device)
-            values[name] = draws[inside].to(param.dtype).to(param.device)
+    names = list(params)
+    for t, part, local in split_flat(flat, sizes):
+        param = params[names[t]]
+        indices[names[t]] = local.to(param.device)
+        values[names[t]] = draws[part].to(param.dtype).to(param.device)
     return Corruption.from_values(
         values, indices, method="random-values", group=group, low=low, high=high,
         distinct_indices_of={name: params[name].numel() for name in indices},

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..corruption import Corruption
+from ..corruption import Corruption, split_flat
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, key_text, register_fault
-from .formats import NumberFormat, get_format
+from .formats import NumberFormat, bits_setting, get_format
 
 __all__ = ["BitFlip", "StuckAt", "random_bit_faults"]
 
@@ -126,20 +126,14 @@ def _write_bits(
     """The corruption that applies ``op`` to bit ``bit_of[j]`` of flat coordinate
     ``coords[j]`` of the group (coordinates over the group's tensors in order)."""
     names = list(params)
-    offsets = torch.tensor([0, *(p.numel() for p in params.values())]).cumsum(0)
     # one mask per faulty coordinate (its distinct bits summed = or-ed), coordinates sorted
     unique, inverse = coords.unique(return_inverse=True)
     mask = torch.zeros_like(unique).scatter_add_(0, inverse, torch.ones_like(coords) << bit_of)
-    owner = torch.searchsorted(offsets, unique, right=True) - 1  # the tensor of each coordinate
-    touched = owner.unique_consecutive(return_counts=True)
-    locals_ = unique - offsets[owner]  # the flat index inside each coordinate's tensor
     pieces = []  # (name, local indices, values there, int8 scales there)
-    start = 0
-    for t, count in zip(*(x.tolist() for x in touched)):  # only the tensors that hold a fault
+    for t, _, local in split_flat(unique, [p.numel() for p in params.values()]):  # the tensors holding a fault
         name = names[t]
         param = params[name]
-        local = locals_[start : start + count].to(param.device)
-        start += count
+        local = local.to(param.device)
         values = (param.view(-1) if param.is_contiguous() else param.reshape(-1))[local]
         scale = None if fmt.is_float else fmt._scale_at(param, local, fmt.scales(param))
         pieces.append((name, local, values, scale))
@@ -184,11 +178,7 @@ class _BitFault(FaultModel):
     op = "flip"
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
-        fmt = get_format(setting["format"])
-        bits = setting["bits"]
-        if isinstance(bits, str) and bits.lstrip("-").isdigit():
-            bits = int(bits)
-        fmt.select(bits)
+        bits = bits_setting(setting["format"], setting["bits"])
         _check_rate(setting["ber"], setting["flips"])
         out = dict(setting, bits=bits)
         if out["ber"] is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["BIT_CLASSES", "FORMATS", "NumberFormat", "get_format"]
+__all__ = ["BIT_CLASSES", "FORMATS", "NumberFormat", "bits_setting", "get_format"]
 
 BIT_CLASSES = ("any", "sign", "exponent", "mantissa", "msb")
 
@@ -129,6 +129,19 @@ _INT8C = NumberFormat("int8-channel", 8, 7, per_channel=True)
 
 #: name -> format
 FORMATS: dict[str, NumberFormat] = {f.name: f for f in (_F32, _F16, _BF16, _INT8, _INT8C)}
+
+
+def bits_setting(format: str, bits: str | int) -> str | int:
+    """A fault model's (format, bits) setting checked: the bits as a class or an index (a
+    string of digits, as a command line gives it, is an index).
+
+    Raises:
+        ValueError: for an unknown format or bit class, or an index out of range.
+    """
+    if isinstance(bits, str) and bits.lstrip("-").isdigit():
+        bits = int(bits)
+    get_format(format).select(bits)
+    return bits
 
 
 def get_format(name: str) -> NumberFormat:

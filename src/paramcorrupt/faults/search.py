@@ -33,7 +33,7 @@ from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, register_fault
-from .formats import get_format
+from .formats import bits_setting, get_format
 
 __all__ = ["BitSearch", "BitSearchFault", "bit_search"]
 
@@ -195,9 +195,7 @@ class BitSearchFault(FaultModel):
     axes = ("flips",)
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
-        fmt = get_format(setting["format"])
-        bits = int(setting["bits"]) if isinstance(setting["bits"], str) and setting["bits"].isdigit() else setting["bits"]
-        fmt.select(bits)
+        bits = bits_setting(setting["format"], setting["bits"])
         for name in ("flips", "candidates", "batches"):
             value = setting[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
