@@ -18,7 +18,7 @@
 # the import order is the registry's order: the paper's methods first
 # isort: off
 from .base import FAULTS, FaultContext, FaultModel, get_fault, key_text, register_fault
-from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp, parse_p
+from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp, SequentialRandomLp
 from .values import RandomValues
 from .formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
@@ -44,11 +44,11 @@ __all__ = [
     "RandomValues",
     "RelativeGradientLp",
     "RelativeRandomLp",
+    "SequentialRandomLp",
     "bit_search",
     "get_fault",
     "get_format",
     "key_text",
-    "parse_p",
     "random_bit_faults",
     "register_fault",
 ]

@@ -28,7 +28,6 @@ __all__ = [
     "RelativeGradientLp",
     "RelativeRandomLp",
     "SequentialRandomLp",
-    "parse_p",
 ]
 
 

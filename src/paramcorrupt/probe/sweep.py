@@ -54,10 +54,9 @@ from torch import Tensor, nn
 
 from .. import distributed as D
 from ..apply import corrupted
-from ..constraint import lp_norm
+from ..constraint import lp_norm, parse_p
 from ..evaluate import evaluate
 from ..faults import FAULTS, FaultContext, FaultModel, get_fault, key_text
-from ..faults.lp import parse_p
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...faults import FAULTS
+from ..sweep import ROW_FIELDS
 from .base import figure_legend, grid_shape
 from .display import MetricDisplay, _mean_std, _median, _ordered, _slug, metric_display
 from .rows import _Notes, _num
@@ -46,8 +47,6 @@ def _setting_names(method: str, row: dict[str, Any]) -> list[str]:
     cls = FAULTS.get(method)
     if cls is not None:
         return list(cls.parameters)
-    from ..sweep import ROW_FIELDS
-
     return [k for k in row if k not in ROW_FIELDS and k not in _NOT_SETTING]
 
 
