@@ -132,9 +132,9 @@ class SequentialRandomLp(LpFault):
         if key not in ctx.cache or ctx.cache[key][1] > position:
             ctx.cache[key] = [torch.Generator().manual_seed(o["seed"]), 0]
         stream = ctx.cache[key]
-        while True:
-            # n = None as the loop had it (the closed form without a top-n)
-            constraint = Constraint(self.setting["p"], self.setting["eps"], self.setting["n"])
+        # n = None as the loop had it (the closed form without a top-n)
+        constraint = Constraint(self.setting["p"], self.setting["eps"], self.setting["n"])
+        while True:  # earlier rows' draws (computed elsewhere, or before a resume) are replayed
             corruption = random_corruption(ctx.model, constraint, ctx.group, generator=stream[0])
             stream[1] += 1
             if stream[1] > position:
