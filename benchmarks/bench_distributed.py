@@ -5,7 +5,7 @@ gradient costs in communication.
     .venv/bin/python benchmarks/bench_distributed.py --quick    # fewer rows, ~30 s
 
 Every measurement runs in processes joined by gloo on localhost
-(``paramcorrupt.distributed.spawn``: fresh interpreters, start-up excluded from the timings), one
+(``paramcorrupt.parallel.spawn``: fresh interpreters, start-up excluded from the timings), one
 process with all the cores against N processes sharing them (``cores // N`` torch threads
 each), on the digits model:
 
@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from paramcorrupt import dataset_gradient
-from paramcorrupt import distributed as D
+from paramcorrupt import parallel as D
 from paramcorrupt.probe import ResultsStore, SweepConfig, sweep
 from paramcorrupt.tasks.digits import digits_task
 

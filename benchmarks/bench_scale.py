@@ -72,8 +72,8 @@ def child(size: str, accumulate: str, batches: int, batch: int, seq: int, thread
         gradient_corruption,
         select,
     )
-    from paramcorrupt.hf import hf_loss
-    from paramcorrupt.sharded import gradient_memory
+    from paramcorrupt.parallel.fsdp import gradient_memory
+    from paramcorrupt.tasks.hf import hf_loss
 
     torch.set_num_threads(threads)
     n_embd, n_layer, vocab = SHAPES[size]

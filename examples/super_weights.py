@@ -22,8 +22,8 @@ import time
 import torch
 
 import paramcorrupt as pc
-from paramcorrupt.hf import hf_task
-from paramcorrupt.super_weights import super_weight_search
+from paramcorrupt.probe.super_weights import super_weight_search
+from paramcorrupt.tasks.hf import hf_task
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """torch.distributed: 2 gloo processes on CPU give the single-process numbers.
 
-Each test launches its processes once (``paramcorrupt.distributed.spawn``: forked, or fresh
+Each test launches its processes once (``paramcorrupt.parallel.spawn``: forked, or fresh
 interpreters with PARAMCORRUPT_TEST_START=spawn; a free port) and runs every check of its
 theme inside them, to keep the suite fast. One test runs the CLI under torchrun.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from paramcorrupt import dataset_gradient, evaluate
-from paramcorrupt import distributed as D
+from paramcorrupt import parallel as D
 from paramcorrupt.losses import accuracy, classification_loss
 
 N_EXAMPLES = 37  # odd: the shards cannot be even

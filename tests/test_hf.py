@@ -14,9 +14,9 @@ transformers = pytest.importorskip("transformers")
 
 import paramcorrupt as pc  # noqa: E402
 from paramcorrupt.cli import main  # noqa: E402
-from paramcorrupt.hf import DictBatches, hf_loss, hf_task, load_hf_model  # noqa: E402
-from paramcorrupt.probe.grouping import component_of, groups_by_component, groups_by_layer  # noqa: E402
-from paramcorrupt.super_weights import super_weight_search  # noqa: E402
+from paramcorrupt.groups import component_of, groups_by_component, groups_by_layer  # noqa: E402
+from paramcorrupt.probe.super_weights import super_weight_search  # noqa: E402
+from paramcorrupt.tasks.hf import DictBatches, hf_loss, hf_task, load_hf_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from paramcorrupt import dataset_gradient
-from paramcorrupt import distributed as D
+from paramcorrupt import parallel as D
 from paramcorrupt.constraint import Constraint, sparse_closed_form
-from paramcorrupt.sharded import (
+from paramcorrupt.parallel.fsdp import (
     flat_shard,
     fsdp_dataset_gradient,
     gradient_memory,
@@ -126,7 +126,7 @@ def _batches():
 def _fsdp_worker():
     from torch.distributed.fsdp import fully_shard
 
-    from paramcorrupt.hf import hf_loss
+    from paramcorrupt.tasks.hf import hf_loss
 
     model = _gpt2()
     model.config.use_cache = False
@@ -196,7 +196,7 @@ def test_fsdp2_fully_shard_on_cpu_gloo_equals_unsharded():
 def test_gradient_memory_and_low_precision_accumulation():
     from transformers import LlamaConfig
 
-    from paramcorrupt.hf import hf_task
+    from paramcorrupt.tasks.hf import hf_task
 
     task = hf_task(config=LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                       num_key_value_heads=1, vocab_size=40, max_position_embeddings=16,

@@ -58,7 +58,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert "paramcorrupt.faults.base" in graph and graph["paramcorrupt.iterative"] >= {"paramcorrupt.apply"}
+    assert "paramcorrupt.faults.base" in graph and graph["paramcorrupt.corruption.iterative"] >= {"paramcorrupt.corruption.apply"}
     assert cycles(graph) == []
 
 

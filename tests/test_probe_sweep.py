@@ -25,16 +25,18 @@ from paramcorrupt import (
     lp_norm,
     random_corruption,
 )
-from paramcorrupt.probe import (
-    ROW_FIELDS,
-    FullEvaluator,
-    ResultsStore,
-    SweepConfig,
+from paramcorrupt.groups import (
     groups_by_module,
     groups_by_position,
     groups_by_type,
     groups_from_mapping,
     make_groups,
+)
+from paramcorrupt.probe import (
+    ROW_FIELDS,
+    FullEvaluator,
+    ResultsStore,
+    SweepConfig,
     read_results,
     sweep,
     sweep_id,

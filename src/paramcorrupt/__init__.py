@@ -3,16 +3,27 @@
 How far can a small corruption of a network's parameters push its loss, in the worst case
 and at random; which parameters are the most vulnerable; and how to train so that the
 network resists it.
+
+The root imports only the core (constraint, groups, losses, theory, corruption, gradient,
+evaluate, indicator). The packages above it — ``tasks``, ``train``, ``faults``, ``probe``,
+``experiments``, ``parallel`` — and the training names re-exported here
+(:class:`CorruptionResistant`, :func:`fit`, ...) are imported on first use.
 """
 
-from . import losses, tasks, theory
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import losses, theory
 from ._state import frozen_norm_stats
-from .apply import corrupted
 from .constraint import Constraint, ZeroVectorWarning, closed_form, dual_norm, global_top_n, lp_norm
 from .corruption import (
     MODES,
     Corruption,
+    corrupted,
     gradient_corruption,
+    iterative_corruption,
     random_corruption,
     random_values,
     relative_gradient_corruption,
@@ -22,15 +33,18 @@ from .evaluate import evaluate
 from .gradient import dataset_gradient
 from .groups import PARAMETER_TYPES, ParameterGroup, parameter_types, select
 from .indicator import IndicatorResult, RandomStats, indicator
-from .iterative import iterative_corruption
 from .losses import BatchLoss, accuracy, classification_loss, sequence_loss
-from .train import (
-    CorruptionResistant,
-    RegularizedLoss,
-    finite_difference_gradient,
-    fit,
-    gradient_norm,
-    regularized_loss,
+
+#: packages above the core, imported on first use (``paramcorrupt.tasks``, ...)
+_PACKAGES = ("experiments", "faults", "parallel", "probe", "tasks", "train")
+#: names of the ``train`` package re-exported here, imported on first use
+_TRAIN_NAMES = (
+    "CorruptionResistant",
+    "RegularizedLoss",
+    "finite_difference_gradient",
+    "fit",
+    "gradient_norm",
+    "regularized_loss",
 )
 
 __version__ = "0.1.0"
@@ -75,3 +89,15 @@ __all__ = [
     "tasks",
     "theory",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _TRAIN_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.train"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PACKAGES, *_TRAIN_NAMES})

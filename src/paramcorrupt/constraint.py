@@ -155,7 +155,7 @@ def all_finite(t: Tensor) -> bool:
     return all(bool(torch.isfinite(piece).all()) for piece in flat.split(TOP_N_CHUNK))
 
 
-def _check_tensors(tensors: Sequence[Tensor], names: Sequence[str] | None) -> None:
+def check_tensors(tensors: Sequence[Tensor], names: Sequence[str] | None) -> None:
     for i, t in enumerate(tensors):
         label = names[i] if names is not None else "v"
         if not t.is_floating_point():
@@ -173,10 +173,10 @@ def lp_norm(v: Tensor | Mapping[str, Tensor], p: float) -> float:
         >>> lp_norm({"a": torch.tensor([3.0]), "b": torch.tensor([-4.0])}, 2)
         5.0
     """
-    return _lp_norm(_as_list(v)[1], p)
+    return tensors_lp_norm(_as_list(v)[1], p)
 
 
-def _lp_norm(tensors: Sequence[Tensor], p: float) -> float:
+def tensors_lp_norm(tensors: Sequence[Tensor], p: float) -> float:
     tensors = [t for t in tensors if t.numel()]
     if not tensors:
         return 0.0
@@ -199,13 +199,13 @@ def dual_norm(v: Tensor | Mapping[str, Tensor], constraint: Constraint) -> float
         5.0
     """
     names, tensors = _as_list(v)
-    _check_tensors(tensors, names)
+    check_tensors(tensors, names)
     k = sum(t.numel() for t in tensors)
     n = constraint.size(k)
     q = constraint.q
     if n == k:
-        return _lp_norm(tensors, q)
-    return _lp_norm(global_top_n(tensors, n)[1], q)
+        return tensors_lp_norm(tensors, q)
+    return tensors_lp_norm(global_top_n(tensors, n)[1], q)
 
 
 #: elements per chunk of a tensor in :func:`global_top_n` (bounds its temporaries)
@@ -262,7 +262,7 @@ def global_top_n(tensors: Sequence[Tensor], n: int) -> tuple[list[Tensor], list[
     return indices, values
 
 
-def _maximiser_values(h: Sequence[Tensor], constraint: Constraint) -> list[Tensor]:
+def maximiser_values(h: Sequence[Tensor], constraint: Constraint) -> list[Tensor]:
     """Proposition 1 on the kept coordinates h (a list of 1-D or shaped tensors).
 
     Returns tensors of the same shapes with ||a||_p = eps over all of them.
@@ -311,7 +311,7 @@ def _maximiser_values(h: Sequence[Tensor], constraint: Constraint) -> list[Tenso
     for x in h:
         y = x.double() / scale
         unnormalised.append(y if p == 2 else torch.sign(y) * y.abs().pow(expo))
-    norm = _lp_norm(unnormalised, p)
+    norm = tensors_lp_norm(unnormalised, p)
     return [(eps * y / norm).to(x.dtype) for x, y in zip(h, unnormalised)]
 
 
@@ -328,9 +328,9 @@ def sparse_closed_form(
     k = sum(t.numel() for t in tensors)
     n = constraint.size(k)
     if n == k:
-        return [None] * len(tensors), _maximiser_values([t.detach() for t in tensors], constraint)
+        return [None] * len(tensors), maximiser_values([t.detach() for t in tensors], constraint)
     indices, values = global_top_n(tensors, n)
-    return list(indices), _maximiser_values(values, constraint)
+    return list(indices), maximiser_values(values, constraint)
 
 
 def closed_form(
@@ -371,7 +371,7 @@ def closed_form(
         tensor([ 0.5000, -0.5000,  0.5000])
     """
     names, tensors = _as_list(v)
-    _check_tensors(tensors, names)
+    check_tensors(tensors, names)
     indices, values = sparse_closed_form(tensors, constraint)
     out = []
     for t, idx, val in zip(tensors, indices, values):

@@ -10,8 +10,8 @@ from torch import nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
-from .distributed import all_gather_objects, all_reduce_scalars, use_distributed
 from .losses import LossFn, Metric, as_batch_loss
+from .parallel.comm import all_gather_objects, all_reduce_scalars, use_distributed
 
 __all__ = ["evaluate"]
 
@@ -46,7 +46,7 @@ def evaluate(
         progress: show a progress bar.
         distributed: all-reduce the sums and counts (float64) over the processes of
             ``torch.distributed``, each evaluating its own shard (see
-            :func:`paramcorrupt.distributed.shard`); ``None``: when a process group is
+            :func:`paramcorrupt.parallel.shard`); ``None``: when a process group is
             initialised. Every rank then returns the same numbers.
 
     Returns:

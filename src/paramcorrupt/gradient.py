@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
-from .distributed import all_reduce_sums, use_distributed
 from .groups import ParameterGroup, as_group
 from .losses import LossFn, as_batch_loss
+from .parallel.comm import all_reduce_sums, use_distributed
 
 __all__ = ["dataset_gradient"]
 
@@ -57,7 +57,7 @@ def dataset_gradient(
         progress: show a progress bar.
         distributed: all-reduce the float64 sums and the weights over the processes of
             ``torch.distributed`` (each summing its own shard of the data, see
-            :func:`paramcorrupt.distributed.shard`); ``None``: when a process group is
+            :func:`paramcorrupt.parallel.shard`); ``None``: when a process group is
             initialised. Every rank then returns the same gradient.
 
     Returns:

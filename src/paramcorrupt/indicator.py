@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .apply import corrupted
 from .constraint import Constraint
-from .corruption import Corruption, gradient_corruption, random_corruption
+from .corruption.apply import corrupted
+from .corruption.base import Corruption
+from .corruption.gradient import gradient_corruption
+from .corruption.random import random_corruption
 from .evaluate import evaluate
 from .gradient import dataset_gradient
 from .groups import ParameterGroup, as_group

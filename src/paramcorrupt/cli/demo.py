@@ -86,7 +86,7 @@ def probe_rows(
     path: Path | None = None, identity: str = "digits",
 ) -> list[dict[str, Any]]:
     """Random vs gradient-based L_inf corruption of each group of one of the task's groupings."""
-    from ..probe.grouping import GROUPINGS
+    from ..groups import GROUPINGS
     from ..probe.store import ResultsStore, chance_metadata
     from ..probe.sweep import SweepConfig, sweep
 

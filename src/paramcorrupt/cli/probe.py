@@ -59,7 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import distributed as D
+from .. import parallel as D
 from ..tasks._options import load_into, load_weights
 from . import CLIError
 
@@ -404,7 +404,7 @@ def task_options(args: argparse.Namespace) -> dict[str, str]:
 
 def _groups(args: argparse.Namespace, source: _Source) -> tuple[str, dict[str, Any], list[str] | None]:
     """(grouping name, label -> ParameterGroup, labels to keep)."""
-    from ..probe.grouping import GROUPINGS, groups_from_mapping
+    from ..groups import GROUPINGS, groups_from_mapping
 
     mapping, keep = _group_spec(args.groups)
     if mapping is not None:
@@ -592,7 +592,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # under torchrun: one process group, the sweep's rows split across ranks, rank 0 prints
-    # and writes the results file (see paramcorrupt.distributed)
+    # and writes the results file (see paramcorrupt.parallel)
     with D.command_session(error=CLIError):
         return _run(args)
 

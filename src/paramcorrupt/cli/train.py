@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .. import distributed as D
+from .. import parallel as D
 from ..experiments import (
     DEFAULT_EPOCHS,
     DEFAULT_EVAL_EPS,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import distributed as D
+from .. import parallel as D
 from .table2 import table2_metrics
 from .training import MethodConfig, TaskSetup, method_settings, train_model
 

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..corruption import Corruption
+from ..corruption.base import Corruption
 from ..groups import ParameterGroup
 
 __all__ = ["FAULTS", "FaultContext", "FaultModel", "get_fault", "register_fault"]

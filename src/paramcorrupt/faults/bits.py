@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..corruption import Corruption, split_flat
+from ..corruption.base import Corruption, split_flat
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, key_text, register_fault
 from .formats import NumberFormat, bits_setting, get_format

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 
 from ..constraint import Constraint, dual_norm, parse_p
-from ..corruption import (
-    Corruption,
-    gradient_corruption,
-    random_corruption,
+from ..corruption.base import Corruption
+from ..corruption.gradient import gradient_corruption
+from ..corruption.iterative import iterative_corruption
+from ..corruption.random import random_corruption
+from ..corruption.relative import (
     relative_gradient_corruption,
     relative_random_corruption,
     relative_scale,
 )
-from ..iterative import iterative_corruption
 from .base import FaultContext, FaultModel, register_fault
 
 __all__ = [

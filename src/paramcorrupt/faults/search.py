@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .._progress import progress_bar
-from ..apply import corrupted
-from ..corruption import Corruption
+from ..corruption.apply import corrupted
+from ..corruption.base import Corruption
 from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group

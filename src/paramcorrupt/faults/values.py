@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..corruption import Corruption, random_values
+from ..corruption.base import Corruption
+from ..corruption.random import random_values
 from .base import FaultContext, FaultModel, register_fault
 
 __all__ = ["RandomValues"]

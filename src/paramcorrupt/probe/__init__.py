@@ -1,8 +1,8 @@
 """Vulnerability probing: where is a model weakest, and how much worse is the worst case
 than random faults? (the paper's Table 1, Tables 4-5, Figures 3, 4, 5 and 7).
 
-- :mod:`~paramcorrupt.probe.grouping`: the groups to compare (by type, position, module, or
-  the user's patterns);
+- the groups to compare come from :mod:`paramcorrupt.groups` (by type, position, module,
+  component, layer, or the user's patterns);
 - :func:`sweep` with :class:`SweepConfig`: every group x method x p x n x eps (x trial) as
   tidy rows, written to a resumable :class:`ResultsStore`;
 - :class:`ReusingEvaluator`: an evaluator for :func:`sweep` that reuses the activations
@@ -11,6 +11,7 @@ than random faults? (the paper's Table 1, Tables 4-5, Figures 3, 4, 5 and 7).
 
 Example:
     >>> from paramcorrupt import classification_loss
+    >>> from paramcorrupt.groups import groups_by_type
     >>> model = nn.Sequential(nn.Linear(2, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     >>> data = [(torch.randn(8, 2), torch.randint(0, 2, (8,)))]
     >>> rows = sweep(model, SweepConfig(methods=["gradient"], eps_values=[1e-2, 1e-1]), data, data,
@@ -19,21 +20,12 @@ Example:
     [('linear', 0.01), ('linear', 0.1), ('norm', 0.01), ('norm', 0.1)]
 """
 
-from .grouping import (
-    GROUPINGS,
-    groups_by_module,
-    groups_by_position,
-    groups_by_type,
-    groups_from_mapping,
-    make_groups,
-)
 from .report import write_report
 from .reuse import ReusingEvaluator
 from .store import ResultsStore, read_results
 from .sweep import METHODS, ROW_FIELDS, Evaluator, FullEvaluator, SweepConfig, sweep, sweep_id
 
 __all__ = [
-    "GROUPINGS",
     "METHODS",
     "ROW_FIELDS",
     "Evaluator",
@@ -41,11 +33,6 @@ __all__ = [
     "ResultsStore",
     "ReusingEvaluator",
     "SweepConfig",
-    "groups_by_module",
-    "groups_by_position",
-    "groups_by_type",
-    "groups_from_mapping",
-    "make_groups",
     "read_results",
     "sweep",
     "sweep_id",

@@ -52,9 +52,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .. import distributed as D
-from ..apply import corrupted
+from .. import parallel as D
 from ..constraint import lp_norm, parse_p
+from ..corruption.apply import corrupted
 from ..evaluate import evaluate
 from ..faults import FAULTS, FaultContext, FaultModel, get_fault, key_text
 from ..gradient import dataset_gradient
@@ -418,7 +418,7 @@ def sweep(
         loss_fn: ``loss_fn(model, batch)`` -> :class:`~paramcorrupt.BatchLoss`.
         metrics: name -> metric on the evaluation data.
         groups: label -> :class:`~paramcorrupt.ParameterGroup` (see
-            :mod:`paramcorrupt.probe.grouping`).
+            :mod:`paramcorrupt.groups`).
         store: a :class:`~paramcorrupt.probe.ResultsStore` to write rows to (and resume from).
         progress: show progress bars.
         evaluator: measures the corrupted model (default: :class:`FullEvaluator`); see
@@ -428,7 +428,7 @@ def sweep(
             the same model and arguments; the gradient is taken on sharded data and
             all-reduced, the rows are split round-robin across ranks (each evaluated by one
             rank on the full evaluation data), gathered, and written by rank 0 alone. Every
-            rank returns all rows. See :func:`paramcorrupt.distributed.map_ordered`.
+            rank returns all rows. See :func:`paramcorrupt.parallel.map_ordered`.
 
     Returns:
         The rows (dicts with the fields of :data:`ROW_FIELDS`).

@@ -48,7 +48,7 @@ def _multi30k(**options: Any) -> Task:
 
 def _hf(head: str | None) -> Callable[..., Task]:
     def factory(**options: Any) -> Task:
-        from ..hf import hf_task
+        from .hf import hf_task
 
         if head is not None:
             options.setdefault("head", head)

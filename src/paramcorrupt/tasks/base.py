@@ -30,7 +30,7 @@ class Task:
         metrics: name -> ``metric(output, batch)`` -> ``(total, count)``.
         primary_metric: the metric tables lead with; ``higher_is_better`` says its direction.
         groupings: name -> function model -> {group label: ParameterGroup}, e.g. "type",
-            "position" (see :mod:`paramcorrupt.probe.grouping`).
+            "position" (see :mod:`paramcorrupt.groups`).
         train_loader: the data to train on (with augmentation), when the task can train.
         info: anything else (sizes, seeds, the training recipe).
         chance: the value of ``primary_metric`` that guessing gets (a k-class classifier's

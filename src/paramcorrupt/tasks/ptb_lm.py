@@ -187,7 +187,7 @@ class WindowLoader:
 
     def shard(self, rank: int, world_size: int) -> WindowLoader:
         """Columns ``rank, rank + world_size, ...`` (independent streams) for one process of a
-        distributed run (:func:`paramcorrupt.distributed.shard`). Splitting by columns keeps
+        distributed run (:func:`paramcorrupt.parallel.shard`). Splitting by columns keeps
         the carried hidden state exact; splitting window by window would break it."""
         if self.batch_size < world_size:
             raise ValueError(f"{self.batch_size} columns cannot be shared by {world_size} processes")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import distributed as D
+from .. import parallel as D
 from .._progress import progress_bar
 from .._state import mode
 from ..losses import LossFn, as_batch_loss
@@ -95,7 +95,7 @@ def training_closure(
         grad_scaler: back-propagate ``grad_scaler.scale(loss)``.
         distributed: under ``torch.distributed`` (default ``None``: when a process group is
             initialised), ``micro_batches`` are this rank's part of the global batch and
-            ``model`` is wrapped by :func:`paramcorrupt.distributed.ddp`: each rank
+            ``model`` is wrapped by :func:`paramcorrupt.parallel.ddp`: each rank
             back-propagates sum_b W_b L_b (every micro-batch but the last under ``no_sync``,
             so the gradient is synchronised once per call), and the summed gradient is
             divided by the global weight — the single-process gradient of the global batch,
@@ -116,7 +116,7 @@ def training_closure(
             "torch.distributed (use the resistant method, whose finite-difference form is equivalent)"
         )
     if distributed and not isinstance(model, DistributedDataParallel):
-        raise ValueError("under torch.distributed, wrap the model with paramcorrupt.distributed.ddp(model) first")
+        raise ValueError("under torch.distributed, wrap the model with paramcorrupt.parallel.ddp(model) first")
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = next(iter(params)).device.type if params else "cpu"
 
@@ -255,8 +255,8 @@ def fit(
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after every epoch.
         distributed: data-parallel training under ``torch.distributed`` (default ``None``:
             when a process group is initialised). Every rank iterates the same global batches
-            (seed the loader alike) and trains on its part (:func:`~paramcorrupt.distributed.batch_part`)
-            through :func:`~paramcorrupt.distributed.ddp`; gradients are synchronised once per
+            (seed the loader alike) and trains on its part (:func:`~paramcorrupt.parallel.batch_part`)
+            through :func:`~paramcorrupt.parallel.ddp`; gradients are synchronised once per
             pass, so :class:`CorruptionResistant` picks a_hat (top-n included) from the
             all-reduced gradient, identically on every rank, and the parameters follow the
             single-process ones. Rank 0 alone writes the checkpoint.

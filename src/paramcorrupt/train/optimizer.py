@@ -34,9 +34,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .._state import frozen_norm_stats
-from ..apply import restore_in_place, write_in_place
 from ..constraint import Constraint, sparse_closed_form
-from ..corruption import times_scale
+from ..corruption.apply import restore_in_place, write_in_place
+from ..corruption.relative import times_scale
 
 __all__ = ["CorruptionResistant"]
 

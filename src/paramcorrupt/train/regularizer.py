@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..apply import restore_in_place, write_in_place
 from ..constraint import Constraint, dual_exponent, global_top_n
+from ..corruption.apply import restore_in_place, write_in_place
 from .optimizer import check_loss, perturbation
 
 __all__ = ["RegularizedLoss", "finite_difference_gradient", "gradient_norm", "regularized_loss"]

@@ -36,11 +36,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import distributed as D
-from ._state import frozen_norm_stats, mode
-from .constraint import Constraint, _maximiser_values, global_top_n
-from .groups import ParameterGroup, as_group
-from .losses import LossFn, as_batch_loss
+from .. import parallel as D
+from .._state import frozen_norm_stats, mode
+from ..constraint import Constraint, global_top_n, maximiser_values
+from ..groups import ParameterGroup, as_group
+from ..losses import LossFn, as_batch_loss
+from .comm import collective, comm_device
 
 __all__ = [
     "LocalShard",
@@ -152,7 +153,7 @@ def sharded_top_n(
     if n > k:
         raise ValueError(f"n={n} exceeds the group's size k={k}")
     dtype = pieces[0].tensor.dtype
-    device = D._comm_device() if D.is_distributed() else pieces[0].tensor.device
+    device = comm_device() if D.is_distributed() else pieces[0].tensor.device
     block = torch.full((n, 4), -1.0, dtype=torch.float64, device=device)
     owned = [j for j, s in enumerate(pieces) if s.tensor.numel()]
     local_total = sum(pieces[j].tensor.numel() for j in owned)
@@ -170,7 +171,7 @@ def sharded_top_n(
         block[: cand.shape[0]] = cand
     if D.is_distributed():
         gathered = [torch.empty_like(block) for _ in range(D.get_world_size())]
-        with D._collective("sharded_top_n"):
+        with collective("sharded_top_n"):
             dist.all_gather(gathered, block)
         everything = torch.cat(gathered)
     else:
@@ -195,8 +196,8 @@ def sharded_top_n(
 def _all_reduce(value: float, op: Any) -> float:
     if not D.is_distributed():
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=D._comm_device())
-    with D._collective("sharded_closed_form"):
+    t = torch.tensor([value], dtype=torch.float64, device=comm_device())
+    with collective("sharded_closed_form"):
         dist.all_reduce(t, op=op)
     return float(t.item())
 
@@ -224,7 +225,7 @@ def sharded_closed_form(
     if n < k or p == 1:
         kept = 1 if (n == k and p == 1) else n
         indices, values = sharded_top_n(pieces, kept)
-        a_values = _maximiser_values(values, constraint)
+        a_values = maximiser_values(values, constraint)
         out_idx: list[Tensor | None] = []
         out_val: list[Tensor] = []
         for s, idx, val in zip(pieces, indices, a_values):
@@ -283,7 +284,7 @@ def fsdp_dataset_gradient(
 ) -> dict[str, Tensor] | tuple[dict[str, Tensor], float]:
     """The data set gradient of a model sharded with FSDP2 (``fully_shard``), as DTensors.
 
-    Every rank iterates its own shard of the data (``paramcorrupt.distributed.shard(loader)``);
+    Every rank iterates its own shard of the data (``paramcorrupt.parallel.shard(loader)``);
     ranks with fewer batches run zero-weight passes so that every rank joins every
     reduce-scatter. Each backward pass reduce-scatters ``W_b * dL_b`` summed over the ranks
     (the gradient divide factor is set to 1 for the call), and each rank adds its shard to a

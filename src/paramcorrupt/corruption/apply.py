@@ -8,9 +8,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ._state import frozen_norm_stats
-from .corruption import Corruption
-from .groups import find_parameter
+from .._state import frozen_norm_stats
+from ..groups import find_parameter
+from .base import Corruption
 
 __all__ = ["corrupted", "frozen_norm_stats", "restore_in_place", "write_in_place"]
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import corrupted
-from .constraint import global_top_n
-from .corruption import Corruption
-from .evaluate import evaluate
-from .gradient import dataset_gradient
-from .groups import ParameterGroup, as_group
-from .losses import LossFn
+from ..constraint import global_top_n
+from ..corruption.apply import corrupted
+from ..corruption.base import Corruption
+from ..evaluate import evaluate
+from ..gradient import dataset_gradient
+from ..groups import ParameterGroup, as_group
+from ..losses import LossFn
 
 __all__ = ["SuperWeight", "super_weight_search"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = [
     "PARAMETER_TYPES",
@@ -266,9 +266,3 @@ def as_group(model: nn.Module, group: ParameterGroup | str | Iterable[str] | Non
         group.tensors(model)  # validates the names
         return group
     return select(model, group)
-
-
-def group_of(tensors: Mapping[str, Tensor], name: str = "custom") -> ParameterGroup:
-    """A group naming exactly the keys of a mapping."""
-    return ParameterGroup(name, tuple(tensors))
-

@@ -14,8 +14,8 @@ pickled weights), and tiny models for tests are built from a config
 - :func:`hf_task`: a :class:`~paramcorrupt.tasks.Task` from a local checkpoint folder (or a
   config, or a model) and token data (a ``.safetensors``/``.pt`` file of token ids, a text
   file tokenised with the folder's tokenizer, or seeded synthetic tokens), with the groupings
-  ``type`` (embedding, attention, mlp, norm, head: :func:`~paramcorrupt.probe.grouping.groups_by_component`)
-  and ``position``/``layer`` (input, layer0..layerN-1, output: :func:`~paramcorrupt.probe.grouping.groups_by_layer`).
+  ``type`` (embedding, attention, mlp, norm, head: :func:`~paramcorrupt.groups.groups_by_component`)
+  and ``position``/``layer`` (input, layer0..layerN-1, output: :func:`~paramcorrupt.groups.groups_by_layer`).
 
 The task is registered as ``hf`` (head read from the checkpoint's ``config.architectures``),
 ``hf-causal-lm`` and ``hf-seq-cls``::
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .losses import BatchLoss
+from ..losses import BatchLoss
 
 __all__ = [
     "HEADS",
@@ -366,7 +366,7 @@ def build_from_config(config: Any, head: str | None = None, *, seed: int = 0) ->
 
 
 def _as_int(value: Any, what: str) -> int:
-    from .tasks._options import as_int
+    from ._options import as_int
 
     number = as_int(value, what)
     assert number is not None
@@ -421,8 +421,8 @@ def hf_task(
         ValueError: for no or several model sources, a folder that is not a checkpoint, an
             unknown head type or dtype, or unreadable data.
     """
-    from .probe.grouping import groups_by_component, groups_by_layer
-    from .tasks.base import Task
+    from ..groups import groups_by_component, groups_by_layer
+    from .base import Task
 
     seed = _as_int(seed, "seed") if not isinstance(seed, int) else seed
     seq_len = _as_int(seq_len, "seq_len")

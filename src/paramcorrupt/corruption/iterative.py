@@ -1,5 +1,5 @@
 """The multi-step corruption: projected ascent in parameter space from a_hat (beyond the
-paper). It applies and evaluates corruptions, so it lives above :mod:`paramcorrupt.apply`
+paper). It applies and evaluates corruptions, so it lives beside :mod:`paramcorrupt.corruption.apply`
 and :mod:`paramcorrupt.evaluate`; :mod:`paramcorrupt.corruption` knows neither.
 """
 
@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..constraint import Constraint, global_top_n, tensors_lp_norm
+from ..evaluate import evaluate
+from ..gradient import dataset_gradient
+from ..groups import ParameterGroup, as_group
 from .apply import corrupted
-from .constraint import Constraint, _lp_norm, global_top_n
-from .corruption import Corruption, gradient_corruption
-from .evaluate import evaluate
-from .gradient import dataset_gradient
-from .groups import ParameterGroup, as_group
+from .base import Corruption
+from .gradient import gradient_corruption
 
 __all__ = ["iterative_corruption"]
 
@@ -41,7 +42,7 @@ def _project(values: list[Tensor], constraint: Constraint) -> list[Tensor]:
         values = masked
     if p == math.inf:
         values = [v.clamp(-eps, eps) for v in values]
-    norm = _lp_norm(values, p)
+    norm = tensors_lp_norm(values, p)
     if norm == 0.0:
         return values
     return [v * (eps / norm) for v in values]
