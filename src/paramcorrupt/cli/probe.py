@@ -498,18 +498,18 @@ def _config(args: argparse.Namespace, source: _Source, grouping: str, keep: list
 
 def _check_store(store: Any, config: Any, groups: Mapping[str, Any]) -> None:
     """Refuse a results file of another sweep before any work, naming what differs."""
-    from ..probe.sweep import _probed, sweep_id
+    from ..probe.sweep import probed_groups, sweep_id
 
-    probed = _probed(config, groups)
+    probed = probed_groups(config, groups)
     store.check(sweep_id(config, groups), config.as_dict(), groups={label: list(g.names) for label, g in probed.items()})
 
 
 def _progress_counts(path: Path, config: Any, groups: Mapping[str, Any]) -> tuple[int, int]:
     """(rows of this sweep the results file holds, rows the sweep has in all)."""
     from ..probe.store import read_results
-    from ..probe.sweep import _probed, _settings
+    from ..probe.sweep import probed_groups, row_settings
 
-    keys = {key for label in _probed(config, groups) for *_, key in _settings(config, label)}
+    keys = {key for label in probed_groups(config, groups) for *_, key in row_settings(config, label)}
     done = 0
     if path.is_file() and path.stat().st_size:
         try:

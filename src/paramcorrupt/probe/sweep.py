@@ -286,7 +286,7 @@ def row_seed(seed: int, key: str) -> int:
 def sweep_id(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> str:
     """A stable hash of the configuration, the probed groups (labels and parameter names)
     and the task's identity: two runs with one sweep_id compute the same rows."""
-    probed = _probed(config, groups)
+    probed = probed_groups(config, groups)
     payload = {
         "config": config.as_dict(),
         "groups": [[label, list(group.names)] for label, group in probed.items()],
@@ -294,7 +294,7 @@ def sweep_id(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> str:
     return _stable_hash(json.dumps(payload, sort_keys=True, allow_nan=False))
 
 
-def _probed(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> dict[str, ParameterGroup]:
+def probed_groups(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> dict[str, ParameterGroup]:
     if not isinstance(groups, Mapping) or not groups:
         raise ValueError("groups must map at least one label to a ParameterGroup")
     for label, group in groups.items():
@@ -370,7 +370,7 @@ class _Plan:
     cache: dict[Any, Any] = field(default_factory=dict)
 
 
-def _settings(config: SweepConfig, label: str) -> list[tuple[FaultModel, int, str]]:
+def row_settings(config: SweepConfig, label: str) -> list[tuple[FaultModel, int, str]]:
     """(fault model, trial, key) of every row of one group: families in the order their
     first method appears, each family's grid in order, its methods interleaved at each
     setting (random and gradient L_p rows side by side at each (p, n, eps))."""
@@ -453,7 +453,7 @@ def sweep(
     metric = config.metric or next(iter(metrics), "loss")
     if metric != "loss" and metric not in metrics:
         raise ValueError(f"unknown metric {metric!r}; available: loss, {', '.join(metrics)}")
-    probed = _probed(config, groups)
+    probed = probed_groups(config, groups)
     for group in probed.values():
         group.tensors(model)  # every name must exist in the model
     sid = sweep_id(config, groups)
@@ -495,7 +495,7 @@ def _run(
 ) -> list[dict[str, Any]]:
     plans = []
     for label, group in probed.items():
-        plans.append(_Plan(label, group, group.numel(model), None, None, _settings(config, label)))
+        plans.append(_Plan(label, group, group.numel(model), None, None, row_settings(config, label)))
     total = sum(len(plan.settings) for plan in plans)
     todo = total - sum(1 for plan in plans for s in plan.settings if s[-1] in finished)
     if todo == 0:
