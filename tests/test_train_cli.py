@@ -89,7 +89,10 @@ def test_compare_writes_table2_and_reuses_finished_runs(tmp_path, capsys):
         pytest.param(["compare", "--methods", "plain", "plain"], "same settings", id="duplicate"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, capsys, monkeypatch):
+    # a data folder without the data, whatever this machine has: "other-task" finds none
+    (tmp_path / "no-data").mkdir()
+    monkeypatch.setenv("PARAMCORRUPT_DATA", str(tmp_path / "no-data"))
     assert main([*argv, "--out", str(tmp_path / "x"), *FAST]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
