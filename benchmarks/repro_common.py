@@ -211,6 +211,12 @@ def recipe(task: str, mode: str, variant: str = "baseline", **overrides: Any) ->
     return out
 
 
+def training_keys(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's keys for :mod:`paramcorrupt.train.recipe` (``variant`` and ``resistant``
+    name the run; they are part of its identity, not of the optimiser's recipe)."""
+    return {k: v for k, v in rec.items() if k not in ("variant", "resistant")}
+
+
 #: a model's identity: 12 hex digits of the SHA-256 of its sorted JSON
 _digest = digest
 
@@ -340,7 +346,7 @@ def _optimizer(model: torch.nn.Module, rec: Mapping[str, Any]) -> torch.optim.Op
     from paramcorrupt.train.recipe import build_optimizer
 
     return build_optimizer(
-        model, rec, resistant=rec["resistant"] if rec["variant"] == "resistant" else None
+        model, training_keys(rec), resistant=rec["resistant"] if rec["variant"] == "resistant" else None
     )
 
 
@@ -432,7 +438,7 @@ def trained_task(
         model,
         task.train_loader,
         task.loss_fn,
-        rec,
+        training_keys(rec),
         resistant=rec["resistant"] if rec["variant"] == "resistant" else None,
         checkpoint=paths["checkpoint"],
         resume=not args.fresh,
@@ -635,7 +641,7 @@ def time_epochs(args: argparse.Namespace, steps: int) -> dict[str, Any]:
                 _FirstBatches(task.train_loader, steps),
                 task.loss_fn,
                 epochs=1,
-                **fit_options(rec, resistant=variant == "resistant"),
+                **fit_options(training_keys(rec), resistant=variant == "resistant"),
             )
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             per_epoch = len(task.train_loader) / steps

@@ -57,7 +57,7 @@ def train_regularised(task: Any, epochs: int, lam: float = 0.01) -> list[dict[st
 
     # the task's recipe with its x0.9 per epoch in the closed form 0.9 ** epoch, updated at
     # every step (as this variant has always trained), not ExponentialLR's running product
-    recipe = {**task.info["recipe"], "scheduler_interval": "step"}
+    recipe = task.info["recipe"].replace(scheduler_interval="step")
     history = fit_recipe(task.model, task.train_loader, task.loss_fn, recipe, epochs=epochs, penalty=RegularizedLoss(lam, p=2.0))
     task.model.eval()
     return history

@@ -62,7 +62,7 @@ def train_transformer(task, epochs: int, checkpoint: Path, autocast: str | None 
 
     if autocast not in (None, "bfloat16"):
         raise ValueError(f"autocast must be None or 'bfloat16', got {autocast!r}")
-    recipe = {**task.info["recipe"], "bf16": autocast == "bfloat16"}
+    recipe = task.info["recipe"].replace(bf16=autocast == "bfloat16")
     history = fit_recipe(task.model, task.train_loader, task.loss_fn, recipe, epochs=epochs, checkpoint=checkpoint, resume=True)
     task.model.eval()
     return history

@@ -128,7 +128,7 @@ def test_parser_recipe_is_the_old_parser_loop():
     torch.manual_seed(2)
     history = fit_recipe(
         models[1], TransitionBatches(features, target, 64, shuffle=True, seed=5), ParserLoss(),
-        {**PARSER_RECIPE, "lr": 1e-3}, epochs=5,
+        PARSER_RECIPE.replace(lr=1e-3), epochs=5,
     )
     _equal(*models)
     chained = [1e-3]
@@ -160,6 +160,6 @@ def test_multi30k_recipe_is_the_old_translation_loop():
     torch.manual_seed(2)
     fit_recipe(
         models[1], TranslationBatches(src, tgt, max_tokens=64, shuffle=True, seed=4), loss_fn,
-        {**MULTI30K_RECIPE, "lr": 2e-3, "warmup": 6}, epochs=2,
+        MULTI30K_RECIPE.replace(lr=2e-3, warmup=6), epochs=2,
     )
     _equal(*models)

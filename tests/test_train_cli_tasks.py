@@ -174,10 +174,12 @@ def test_recipes_build_optimisers_and_schedules():
     assert type(opt).__name__ == "CorruptionResistant" and opt.max_grad_norm == 0.25
     assert fit_options(adam, resistant=True)["max_grad_norm"] is None
     assert fit_options(adam)["max_grad_norm"] == 0.25
-    assert schedule_name({"lr": 1e-3, "decay": 0.9}) == "exponential"
-    assert schedule_name({"lr": 1e-3, "warmup": 10}) == "inverse_sqrt"
+    assert schedule_name({"lr": 1e-3, "schedule": "exponential", "decay": 0.9}) == "exponential"
+    assert schedule_name({"lr": 1e-3, "schedule": "inverse_sqrt", "warmup": 10}) == "inverse_sqrt"
+    with pytest.raises(ValueError, match="warmup is read by schedule='inverse_sqrt' only"):
+        schedule_name({"lr": 1e-3, "warmup": 10})  # the schedule is named, never implied
     opt = build_optimizer(model, {"optimizer": "adam", "lr": 1.0})
-    sched = build_scheduler(opt, {"lr": 1.0, "decay": 0.5}, steps_per_epoch=2, epochs=3)
+    sched = build_scheduler(opt, {"lr": 1.0, "schedule": "exponential", "decay": 0.5}, steps_per_epoch=2, epochs=3)
     lrs = []
     for _ in range(4):
         opt.step()

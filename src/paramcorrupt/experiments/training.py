@@ -1,6 +1,7 @@
 """Training a task from its recipe with one method (plain, corruption-resistant L*, or the
-gradient regulariser): the methods' settings (:class:`MethodConfig`, ``NAME[:key=value]...``
-specs), the task a run trains (:class:`TaskSetup`, :func:`task_setup`) and :func:`train_model`,
+gradient regulariser): the methods' settings (:class:`MethodConfig`; the command line's
+``NAME[:key=value]...`` specs: :func:`paramcorrupt.cli.values.parse_method`), the task a run
+trains (:class:`TaskSetup`, :func:`task_setup`) and :func:`train_model`,
 the one path from a task's recipe (``task.info["recipe"]``) to
 :func:`paramcorrupt.train.recipe.fit_recipe` that ``paramcorrupt train`` / ``compare`` use.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..constraint import Constraint
 from ..train import RegularizedLoss
-from ..train.recipe import fit_recipe
+from ..train.recipe import Recipe, as_recipe, fit_recipe
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -25,9 +26,6 @@ __all__ = [
     "TaskSetup",
     "build_task",
     "method_settings",
-    "parse_method",
-    "parse_number",
-    "parse_top_n",
     "task_setup",
     "train_model",
     "validate",
@@ -77,52 +75,6 @@ def _p_text(p: float) -> str:
     return "inf" if p == math.inf else f"{p:g}"
 
 
-def parse_number(text: str) -> float:
-    """A float, ``"inf"`` / ``"infinity"`` included."""
-    return math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
-
-
-def parse_top_n(text: str) -> int | None:
-    """``"all"``, ``"k"``, ``"none"`` -> None (every coordinate), else an integer >= 1.
-
-    Raises:
-        ValueError: for anything else, in the spelling a user types (``'all'``, not None).
-
-    >>> parse_top_n("all"), parse_top_n("100")
-    (None, 100)
-    """
-    if text.strip().lower() in ("all", "k", "none"):
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"n must be an integer >= 1 or 'all', got {text!r}")
-    return n
-
-
-_FIELDS = {"eps": parse_number, "p": parse_number, "n": parse_top_n, "alpha": float, "interval": int, "lam": float, "epochs": int, "lr": float}
-
-
-def parse_method(spec: str, base: MethodConfig) -> MethodConfig:
-    """``NAME[:key=value]...`` -> a MethodConfig (``regularized`` is accepted for ``regularised``)."""
-    name, *settings = spec.split(":")
-    name = "regularised" if name == "regularized" else name
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
-    config = replace(base, method=name)
-    for setting in settings:
-        key, sep, value = setting.partition("=")
-        if not sep or key not in _FIELDS:
-            raise ValueError(f"bad method setting {setting!r} in {spec!r}; expected key=value with key in {', '.join(_FIELDS)}")
-        try:
-            config = replace(config, **{key: _FIELDS[key](value)})
-        except ValueError as error:
-            raise ValueError(f"bad value in {setting!r}: {error}") from error
-    return config
-
-
 def validate(config: MethodConfig) -> None:
     """Raise ``ValueError`` for settings the method cannot train with."""
     if config.method == "resistant":
@@ -145,7 +97,7 @@ class TaskSetup:
 
     name: str = "digits"
     options: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe | None = None
     identity: str = "digits"
     #: a user's task instead of a registered one: ``factory(seed)`` -> a Task, its model
     #: untrained (``paramcorrupt train --model/--data``)
@@ -160,7 +112,7 @@ def build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
         from ..tasks.digits import DIGITS_RECIPE
 
         options: dict[str, Any] = {k: _number(v) for k, v in setup.options.items()}
-        options.update(batch_size=DIGITS_RECIPE["batch_size"] if batch_size is None else batch_size, train=False)
+        options.update(batch_size=DIGITS_RECIPE.batch_size if batch_size is None else batch_size, train=False)
     else:
         options = dict(setup.options)
     from ..tasks import get_task
@@ -207,16 +159,17 @@ def task_setup(
     recipe's). With ``factory`` (``factory(seed)`` -> a Task) the task is the user's own,
     named ``name`` and matched by ``identity``."""
     from ..tasks import TASKS
+    from ..tasks.user import task_identity
 
     if factory is not None:
         if batch_size is not None:
             raise ValueError("--batch-size: the batch size of --data is its loaders' own")
-        setup = TaskSetup(name, {}, {}, identity or name, factory)
+        setup = TaskSetup(name, {}, None, identity or name, factory)
         task = build_task(setup, seed, None)
-        recipe = dict(task.info.get("recipe") or {})
+        recipe = as_recipe(task.info.get("recipe") or {})
         config = MethodConfig(
-            epochs=int(epochs if epochs is not None else recipe.get("epochs", DEFAULT_EPOCHS)),
-            lr=float(lr if lr is not None else recipe["lr"]),
+            epochs=int(epochs if epochs is not None else _or(recipe.epochs, DEFAULT_EPOCHS)),
+            lr=float(lr if lr is not None else _required_lr(recipe, name)),
             batch_size=None,
         )
         return replace(setup, recipe=recipe), config
@@ -232,25 +185,30 @@ def task_setup(
         if "batch_size" in options:
             raise ValueError("give the batch size once: --batch-size or --task-option batch_size")
         options["batch_size"] = str(batch_size)
-    identity = name
-    shown = {k: v for k, v in sorted(options.items()) if k not in ("data_dir", "cache_dir")}
-    if shown:
-        identity += "(" + ",".join(f"{k}={v}" for k, v in shown.items()) + ")"
-    setup = TaskSetup(name, options, {}, identity)
+    identity = task_identity(name, [(k, v) for k, v in sorted(options.items()) if k not in ("data_dir", "cache_dir")])
+    setup = TaskSetup(name, options, None, identity)
     task = build_task(setup, seed, batch_size)
     if task.train_loader is None:
         raise ValueError(f"the {name} task has no training data (train_loader)")
-    recipe = dict(task.info.get("recipe") or {})
-    if "lr" not in recipe and lr is None:
-        raise ValueError(f"the {name} task gives no training recipe with a learning rate; give --lr")
+    recipe = as_recipe(task.info.get("recipe") or {})
     if batch_size is None:
-        batch_size = recipe.get("batch_size", getattr(task.train_loader, "batch_size", None))
+        batch_size = _or(recipe.batch_size, getattr(task.train_loader, "batch_size", None))
     config = MethodConfig(
-        epochs=int(epochs if epochs is not None else recipe.get("epochs", DEFAULT_EPOCHS)),
-        lr=float(lr if lr is not None else recipe["lr"]),
+        epochs=int(epochs if epochs is not None else _or(recipe.epochs, DEFAULT_EPOCHS)),
+        lr=float(lr if lr is not None else _required_lr(recipe, name)),
         batch_size=None if batch_size is None else int(batch_size),
     )
     return replace(setup, recipe=recipe), config
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _required_lr(recipe: Recipe, name: str) -> float:
+    if recipe.lr is None:
+        raise ValueError(f"the {name} task gives no training recipe with a learning rate; give --lr")
+    return float(recipe.lr)
 
 
 def train_model(
@@ -269,7 +227,8 @@ def train_model(
     setup = setup or TaskSetup(task_name, identity=task_name)
     task = build_task(setup, seed, config.batch_size)
     model = task.model
-    recipe = {**(task.info.get("recipe") or {}), **setup.recipe, "lr": config.lr, "epochs": config.epochs}
+    base = setup.recipe if setup.recipe is not None else as_recipe(task.info.get("recipe") or {})
+    recipe = base.replace(lr=config.lr, epochs=config.epochs)
     settings = None
     if config.method == "resistant":
         settings = {"eps": config.eps, "p": config.p, "n": config.n, "alpha": config.alpha, "interval": config.interval}

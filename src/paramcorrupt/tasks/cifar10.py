@@ -42,10 +42,12 @@ from torch.utils.data import DataLoader
 
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
+from ..train.recipe import Recipe
 from ._options import as_bool, as_int, int_tuple, load_into, load_weights, resolve_device
 from .base import Task
 
 __all__ = [
+    "CIFAR10_RECIPE",
     "MODELS",
     "DeviceLoader",
     "ImageBatches",
@@ -68,6 +70,13 @@ MODELS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "resnet8": ((1, 1, 1), (16, 32, 64)),
     "tiny": ((1, 1, 1), (8, 16, 32)),
 }
+
+
+#: the recipe the reproductions use (docs/reproduction.md), for the train CLI: SGD with
+#: Nesterov momentum 0.9, weight decay 5e-4, a one-cycle schedule peaking at lr 0.1
+CIFAR10_RECIPE = Recipe(
+    optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, schedule="onecycle"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,15 +353,6 @@ def cifar10_task(
             "test_size": int(test_labels.numel()),
             "batch_size": batch_size,
             "device": str(device),
-            # the recipe the reproductions use (docs/reproduction.md), for the train CLI
-            "recipe": {
-                "optimizer": "sgd",
-                "lr": 0.1,
-                "momentum": 0.9,
-                "weight_decay": 5e-4,
-                "nesterov": True,
-                "schedule": "onecycle",
-                "label_smoothing": 0.0,
-            },
+            "recipe": CIFAR10_RECIPE,
         },
     )

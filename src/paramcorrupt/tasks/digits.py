@@ -7,7 +7,6 @@ stratified), so every run sees the same train and test sets.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from ..models.resnet import BasicBlock
-from ..train.recipe import fit_recipe
+from ..train.recipe import Recipe, fit_recipe
 from .base import Task
 
 __all__ = ["DIGITS_RECIPE", "DigitsResNet", "digits_data", "digits_task"]
@@ -26,19 +25,19 @@ logger = logging.getLogger(__name__)
 #: how the digits model trains (the task's own training through
 #: :func:`~paramcorrupt.train.recipe.fit_recipe`, and ``paramcorrupt train``'s defaults): SGD with Nesterov momentum 0.9, weight decay 5e-4, a one-cycle schedule peaking
 #: at lr 0.1 after 15% of the steps, 30 epochs of batches of 64. See
-#: :mod:`paramcorrupt.train.recipe` for the keys.
-DIGITS_RECIPE: dict[str, Any] = {
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "onecycle",
-    "pct_start": 0.15,
-    "max_grad_norm": None,
-    "epochs": 30,
-    "batch_size": 64,
-}
+#: :class:`~paramcorrupt.train.recipe.Recipe` for the fields.
+DIGITS_RECIPE = Recipe(
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="onecycle",
+    pct_start=0.15,
+    max_grad_norm=None,
+    epochs=30,
+    batch_size=64,
+)
 
 
 class DigitsResNet(nn.Module):
@@ -140,7 +139,7 @@ def digits_task(
     torch.manual_seed(seed)
     model = DigitsResNet(width)
     train_loader = Batches(x_train, y_train, batch_size, shuffle=True, seed=seed)
-    recipe = {**DIGITS_RECIPE, "epochs": epochs, "batch_size": batch_size}
+    recipe = DIGITS_RECIPE.replace(epochs=epochs, batch_size=batch_size)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     elif train:

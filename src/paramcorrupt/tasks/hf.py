@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import BatchLoss
+from ..train.recipe import Recipe
 
 __all__ = [
     "HEADS",
@@ -66,14 +67,7 @@ _HEAD_ALIASES = {
 }
 
 #: what a training run of an HF task uses (``paramcorrupt train``): Adam at 1e-3, clipping 1.0
-HF_RECIPE: dict[str, Any] = {
-    "optimizer": "adam",
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "schedule": None,
-    "max_grad_norm": 1.0,
-    "epochs": 1,
-}
+HF_RECIPE = Recipe(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule=None, max_grad_norm=1.0, epochs=1)
 
 
 def _require_transformers() -> Any:
@@ -489,11 +483,11 @@ def hf_task(
         metrics, primary, higher = {"accuracy": hf_accuracy}, "accuracy", True
     # a k-class classifier's chance accuracy (the report's dotted line); none for a language model
     chance = 1.0 / num_labels if chosen != "causal-lm" and num_labels > 1 else None
-    recipe = dict(HF_RECIPE, batch_size=batch_size)
+    recipe = HF_RECIPE.replace(batch_size=batch_size)
     if lr is not None:
-        recipe["lr"] = float(lr)
+        recipe = recipe.replace(lr=float(lr))
     if epochs is not None:
-        recipe["epochs"] = _as_int(epochs, "epochs")
+        recipe = recipe.replace(epochs=_as_int(epochs, "epochs"))
     params = sum(p.numel() for p in net.parameters())
     return Task(
         name=f"hf-{chosen}",

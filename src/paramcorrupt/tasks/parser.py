@@ -53,7 +53,7 @@ from ..models.mlp_parser import (
     oracle,
     parse,
 )
-from ..train.recipe import fit_recipe
+from ..train.recipe import Recipe, fit_recipe
 from ._options import as_int, load_into, load_weights, resolve_device
 from .base import Task
 
@@ -194,16 +194,16 @@ def parser_groups(model: nn.Module) -> dict[str, ParameterGroup]:
 #: how the parser trains (the paper's appendix): Adam, lr 1e-3, weight decay 1e-8, the rate
 #: multiplied by 0.9 at the end of every epoch (``ExponentialLR``, stepped per epoch), batches
 #: of 1,024 transitions. The task trains with it when ``epochs > 0``; ``paramcorrupt train``
-#: too. See :mod:`paramcorrupt.train.recipe` for the keys.
-PARSER_RECIPE: dict[str, Any] = {
-    "optimizer": "adam",
-    "lr": 1e-3,
-    "weight_decay": 1e-8,
-    "schedule": "exponential",
-    "decay": 0.9,
-    "scheduler_interval": "epoch",
-    "batch_size": 1024,
-}
+#: too. See :class:`~paramcorrupt.train.recipe.Recipe` for the fields.
+PARSER_RECIPE = Recipe(
+    optimizer="adam",
+    lr=1e-3,
+    weight_decay=1e-8,
+    schedule="exponential",
+    decay=0.9,
+    scheduler_interval="epoch",
+    batch_size=1024,
+)
 
 
 @functools.lru_cache(maxsize=2)
@@ -354,7 +354,7 @@ def _parser_task(
         load_into(net, state_dict, "the MLP parser")
         trained = True
     net.to(device)
-    recipe = {**PARSER_RECIPE, "lr": float(lr), "batch_size": int(batch_size)}
+    recipe = PARSER_RECIPE.replace(lr=float(lr), batch_size=int(batch_size))
     if state_dict is None and epochs > 0:
         history = fit_recipe(net, train_loader, ParserLoss(), recipe, epochs=epochs)
         trained = True

@@ -56,11 +56,13 @@ from torch import Tensor, nn
 
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
+from ..train.recipe import Recipe
 from ._options import as_bool, as_int, load_into, load_weights, resolve_device
 from .base import Task
 
 __all__ = [
     "MODELS",
+    "PTB_LM_RECIPE",
     "CarriedStateLoss",
     "LMOutput",
     "LMWindow",
@@ -112,6 +114,12 @@ MODELS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
 }
+
+#: the full reproduction's recipe (benchmarks/repro_common.py, docs/reproduction.md), for the
+#: train CLI: Adam, a one-cycle schedule peaking at 2e-3 after 5% of the steps, clipping at 0.25
+PTB_LM_RECIPE = Recipe(
+    optimizer="adam", lr=2e-3, weight_decay=1.2e-6, max_grad_norm=0.25, schedule="onecycle", pct_start=0.05
+)
 
 _MODEL_OPTIONS = (
     "emb_size",
@@ -524,15 +532,6 @@ def ptb_lm_task(
             "bptt": int(bptt),
             "device": str(device),
             "micro_batches": 1,  # LMWindow batches are time-major: never split them on dim 0
-            # the full reproduction's recipe (benchmarks/repro_common.py, docs/reproduction.md):
-            # Adam, a one-cycle schedule peaking at 2e-3 after 5% of the steps, clipping at 0.25
-            "recipe": {
-                "optimizer": "adam",
-                "lr": 2e-3,
-                "weight_decay": 1.2e-6,
-                "max_grad_norm": 0.25,
-                "schedule": "onecycle",
-                "pct_start": 0.05,
-            },
+            "recipe": PTB_LM_RECIPE,
         },
     )

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
-from ..train.recipe import fit_recipe
+from ..train.recipe import Recipe, fit_recipe
 from ._options import as_bool, as_int, load_into, load_weights, resolve_device
 from .base import Task
 
@@ -206,17 +206,17 @@ def transformer_groups_by_position(model: nn.Module) -> dict[str, ParameterGroup
 #: how the Transformer trains (the defaults of :func:`multi30k_task`; the full run of
 #: ``benchmarks/reproduce_transformer.py`` adds bfloat16 autocast): AdamW (0.9, 0.98), weight
 #: decay 1e-4, peak lr 1e-3 after fairseq's inverse-sqrt warm-up of 500 steps, batches of
-#: 2,048 tokens, 12 epochs, label smoothing 0.1 (read by the loss, not the optimiser).
-MULTI30K_RECIPE: dict[str, Any] = {
-    "optimizer": "adamw",
-    "betas": (0.9, 0.98),
-    "lr": 1e-3,
-    "warmup": 500,
-    "weight_decay": 1e-4,
-    "label_smoothing": 0.1,
-    "max_tokens": 2048,
-    "epochs": 12,
-}
+#: 2,048 tokens (the task's ``max_tokens``), 12 epochs; the loss's label smoothing (0.1) is
+#: the task's ``label_smoothing``.
+MULTI30K_RECIPE = Recipe(
+    optimizer="adamw",
+    betas=(0.9, 0.98),
+    lr=1e-3,
+    schedule="inverse_sqrt",
+    warmup=500,
+    weight_decay=1e-4,
+    epochs=12,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,10 +331,7 @@ def multi30k_task(
         load_into(net, state_dict, f"the {model} transformer")
         trained = True
     net.to(device)
-    recipe = {
-        **MULTI30K_RECIPE, "lr": float(lr), "warmup": as_int(warmup, "warmup"),
-        "label_smoothing": float(label_smoothing), "max_tokens": budget,
-    }
+    recipe = MULTI30K_RECIPE.replace(lr=float(lr), warmup=as_int(warmup, "warmup"))
     if state_dict is None and epochs > 0:
         history = fit_recipe(net, train_loader, loss_fn, recipe, epochs=epochs)
         trained = True
