@@ -13,12 +13,15 @@ A *metric* is called as ``metric(output, batch)`` and returns ``(total, count)``
 value is sum(total) / sum(count). ``"loss"`` is always measured.
 
 A metric carries its own direction and display (as torchmetrics' ``higher_is_better``): the
-attributes ``higher_is_better``, ``display_name`` and ``scale`` (the shown value is
-``value * scale``: 100 for a fraction shown in percent), set on a class or with
-:func:`describe_metric`, and read with :func:`metric_info`. A plain callable without them
-still works; its direction is then unknown (``None``). Only where no metric object is at hand
-(a results file holds the metric's name and values) does :func:`metric_info_by_name` read the
-name; it agrees with every built-in metric (tested).
+attributes ``higher_is_better``, ``display_name``, ``scale`` (the shown value is
+``value * scale``: 100 for a fraction shown in percent) and ``unit`` ("%", "BLEU", ""), set
+on a class or with :func:`describe_metric`, and read with :func:`metric_info`: a
+:class:`MetricInfo`, the one home of a metric's direction and display. A plain callable
+without them still works; its direction is then unknown (``None``). A probe writes every
+metric's :class:`MetricInfo` (with the primary metric's chance level) into its results
+header (:func:`metric_infos`, :meth:`MetricInfo.to_dict`), and reports read it from there
+(:meth:`MetricInfo.from_dict`). Only for a results file written before the header held it
+does :func:`metric_info_by_name` guess from the metric's name.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar
 
 import torch.nn.functional as F
@@ -44,6 +47,7 @@ __all__ = [
     "describe_metric",
     "metric_info",
     "metric_info_by_name",
+    "metric_infos",
     "sequence_loss",
     "token_accuracy",
 ]
@@ -72,28 +76,75 @@ _M = TypeVar("_M")
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """What a metric says about itself.
+    """What a metric says about itself: its direction and display, the one place they live.
 
     Attributes:
         higher_is_better: its direction; ``None`` when unknown (a plain callable).
         display_name: what tables call it (``None``: its name where it is used).
         scale: the shown value is ``value * scale``; 100.0 for a fraction shown in percent.
+        unit: the shown value's unit: "%", "BLEU", or "" (none).
+        chance: the value guessing gets, in the metric's own units (a k-class accuracy:
+            1 / k); ``None`` when unknown.
+
+    Example:
+        >>> info = MetricInfo(False, "Misses", unit="", chance=0.9)
+        >>> MetricInfo.from_dict(info.to_dict()) == info
+        True
     """
 
     higher_is_better: bool | None = None
     display_name: str | None = None
     scale: float = 1.0
+    unit: str = ""
+    chance: float | None = None
 
     @property
     def percent(self) -> bool:
         """Whether the metric is a fraction shown in percent."""
         return self.scale == 100.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The info as JSON values (a results header's ``"metrics"`` entry)."""
+        return {
+            "higher_is_better": self.higher_is_better,
+            "display_name": self.display_name,
+            "scale": self.scale,
+            "unit": self.unit,
+            "chance": self.chance,
+        }
+
+    @classmethod
+    def from_dict(cls, value: Any) -> MetricInfo | None:
+        """The info :meth:`to_dict` wrote; ``None`` for something else (a damaged header)."""
+        if not isinstance(value, Mapping):
+            return None
+        higher, name = value.get("higher_is_better"), value.get("display_name")
+        scale, unit, chance = value.get("scale", 1.0), value.get("unit", ""), value.get("chance")
+        if not (
+            (higher is None or isinstance(higher, bool))
+            and (name is None or isinstance(name, str))
+            and _finite(scale)
+            and isinstance(unit, str)
+            and (chance is None or _finite(chance))
+        ):
+            return None
+        return cls(higher, name, float(scale), unit, None if chance is None else float(chance))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 def describe_metric(
-    metric: _M, *, higher_is_better: bool | None, display_name: str | None = None, scale: float = 1.0
+    metric: _M,
+    *,
+    higher_is_better: bool | None,
+    display_name: str | None = None,
+    scale: float = 1.0,
+    unit: str | None = None,
 ) -> _M:
     """Give a metric its direction and display (attributes on the callable); returns it.
+    ``unit`` defaults to "%" for ``scale=100`` and "" otherwise.
 
     Example:
         >>> def hits(output, batch):
@@ -104,26 +155,53 @@ def describe_metric(
     metric.higher_is_better = higher_is_better  # type: ignore[attr-defined]
     metric.display_name = display_name  # type: ignore[attr-defined]
     metric.scale = float(scale)  # type: ignore[attr-defined]
+    metric.unit = ("%" if float(scale) == 100.0 else "") if unit is None else str(unit)  # type: ignore[attr-defined]
     return metric
 
 
 def metric_info(metric: Any) -> MetricInfo:
     """Ask a metric for its direction and display (see :class:`MetricInfo`).
 
-    A plain callable without the attributes has an unknown direction (``None``) and scale 1.
+    A plain callable without the attributes has an unknown direction (``None``) and scale 1;
+    without a ``unit`` its unit is "%" for scale 100, else "".
 
     Example:
         >>> metric_info(accuracy)
-        MetricInfo(higher_is_better=True, display_name='Accuracy', scale=100.0)
+        MetricInfo(higher_is_better=True, display_name='Accuracy', scale=100.0, unit='%', chance=None)
         >>> metric_info(lambda output, batch: (0, 1)).higher_is_better is None
         True
     """
     higher = getattr(metric, "higher_is_better", None)
+    scale = float(getattr(metric, "scale", 1.0))
+    unit = getattr(metric, "unit", None)
     return MetricInfo(
         None if higher is None else bool(higher),
         getattr(metric, "display_name", None),
-        float(getattr(metric, "scale", 1.0)),
+        scale,
+        ("%" if scale == 100.0 else "") if unit is None else str(unit),
     )
+
+
+#: the loss every evaluation measures (lower is better)
+LOSS_INFO = MetricInfo(False, "Loss", 1.0, "")
+
+
+def metric_infos(
+    metrics: Mapping[str, Any], primary: str | None = None, chance: float | None = None
+) -> dict[str, MetricInfo]:
+    """name -> :class:`MetricInfo` of a task's metrics and of ``"loss"``, the ``primary``
+    metric's carrying its ``chance`` level: what a results header records of its metrics.
+
+    Example:
+        >>> infos = metric_infos({"accuracy": accuracy}, "accuracy", 0.1)
+        >>> infos["accuracy"].chance, infos["loss"].higher_is_better
+        (0.1, False)
+    """
+    out = {"loss": LOSS_INFO}
+    out.update({str(name): metric_info(metric) for name, metric in metrics.items()})
+    if primary is not None and chance is not None:
+        out[str(primary)] = replace(out.get(str(primary), MetricInfo()), chance=float(chance))
+    return out
 
 
 #: name tokens of fractions shown in percent, and of lower-is-better metrics (results files)
@@ -134,9 +212,10 @@ _LOWER_BETTER = ("loss", "ppl", "perplexity", "error", "err", "nll", "mse", "mae
 def metric_info_by_name(name: str | None, values: Iterable[float | None] = ()) -> MetricInfo:
     """The direction and display of a metric known only by its name and values.
 
-    The one place a metric's name is read: for a results file, which stores the name
-    (``"metric"``) and the values but no metric object; everywhere else ask the metric
-    (:func:`metric_info`). Percent for accuracy-like names (accuracy, acc, top1, top5, uas,
+    The reader's fallback for a results file written before its header recorded each
+    metric's :class:`MetricInfo` (``"metrics"``): such a file stores the name (``"metric"``)
+    and the values but no metric object. Everywhere else ask the metric (:func:`metric_info`)
+    or the header (:meth:`MetricInfo.from_dict`). Percent for accuracy-like names (accuracy, acc, top1, top5, uas,
     las, f1, precision, recall) whose finite values all lie in [0, 1]; lower is better for
     loss-like names (loss, ppl, perplexity, error, err, nll, mse, mae, rmse); higher
     otherwise. Every built-in metric's own :class:`MetricInfo` agrees (direction and scale).
@@ -154,7 +233,7 @@ def metric_info_by_name(name: str | None, values: Iterable[float | None] = ()) -
         0.0 <= v <= 1.0 for v in vals
     )
     lower_better = any(tok in _LOWER_BETTER for tok in tokens) or "perplexity" in low
-    return MetricInfo(not lower_better, None, 100.0 if percent else 1.0)
+    return MetricInfo(not lower_better, None, 100.0 if percent else 1.0, "%" if percent else "")
 
 
 def batch_size(batch: Any) -> int:

@@ -74,7 +74,7 @@ def table1_rows(
     store = None
     if path is not None:
         path.unlink(missing_ok=True)  # the demo retrains: its files start afresh
-        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None)))
+        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
     return sweep(
         task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
         groups={"all": select(task.model, name="all")}, store=store, progress=progress,
@@ -98,7 +98,7 @@ def probe_rows(
     store = None
     if path is not None:
         path.unlink(missing_ok=True)
-        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None)))
+        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
     return sweep(
         task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
         groups=make(task.model), store=store, progress=progress,

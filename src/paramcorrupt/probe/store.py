@@ -200,7 +200,8 @@ class ResultsStore:
             the header is replaced by this sweep's.
         metadata: entries a new header gets beside the sweep's (JSON values), for readers of
             the file such as the report: ``{"chance": {"accuracy": 0.1}}``, the chance level
-            of a metric. They are no part of the sweep_id and never compared on resume or
+            of a metric, and ``"metrics"``, each metric's direction and display (see
+            :func:`chance_metadata`). They are no part of the sweep_id and never compared on resume or
             extension; a resumed file keeps the header it has.
 
     Example:
@@ -336,18 +337,32 @@ class ResultsStore:
         return iter(read_results(self.path)[1])
 
 
-def chance_metadata(metric: str | None, chance: float | None) -> dict[str, Any]:
-    """The header entry of a metric's chance level, for :class:`ResultsStore`'s ``metadata``:
-    ``{"chance": {metric: chance}}``, or ``{}`` when either is unknown.
+def chance_metadata(
+    metric: str | None, chance: float | None, metrics: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The header entries of a probe's metrics, for :class:`ResultsStore`'s ``metadata``:
+    ``{"chance": {metric: chance}}`` (``{}`` when either is unknown) and, given the task's
+    ``metrics`` (name -> metric), ``"metrics"``: name -> :class:`~paramcorrupt.losses.MetricInfo`
+    as a dict (direction, display name, scale, unit, chance; ``"loss"`` included), which
+    reports read instead of guessing from a metric's name.
 
     >>> chance_metadata("accuracy", 0.1), chance_metadata("loss", None)
     ({'chance': {'accuracy': 0.1}}, {})
+    >>> from paramcorrupt.losses import accuracy
+    >>> chance_metadata("accuracy", 0.1, {"accuracy": accuracy})["metrics"]["accuracy"]["unit"]
+    '%'
     """
-    if metric is None or chance is None:
-        return {}
-    if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not math.isfinite(chance):
-        raise ValueError(f"a chance level must be a finite number, got {chance!r}")
-    return {"chance": {str(metric): float(chance)}}
+    out: dict[str, Any] = {}
+    if metric is not None and chance is not None:
+        if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not math.isfinite(chance):
+            raise ValueError(f"a chance level must be a finite number, got {chance!r}")
+        out["chance"] = {str(metric): float(chance)}
+    if metrics is not None:
+        from ..losses import metric_infos  # here: reading a results file needs no torch
+
+        infos = metric_infos(metrics, metric, out.get("chance", {}).get(str(metric)))
+        out["metrics"] = {name: info.to_dict() for name, info in infos.items()}
+    return out
 
 
 def _torn_header(handle: Any) -> bool:

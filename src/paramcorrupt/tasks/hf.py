@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..losses import BatchLoss
+from ..losses import BatchLoss, describe_metric
 from ..train.recipe import Recipe
 
 __all__ = [
@@ -156,8 +156,17 @@ def hf_token_accuracy(output: Any, batch: Mapping[str, Tensor]) -> tuple[Tensor,
     return ((predicted == labels) & keep).sum(), keep.sum()
 
 
+describe_metric(hf_accuracy, higher_is_better=True, display_name="Accuracy", scale=100.0)
+describe_metric(hf_token_accuracy, higher_is_better=True, display_name="Token accuracy", scale=100.0)
+
+
 class HFLogPerplexity:
     """``log_ppl``: the token-mean cross-entropy in nats, from ``output.loss`` (no recomputation)."""
+
+    higher_is_better = False
+    display_name = "Log-perplexity"
+    scale = 1.0
+    unit = ""
 
     def __call__(self, output: Any, batch: Mapping[str, Tensor]) -> tuple[float, float]:
         tokens = float((_labels(batch)[..., 1:] != -100).sum())
@@ -169,6 +178,8 @@ class HFLogPerplexity:
 
 class HFPerplexity(HFLogPerplexity):
     """``perplexity`` = exp(aggregated log-perplexity); ``inf`` beyond float range."""
+
+    display_name = "Perplexity"
 
     @staticmethod
     def finalize(log_ppl: float) -> float:

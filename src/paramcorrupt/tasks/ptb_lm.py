@@ -303,6 +303,7 @@ class LogPerplexity:
     higher_is_better = False
     display_name = "Log-perplexity"
     scale = 1.0
+    unit = ""
 
     def __call__(self, output: Any, batch: Any) -> tuple[float, int]:
         return _token_loss(output, batch)

@@ -135,6 +135,7 @@ class BLEU:
     higher_is_better = True
     display_name = "BLEU"
     scale = 1.0
+    unit = "BLEU"
 
     def __call__(self, output: TranslationOutput, batch: Mapping[str, Any]) -> tuple[list[int], int]:
         if output.hypotheses is None or "refs" not in batch:

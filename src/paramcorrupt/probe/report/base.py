@@ -37,10 +37,12 @@ class ReportBase:
         rows = [r for r in self.rows if r.task == task]
         names = _ordered(r.metric for r in rows if r.metric)
         directions = [r.higher_is_better for r in rows if r.higher_is_better is not None]
+        infos = [r.info for r in rows if r.info is not None and r.metric == (names[0] if names else None)]
         return metric_display(
             names[0] if names else None,
             [v for r in rows for v in (r.before, r.after) if v is not None],
             directions[0] if directions else None,
+            infos[0] if infos else None,  # the results header's record of the metric
         )
 
     def _chance(self, task: str) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...losses import metric_info_by_name
+from ...losses import MetricInfo, metric_info_by_name
 
 __all__ = ["STAR_THRESHOLD", "MetricDisplay", "metric_display", "star"]
 
@@ -50,17 +50,27 @@ class MetricDisplay:
 
 
 def metric_display(
-    name: str | None, values: Iterable[float], higher_is_better: bool | None = None
+    name: str | None,
+    values: Iterable[float],
+    higher_is_better: bool | None = None,
+    info: MetricInfo | None = None,
 ) -> MetricDisplay:
-    """The display of a metric known from a results file: its name, values and, where the
-    rows carry it, its direction; see :func:`paramcorrupt.losses.metric_info_by_name`.
+    """The display of a metric known from a results file: ``info``, its
+    :class:`~paramcorrupt.losses.MetricInfo` as the file's header records it (its scale and
+    direction), and ``higher_is_better`` where the rows carry it. A file written before its
+    header recorded the info falls back on the name and values
+    (:func:`paramcorrupt.losses.metric_info_by_name`).
 
     >>> metric_display("accuracy", [0.5, 0.99]).scale
     100.0
     >>> metric_display("log_ppl", [4.2]).higher_is_better
     False
+    >>> metric_display("accuracy", [0.5], info=MetricInfo(False, scale=1.0)).damage_label
+    'accuracy rise'
     """
-    info = metric_info_by_name(name, values)
+    if info is None or info.higher_is_better is None:
+        guessed = metric_info_by_name(name, values)
+        info = guessed if info is None else MetricInfo(guessed.higher_is_better, info.display_name, info.scale, info.unit)
     higher = info.higher_is_better if higher_is_better is None else bool(higher_is_better)
     return MetricDisplay(str(name) if name else "metric", info.scale, bool(higher))
 

@@ -25,7 +25,7 @@ from .rows import _Notes, _num
 __all__ = ["FaultSection", "is_fault_row"]
 
 #: fields of a fault row that are not its setting
-_NOT_SETTING = frozenset({"bit_errors", "changed", "search_loss", "loss_nonfinite", "_source", "higher_is_better"})
+_NOT_SETTING = frozenset({"bit_errors", "changed", "search_loss", "loss_nonfinite", "_source", "_metric_info", "higher_is_better"})
 _FALLBACK_AXES = ("ber", "flips", "count")
 _PANELS_PER_FIGURE = 12
 
@@ -62,7 +62,10 @@ class FaultSection:
             names = _ordered(r.get("metric") for r in sel if r.get("metric"))
             values = [v for r in sel for v in (_num(r.get("metric_before")), _num(r.get("metric_after"))) if v is not None]
             directions = [r["higher_is_better"] for r in sel if isinstance(r.get("higher_is_better"), bool)]
-            self.displays[task] = metric_display(names[0] if names else None, values, directions[0] if directions else None)
+            infos = [r["_metric_info"] for r in sel if r.get("_metric_info") is not None and r.get("metric") == (names[0] if names else None)]
+            self.displays[task] = metric_display(
+                names[0] if names else None, values, directions[0] if directions else None, infos[0] if infos else None
+            )
 
     def section(self) -> list[str]:
         lines = ["## Hardware faults: the metric against the fault rate", ""]

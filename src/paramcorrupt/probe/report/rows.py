@@ -15,6 +15,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from ...losses import MetricInfo
 from ..store import read_jsonl
 
 __all__ = ["PathArg", "load_rows"]
@@ -68,13 +69,23 @@ def _chance_levels(value: Any) -> dict[str, float]:
     return out
 
 
+def _metric_infos(value: Any) -> dict[str, MetricInfo]:
+    """A header's ``"metrics"`` entry (metric name -> :class:`MetricInfo`), unusable ones left out."""
+    if not isinstance(value, dict):
+        return {}
+    infos = {str(name): MetricInfo.from_dict(info) for name, info in value.items()}
+    return {name: info for name, info in infos.items() if info is not None}
+
+
 def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     """Result rows of one or more JSONL files, in file order.
 
     Header lines (objects without a ``"method"`` key) are skipped and a torn last line is
     ignored. ``p`` is returned as a float (``"inf"`` -> ``math.inf``); every other field is
-    left as stored, ``"_source"`` names the file and ``"_chance"`` is the row's metric's chance
-    level where the file's header gives one (``"chance": {metric: value}``). A row repeated
+    left as stored, ``"_source"`` names the file, ``"_chance"`` is the row's metric's chance
+    level where the file's header gives one (``"chance": {metric: value}``) and
+    ``"_metric_info"`` its :class:`~paramcorrupt.losses.MetricInfo` where the header records
+    it (``"metrics"``; files written before it did have none). A row repeated
     with the same (``sweep_id``, ``key``) keeps its last copy.
 
     Raises:
@@ -87,9 +98,11 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     files = _as_paths(paths)
     for path in files:
         chance: dict[str, float] = {}
+        infos: dict[str, MetricInfo] = {}
         for obj in read_jsonl(path):
             if isinstance(obj, dict) and "method" not in obj:
                 chance = _chance_levels(obj.get("chance")) or chance  # a header's chance levels
+                infos = _metric_infos(obj.get("metrics")) or infos  # and its metrics' infos
                 continue
             if not isinstance(obj, dict):
                 continue
@@ -97,6 +110,8 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
             row["_source"] = str(path)
             if isinstance(row.get("metric"), str) and row["metric"] in chance:
                 row["_chance"] = chance[row["metric"]]
+            if isinstance(row.get("metric"), str) and row["metric"] in infos:
+                row["_metric_info"] = infos[row["metric"]]
             p = _num(row.get("p"))
             row["p"] = p
             ident = (row.get("sweep_id"), row.get("key"))
@@ -130,8 +145,9 @@ class _Row:
     first_order: float | None
     G: float | None
     ratio: float | None
-    higher_is_better: bool | None = None  # the metric's direction, where the row carries it
+    higher_is_better: bool | None = None  # the metric's direction: the row's, else the header's
     chance: float | None = None  # the metric's chance level, where the file's header gives it
+    info: MetricInfo | None = None  # the metric's direction and display, from the header
 
     @property
     def dloss_theory(self) -> float | None:
@@ -187,9 +203,11 @@ def _normalise(raw: list[dict[str, Any]], notes: _Notes) -> tuple[list[_Row], st
         dloss, src = _diff(r, "loss_change", "loss_after", "loss_before")
         sources[src] += 1
         dloss_g, src_g = _diff(r, None, "grad_loss_after", "grad_loss_before")
-        if dloss_g is None:
-            dloss_g, src_g = _diff(r, None, "train_loss_after", "train_loss_before")
         sources_g[src_g] += 1
+        info = r.get("_metric_info") if isinstance(r.get("_metric_info"), MetricInfo) else None
+        higher = r.get("higher_is_better")
+        if not isinstance(higher, bool):
+            higher = None if info is None else info.higher_is_better
         trial = r.get("trial")
         rows.append(
             _Row(
@@ -212,8 +230,9 @@ def _normalise(raw: list[dict[str, Any]], notes: _Notes) -> tuple[list[_Row], st
                 first_order=_num(r.get("first_order")),
                 G=_num(r.get("G")),
                 ratio=_num(r.get("ratio")),
-                higher_is_better=h if isinstance(h := r.get("higher_is_better"), bool) else None,
+                higher_is_better=higher,
                 chance=_num(r.get("_chance")),
+                info=info,
             )
         )
     if dropped:
