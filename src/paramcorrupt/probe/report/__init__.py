@@ -27,9 +27,10 @@ unstarred although |-0.08| < 0.1; we read that as a slip and follow the stated r
 
 Rows are read tolerantly: a header line (no ``"method"`` key) is skipped, a torn last line
 is ignored, and a field that is missing only drops what needs it, with a note in the report.
-The loss change is the row's ``loss_change``; where absent, ``train_loss_after -
-train_loss_before`` (the gradient's data, as in the demo's rows), else ``loss_after -
-loss_before``; the report says which it used.
+The loss change on the evaluation data is the row's ``loss_change``, else ``loss_after -
+loss_before``; on the gradient's data ``grad_loss_after - grad_loss_before`` (the evaluation
+data's where absent); the report says which it used. The metric's direction and display are
+the header's record (``"metrics"``), read by name only for files written before it.
 
 The package, by figure family: :mod:`.rows` (reading and normalising the rows),
 :mod:`.display` (the metric's display, the ``*`` convention, labels), :mod:`.base` (what the
