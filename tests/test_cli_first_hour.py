@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from paramcorrupt.cli.probe import resolve
 from paramcorrupt.probe import read_results
+from paramcorrupt.tasks.user import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "user_model.py"

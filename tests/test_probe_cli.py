@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from paramcorrupt.cli import main
-from paramcorrupt.cli.probe import load_checkpoint, resolve
 from paramcorrupt.probe import read_results
+from paramcorrupt.tasks._options import load_weights as load_checkpoint
 from paramcorrupt.tasks.digits import DigitsResNet
+from paramcorrupt.tasks.user import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "user_model.py"

@@ -178,7 +178,9 @@ def test_builtin_tasks_declare_their_chance_level():
 
 def test_train_cli_n_errors_say_all(capsys):
     from paramcorrupt.cli import main
-    from paramcorrupt.experiments.training import MethodConfig, parse_method, parse_top_n
+    from paramcorrupt.cli.values import parse_method
+    from paramcorrupt.cli.values import parse_n as parse_top_n
+    from paramcorrupt.experiments.training import MethodConfig
 
     for value in ("0", "-3", "abc"):
         with pytest.raises(SystemExit) as exit_info:

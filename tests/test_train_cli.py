@@ -9,7 +9,8 @@ import torch
 
 import paramcorrupt.train.recipe
 from paramcorrupt.cli import main
-from paramcorrupt.cli.train import MethodConfig, parse_method
+from paramcorrupt.cli.values import parse_method
+from paramcorrupt.experiments import MethodConfig
 
 FAST = ["--epochs", "1", "--batch-size", "256", "--quiet", "--eval-eps", "0.1,0.3", "--random-trials", "1", "--threads", "1"]
 

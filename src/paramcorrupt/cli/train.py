@@ -51,42 +51,35 @@ from ..experiments import (
     MethodConfig,
     TaskSetup,
     goal_check,
-    parse_method,
     run_one,
     table2_markdown,
     task_setup,
     validate,
 )
 from ..experiments.markdown import display_of
-from ..experiments.training import parse_number, parse_top_n
 from . import CLIError
+from .probe import use_hf_flag
+from .values import (
+    N_HELP,
+    argument_type,
+    floats,
+    ints,
+    number,
+    parse_method,
+    parse_n,
+    parse_p,
+    task_options,
+)
 
-__all__ = ["MethodConfig", "parse_method", "register", "run_compare", "run_train"]
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(parse_number(t) for t in text.split(",") if t.strip())
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+__all__ = ["register", "run_compare", "run_train"]
 
 
-def _top_n(text: str) -> int | None:
-    """``--n``: an integer >= 1 or ``all`` (the error in the option's own terms)."""
-    try:
-        return parse_top_n(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {text!r}") from None
+#: argparse types of the options (the parsers of :mod:`paramcorrupt.cli.values`)
+_EPS = argument_type(lambda text: number(text, "eps"))
+_P = argument_type(parse_p)
+_N = argument_type(lambda text: parse_n(text, "n"))
+_EVAL_EPS = argument_type(lambda text: tuple(floats(text, "--eval-eps")))
+_SEEDS = argument_type(lambda text: tuple(ints(text, "--seeds")))
 
 
 # --------------------------------------------------------------------------------------
@@ -104,26 +97,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default: the task's recipe; digits: 30; else {DEFAULT_EPOCHS})")
     parser.add_argument("--lr", type=float, default=None, help="(peak) learning rate (default: the task's recipe; digits: 0.1)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the task's; digits: 64)")
-    parser.add_argument("--eps", type=parse_number, default=0.5, help="resistant: radius of a_hat (default: 0.5, the paper's CIFAR-10 setting)")
-    parser.add_argument("--p", type=parse_number, default=2.0, help="resistant/regularised: the norm p (default: 2)")
-    parser.add_argument("--n", "--top-n", type=_top_n, default=None, help="resistant: top-n per step, or 'all' (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
+    parser.add_argument("--eps", type=_EPS, default=0.5, help="resistant: radius of a_hat (default: 0.5, the paper's CIFAR-10 setting)")
+    parser.add_argument("--p", type=_P, default=2.0, help="resistant/regularised: the norm p (default: 2)")
+    parser.add_argument("--n", "--top-n", type=_N, default=None, help="resistant: top-n per step, " + N_HELP + " (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     parser.add_argument("--alpha", type=float, default=0.5, help="resistant: weight of L(w + a_hat) (default: 0.5)")
     parser.add_argument("--interval", type=int, default=1, help="resistant: two-pass step every INTERVAL steps (default: 1)")
     parser.add_argument("--lam", type=float, default=0.25, help="regularised: lambda of L + lambda ||g||_q (default: 0.25 = alpha * eps)")
-    parser.add_argument("--eval-eps", type=_floats, default=DEFAULT_EVAL_EPS, help="L2 radii of the evaluation corruptions (default: 0.05,0.1,0.15,0.2,0.3,0.5)")
+    parser.add_argument("--eval-eps", type=_EVAL_EPS, default=DEFAULT_EVAL_EPS, help="L2 radii of the evaluation corruptions (default: 0.05,0.1,0.15,0.2,0.3,0.5)")
     parser.add_argument("--random-trials", type=int, default=3, help="random corruptions per radius (default: 3; 0: none)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-#: the recipe of a user's model (``--model/--data``) whose --data gives none
-#: (``info["recipe"]``); --lr and --epochs override it
-USER_RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "epochs": 10}
-
 _TRAIN_EPILOG = """\
 method settings (NAME:key=value[:key=value...], overriding the options below):
   plain         epochs, lr
-  resistant     eps, p, n (an integer or all), alpha, interval, epochs, lr
+  resistant     eps, p, n (an integer >= 1, or all: also k or none), alpha, interval, epochs, lr
   regularised   lam, p, epochs, lr
   e.g. resistant:eps=0.2:alpha=1, resistant:interval=4, regularised:lam=0.05
 
@@ -165,7 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     compare = sub.add_parser("compare", help="Table 2: baseline vs corruption-resistant training over several seeds, as Markdown")
     compare.add_argument("--methods", nargs="+", default=["plain", "resistant"], help="methods (first = the baseline), e.g. plain resistant resistant:interval=2")
-    compare.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated seeds (default: 0,1,2)")
+    compare.add_argument("--seeds", type=_SEEDS, default=(0, 1, 2), help="comma-separated seeds (default: 0,1,2)")
     compare.add_argument("--out", type=Path, default=Path("compare-out"), help="output folder (default: compare-out)")
     _common(compare)
     compare.set_defaults(run=run_compare)
@@ -173,52 +162,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _user_factory(args: argparse.Namespace) -> tuple[Any, str]:
     """``factory(seed)`` -> the Task of ``--model/--data`` (its model seeded by ``seed``, the
-    checkpoint loaded when given), and its identity."""
-    from ..tasks import Task
-    from .probe import (
-        _file_digest,
-        _from_data,
-        _spec_identity,
-        load_checkpoint,
-        load_state_into,
-        resolve,
-    )
+    checkpoint loaded when given; :func:`paramcorrupt.tasks.user.user_task`), and its identity."""
+    from ..tasks.user import resolve, user_identity, user_task
 
     if args.data is None:
         raise ValueError("--model needs --data (the loaders and the loss; see `paramcorrupt train --help`)")
     if args.task_option or args.data_dir is not None:
         raise ValueError("--task-option and --data-dir go with --task, not --model/--data")
-    model_factory = resolve(args.model, "--model") if args.model is not None else None
-    data_factory = resolve(args.data, "--data")
-    identity = f"model={_spec_identity(args.model)};data={_spec_identity(args.data)}"
-    if args.checkpoint is not None:
-        identity += f";checkpoint=sha256:{_file_digest(args.checkpoint)}" if args.checkpoint.is_file() else ""
-        if args.checkpoint_key is not None:
-            identity += f"[{args.checkpoint_key}]"
+    if args.model is not None:
+        resolve(args.model, "--model")  # a spec that names nothing fails before any work
+    resolve(args.data, "--data")
 
     def factory(seed: int) -> Any:
-        torch.manual_seed(seed)  # a factory that does not seed itself initialises from --seed
-        model = None
-        if model_factory is not None:
-            model = model_factory() if callable(model_factory) else model_factory
-        result = data_factory() if callable(data_factory) else data_factory
-        source = _from_data(result, model, args.data, identity)
-        if args.checkpoint is not None:
-            load_state_into(source.model, load_checkpoint(args.checkpoint, args.checkpoint_key), f"checkpoint {args.checkpoint}")
-        info = dict(getattr(result, "info", None) or {})
-        info["recipe"] = dict(info.get("recipe") or USER_RECIPE)
-        metric = source.primary_metric if source.primary_metric in source.metrics else next(iter(source.metrics), "loss")
-        train_loader = getattr(result, "train_loader", None) or source.gradient_loader
-        return Task(source.name, source.model, source.gradient_loader, source.eval_loader, source.loss_fn,
-                    source.metrics, metric, getattr(result, "higher_is_better", metric != "loss"),
-                    source.groupings, train_loader, info)
+        return user_task(args.model, args.data, checkpoint=args.checkpoint, checkpoint_key=args.checkpoint_key, seed=seed)
 
-    return factory, identity
+    return factory, user_identity(args.model, args.data, checkpoint=args.checkpoint, checkpoint_key=args.checkpoint_key)
 
 
 def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, MethodConfig]:
-    from .probe import task_options
-
     if getattr(args, "checkpoint_key", None) is not None and getattr(args, "checkpoint", None) is None:
         raise ValueError("--checkpoint-key goes with --checkpoint")
     if getattr(args, "model", None) is not None or getattr(args, "data", None) is not None:
@@ -237,8 +198,6 @@ def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, Me
 
 
 def _setup(args: argparse.Namespace) -> None:
-    from .probe import use_hf_flag
-
     use_hf_flag(args)
     args.task_given = args.task is not None
     args.task = args.task or "digits"
@@ -290,8 +249,6 @@ def run_train(args: argparse.Namespace) -> int:
 @_distributed
 def run_compare(args: argparse.Namespace) -> int:
     _setup(args)
-    if not args.seeds:
-        raise CLIError("--seeds needs at least one seed")
     setup, base = _base_config(args, args.seeds[0])
     configs = [parse_method(spec, base) for spec in args.methods]
     for config in configs:
