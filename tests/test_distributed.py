@@ -245,7 +245,7 @@ def _probe_setup():
         p_values=["inf"],
         n_values=[None, 5],
         eps_values=[1e-2],
-        iterative_steps=2,
+        settings={"iterative": {"steps": 2}},
         task="test-distributed",
     )
     return model, config, gradient_loader, eval_loader, groups

@@ -120,7 +120,7 @@ def test_rows_equal_core_computations_one_by_one():
         n_values=(None, 5, 10_000),
         eps_values=(1e-3, 0.3),
         seed=7,
-        iterative_steps=1,
+        settings={"iterative": {"steps": 1}},
         task="tiny",
         grouping="manual",
     )

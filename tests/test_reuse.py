@@ -364,7 +364,7 @@ def test_sweep_rows_equal_with_and_without_reuse(digits):
     model, eval_loader, gradient_loader = digits
     groups = {"layer1": select(model, "layer1"), "layer2": select(model, "layer2"), "fc": select(model, "fc")}
     config = SweepConfig(
-        methods=("random", "gradient", "iterative"), trials=2, eps_values=(0.05, 0.2), iterative_steps=2, task="test"
+        methods=("random", "gradient", "iterative"), trials=2, eps_values=(0.05, 0.2), settings={"iterative": {"steps": 2}}, task="test"
     )
     metrics = {"accuracy": accuracy}
     args = (model, config, gradient_loader, eval_loader, classification_loss, metrics)

@@ -200,7 +200,7 @@ def _groups(args: argparse.Namespace, task: Task) -> tuple[str, dict[str, Any], 
 
 
 def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, keep: list[str] | None) -> Any:
-    from ..probe.sweep import SweepConfig
+    from ..probe.plan import SweepConfig, with_setting
 
     for option in ("trials", "steps"):
         if getattr(args, option) < 0:
@@ -211,13 +211,12 @@ def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, 
     return SweepConfig(
         groups=keep,
         methods=methods,
-        settings=settings,
+        settings=with_setting(settings, methods, "steps", args.steps),  # --steps: the iterative ascent's
         trials=args.trials,
         p_values=floats(args.p, "--p"),
         n_values=n_values(args.n, "--n"),
         eps_values=floats(args.eps, "--eps"),
         seed=args.seed,
-        iterative_steps=args.steps,
         task=identity,
         grouping=grouping,
         metric=task.primary_metric if declared else None,

@@ -193,6 +193,7 @@ def fault_settings(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[
         ValueError: for a setting without ``--fault``, or one no ``--fault`` model has.
     """
     from ..faults import get_fault
+    from ..probe.plan import grid_settings
 
     faults = items(args.fault, "--fault") if args.fault is not None else []
     given = {name: getattr(args, name) for name in FAULT_OPTIONS if getattr(args, name, None) is not None}
@@ -208,9 +209,9 @@ def fault_settings(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[
     used = set()
     for name in faults:
         cls = get_fault(name)
-        if cls.family_name() == "lp":  # the relative L_p ones run on --p/--n/--eps
+        if grid_settings(cls):  # the L_p ones run on --p/--n/--eps
             continue
-        mine = {key: [fault_value(v) for v in items(text, f"--{key}")] for key, text in given.items() if key in cls.parameters}
+        mine = {key: [fault_value(v) for v in items(text, f"--{key}")] for key, text in given.items() if key in cls.setting_names()}
         used |= set(mine)
         settings[name] = mine
     unused = [key for key in given if key not in used]

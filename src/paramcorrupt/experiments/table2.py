@@ -5,18 +5,63 @@ of the training set) at each radius, and the mean of random L2 corruptions of th
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..constraint import Constraint
+from ..corruption.base import Corruption
+from ..corruption.random import random_corruption
+from ..faults import FaultContext, FaultModel, LpFault, register_fault
 from ..groups import select
 from ..probe.sweep import SweepConfig, sweep
 from .markdown import KNOWN_METRICS
 
-__all__ = ["DEFAULT_EVAL_EPS", "table2_metrics"]
+__all__ = ["DEFAULT_EVAL_EPS", "SequentialRandomLp", "table2_metrics"]
 
 #: the L2 radii of Table 2's evaluation by default
 DEFAULT_EVAL_EPS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+@register_fault
+class SequentialRandomLp(LpFault):
+    """Random corruption (Definition 3) drawn from *one* generator seeded with the sweep's
+    seed, in grid order (p, n, eps, then trial): the stream of a plain loop over the grid, as
+    the Table 2 evaluation has always drawn it. Rows computed out of order (a resumed sweep,
+    other processes' rows) replay the draws before theirs, so every row gets the draw the
+    loop gives it. ``random`` (one seed per row) is the cheaper default for new sweeps.
+
+    An instance knows its place in its grid (``index``, set by :meth:`grid`); the context
+    gives the sweep's ``seed`` and ``trials``.
+    """
+
+    name = "random-sequential"
+    stochastic = True
+    #: the setting's place in the grid it was built in (p, then n, then eps)
+    index: int = 0
+
+    @classmethod
+    def grid(cls, values: Mapping[str, Sequence[Any]]) -> list[FaultModel]:
+        faults = super().grid(values)
+        for index, fault in enumerate(faults):
+            fault.index = index  # type: ignore[attr-defined]
+        return faults
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        position = self.index * ctx.trials + ctx.trial
+        key = ("random-sequential", ctx.seed)
+        if key not in ctx.cache or ctx.cache[key][1] > position:
+            ctx.cache[key] = [torch.Generator().manual_seed(ctx.seed), 0]
+        stream = ctx.cache[key]
+        # n = None as the loop had it (the closed form without a top-n)
+        constraint = Constraint(self.setting["p"], self.setting["eps"], self.setting["n"])
+        while True:  # earlier rows' draws (computed elsewhere, or before a resume) are replayed
+            corruption = random_corruption(ctx.model, constraint, ctx.group, generator=stream[0])
+            stream[1] += 1
+            if stream[1] > position:
+                return corruption
 
 
 def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int = 3, seed: int = 0) -> dict[str, Any]:

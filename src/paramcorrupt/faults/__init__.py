@@ -5,7 +5,8 @@
   :func:`get_fault`).
 - :mod:`~paramcorrupt.faults.lp`: the paper's ``random``, ``gradient`` and ``iterative``
   L_p corruptions, and ``relative-random`` / ``relative-gradient`` (||a / |w| ||_p = eps),
-  swept over one grid of (p, n, eps).
+  swept over one grid of (p, n, eps). (Table 2's legacy ``random-sequential`` stream is
+  registered by :mod:`paramcorrupt.experiments.table2`.)
 - :mod:`~paramcorrupt.faults.values`: ``random-values`` (values written, not added).
 - :mod:`~paramcorrupt.faults.formats`: stored number formats (float32, float16,
   bfloat16, int8 per tensor and per channel) and their bit classes.
@@ -18,7 +19,7 @@
 # the import order is the registry's order: the paper's methods first
 # isort: off
 from .base import FAULTS, FaultContext, FaultModel, get_fault, key_text, register_fault
-from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp, SequentialRandomLp
+from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp
 from .values import RandomValues
 from .formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
@@ -44,7 +45,6 @@ __all__ = [
     "RandomValues",
     "RelativeGradientLp",
     "RelativeRandomLp",
-    "SequentialRandomLp",
     "bit_search",
     "get_fault",
     "get_format",

@@ -44,7 +44,8 @@ __all__ = ["FAULTS", "FaultContext", "FaultModel", "get_fault", "register_fault"
 
 @dataclass
 class FaultContext:
-    """What a fault model may read to build one corruption.
+    """What a fault model may read to build one corruption: what every fault model may need,
+    nothing of one family's grid (a fault model reads its own setting, ``self.setting``).
 
     Attributes:
         model: the network (read only: shapes, dtypes, values).
@@ -55,11 +56,14 @@ class FaultContext:
         generator: the row's own generator (stochastic fault models), else ``None``.
         loader: the gradient's data (for fault models that evaluate, as the iterative one).
         loss_fn: the batch loss.
-        options: sweep-wide values: ``iterative_steps``, ``seed``, ``trials`` and the L_p
-            grid ``p_values``, ``n_values``, ``eps_values``.
         cache: a per-group dict a fault model may keep derived values in (the dual norm of
             the gradient per (p, n), say) across the rows of one group.
         trial: the row's trial (0 for deterministic fault models).
+        seed: the sweep's seed, the root of every stochastic row's draws. ``generator`` is
+            all a fault model that draws per row needs; one that draws from a single stream
+            across rows (Table 2's legacy ``random-sequential``) seeds that stream with it.
+        trials: the sweep's draws per setting of a stochastic fault model: with ``trial``
+            and the setting's place in its grid, the place of a row's draws in such a stream.
     """
 
     model: nn.Module
@@ -69,9 +73,10 @@ class FaultContext:
     generator: torch.Generator | None = None
     loader: Iterable[Any] | None = None
     loss_fn: Any = None
-    options: Mapping[str, Any] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)
     trial: int = 0
+    seed: int = 0
+    trials: int = 1
 
 
 def key_text(value: Any) -> str:
@@ -92,39 +97,59 @@ class FaultModel(ABC):
     """One setting of one way of corrupting parameters (an instance), and its kind (the class).
 
     Subclasses set the class attributes and implement :meth:`corrupt`; most need nothing
-    else. An instance holds one validated setting (``fault.setting``, a dict in
-    ``parameters`` order); invalid settings raise when the instance is made, before any
+    else. An instance holds one validated setting (``fault.setting``, a dict: ``parameters``
+    then ``fixed``, in order); invalid settings raise when the instance is made, before any
     parameter changes.
 
     Class attributes:
         name: the registry name, also the rows' ``method``.
-        parameters: the setting names, in row-key order.
+        parameters: the settings a sweep may vary, in row-key order.
+        fixed: settings that take one value per sweep (the iterative ascent's ``steps``):
+            not part of a row's key, so the sweep's configuration (and its sweep_id) holds
+            them; a sweep given two values of one refuses.
         defaults: values for settings a sweep does not list.
         stochastic: whether it draws from the row's generator (then a sweep runs ``trials``
-            of it, each with its own seed).
+            of it, each with its own seed; reports show its rows as mean ± std over trials).
         uses_gradient: whether :meth:`corrupt` or :meth:`first_order` reads
             ``ctx.gradient`` (the sweep computes the data set gradient only when one does).
         family: fault models of one family share one grid of settings and are interleaved
             in a sweep (random and gradient L_p corruptions are compared at each (p, n, eps)).
         axes: the settings a report may plot along, in order of preference (``eps``;
             ``ber`` or ``flips``); a report takes the first one its rows set.
+
+    What reports show (a report asks the registry by a row's ``method``; a method it does not
+    know gets these defaults):
+        label: the name in legends (default: ``name``).
+        colour: a matplotlib colour for its curves (default: the colour cycle's next).
+        order: its place among the methods of a table or legend (lower first, then by name).
+        theorem1_trials: its rows are the random trials Theorem 1 describes (uniform
+            directions of the L_p set): the report's Theorem 1 section takes their quantiles.
+        worst_case: its rows are the worst case the first-order estimate eps ||top_n(g)||_q
+            describes: the report's first-order columns and Theorem 1's comparison take them.
     """
 
     name: ClassVar[str] = ""
     parameters: ClassVar[tuple[str, ...]] = ()
+    fixed: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[Mapping[str, Any]] = {}
     stochastic: ClassVar[bool] = False
     uses_gradient: ClassVar[bool] = False
     family: ClassVar[str | None] = None
     axes: ClassVar[tuple[str, ...]] = ()
+    label: ClassVar[str] = ""
+    colour: ClassVar[str | None] = None
+    order: ClassVar[int] = 100
+    theorem1_trials: ClassVar[bool] = False
+    worst_case: ClassVar[bool] = False
 
     def __init__(self, **setting: Any) -> None:
-        unknown = [name for name in setting if name not in self.parameters]
+        names = self.setting_names()
+        unknown = [name for name in setting if name not in names]
         if unknown:
             raise ValueError(
-                f"fault model {self.name!r} has no setting {unknown[0]!r}; its settings: {', '.join(self.parameters) or 'none'}"
+                f"fault model {self.name!r} has no setting {unknown[0]!r}; its settings: {', '.join(names) or 'none'}"
             )
-        full = {name: setting.get(name, self.defaults.get(name, _MISSING)) for name in self.parameters}
+        full = {name: setting.get(name, self.defaults.get(name, _MISSING)) for name in names}
         missing = [name for name, value in full.items() if value is _MISSING]
         if missing:
             raise ValueError(f"fault model {self.name!r} needs a value for {missing[0]!r}")
@@ -136,6 +161,11 @@ class FaultModel(ABC):
         return setting
 
     @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        """Every setting: ``parameters``, then ``fixed``."""
+        return (*cls.parameters, *cls.fixed)
+
+    @classmethod
     def family_name(cls) -> str:
         return cls.family or cls.name
 
@@ -143,28 +173,35 @@ class FaultModel(ABC):
     def grid(cls, values: Mapping[str, Sequence[Any]]) -> list[FaultModel]:
         """Every setting of the product of ``values`` (name -> the values to sweep), in
         ``parameters`` order (the last varies fastest); settings not named take their
-        default."""
-        unknown = [name for name in values if name not in cls.parameters]
+        default, and a ``fixed`` setting takes one value."""
+        names = cls.setting_names()
+        unknown = [name for name in values if name not in names]
         if unknown:
             raise ValueError(
-                f"fault model {cls.name!r} has no setting {unknown[0]!r}; its settings: {', '.join(cls.parameters) or 'none'}"
+                f"fault model {cls.name!r} has no setting {unknown[0]!r}; its settings: {', '.join(names) or 'none'}"
             )
         axes = []
-        for name in cls.parameters:
+        for name in names:
             if name in values:
                 seq = values[name]
                 seq = [seq] if isinstance(seq, (str, bytes)) or not isinstance(seq, Iterable) else list(seq)
                 if not seq:
                     raise ValueError(f"the values of {cls.name!r} setting {name!r} are empty")
                 axes.append(list(dict.fromkeys(seq)))
+                if name in cls.fixed and len(axes[-1]) > 1:
+                    raise ValueError(
+                        f"the {cls.name!r} setting {name!r} takes one value per sweep (it is no part of a row's key), "
+                        f"got {axes[-1]}"
+                    )
             elif name in cls.defaults:
                 axes.append([cls.defaults[name]])
             else:
                 raise ValueError(f"fault model {cls.name!r} needs values for its setting {name!r}")
-        return [cls(**dict(zip(cls.parameters, combo))) for combo in itertools.product(*axes)]
+        return [cls(**dict(zip(names, combo))) for combo in itertools.product(*axes)]
 
     def key(self) -> str:
-        """The setting's part of a row key: ``name=value|...`` in ``parameters`` order."""
+        """The setting's part of a row key: ``name=value|...`` in ``parameters`` order (the
+        ``fixed`` settings are the sweep's, not the row's)."""
         return "|".join(f"{name}={key_text(self.setting[name])}" for name in self.parameters)
 
     @abstractmethod
@@ -197,7 +234,8 @@ def register_fault(cls: type[FaultModel]) -> type[FaultModel]:
 
     Raises:
         TypeError: if ``cls`` is not a FaultModel subclass.
-        ValueError: for an empty name, a name with ``|`` or one taken by another class.
+        ValueError: for an empty name, a name with ``|`` or one taken by another class, or a
+            setting named with ``|`` or ``=`` or both a parameter and a fixed setting.
     """
     if not (isinstance(cls, type) and issubclass(cls, FaultModel)):
         raise TypeError(f"register_fault takes a FaultModel subclass, got {cls!r}")
@@ -206,9 +244,12 @@ def register_fault(cls: type[FaultModel]) -> type[FaultModel]:
         raise ValueError(f"a fault model needs a non-empty name without '|', got {name!r}")
     if name in FAULTS and FAULTS[name] is not cls:
         raise ValueError(f"the fault model name {name!r} is taken by {FAULTS[name].__qualname__}")
-    for parameter in cls.parameters:
+    for parameter in cls.setting_names():
         if "|" in parameter or "=" in parameter:
             raise ValueError(f"setting names may not contain '|' or '=', got {parameter!r}")
+    both = [parameter for parameter in cls.fixed if parameter in cls.parameters]
+    if both:
+        raise ValueError(f"the setting {both[0]!r} of {name!r} is among both its parameters and its fixed settings")
     FAULTS[name] = cls
     return cls
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..constraint import Constraint, dual_norm, parse_p
 from ..corruption.base import Corruption
 from ..corruption.gradient import gradient_corruption
@@ -27,7 +25,6 @@ __all__ = [
     "RandomLp",
     "RelativeGradientLp",
     "RelativeRandomLp",
-    "SequentialRandomLp",
 ]
 
 
@@ -82,6 +79,8 @@ class RandomLp(LpFault):
 
     name = "random"
     stochastic = True
+    label, colour, order = "random", "tab:blue", 0
+    theorem1_trials = True
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
@@ -92,6 +91,8 @@ class GradientLp(LpFault):
     """Gradient-based corruption (Definition 4): a_hat = argmax_{a in S} a.g in closed form."""
 
     name = "gradient"
+    label, colour, order = "gradient-based", "tab:red", 1
+    worst_case = True
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return gradient_corruption(ctx.gradient, self.constraint(ctx.k), ctx.group)
@@ -99,46 +100,25 @@ class GradientLp(LpFault):
 
 @register_fault
 class IterativeLp(LpFault):
-    """Multi-step projected ascent from a_hat (``options["iterative_steps"]`` steps)."""
+    """Multi-step projected ascent from a_hat: ``steps`` steps (one value per sweep, no part of
+    a row's key: the rows of earlier sweeps keep their keys)."""
 
     name = "iterative"
+    fixed = ("steps",)
+    defaults = {"steps": 5}
+    label, colour, order = "multi-step", "tab:purple", 2
+
+    def check(self, setting: dict[str, Any]) -> dict[str, Any]:
+        steps = setting["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        return {**super().check(setting), "steps": steps}
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return iterative_corruption(
             ctx.model, self.constraint(ctx.k), ctx.loader, ctx.loss_fn, ctx.group,
-            steps=ctx.options.get("iterative_steps", 5), gradient=ctx.gradient,
+            steps=self.setting["steps"], gradient=ctx.gradient,
         )
-
-
-@register_fault
-class SequentialRandomLp(LpFault):
-    """Random corruption (Definition 3) drawn from *one* generator seeded with the sweep's
-    seed, in grid order (p, n, eps, then trial): the stream of a plain loop over the grid, as
-    the Table 2 evaluation has always drawn it. Rows computed out of order (a resumed sweep,
-    other processes' rows) replay the draws before theirs, so every row gets the draw the
-    loop gives it. ``random`` (one seed per row) is the cheaper default for new sweeps."""
-
-    name = "random-sequential"
-    stochastic = True
-
-    def corrupt(self, ctx: FaultContext) -> Corruption:
-        o = ctx.options
-        position = (
-            (o["p_values"].index(self.setting["p"]) * len(o["n_values"]) + o["n_values"].index(self.setting["n"]))
-            * len(o["eps_values"])
-            + o["eps_values"].index(self.setting["eps"])
-        ) * o["trials"] + ctx.trial
-        key = ("random-sequential", o["seed"])
-        if key not in ctx.cache or ctx.cache[key][1] > position:
-            ctx.cache[key] = [torch.Generator().manual_seed(o["seed"]), 0]
-        stream = ctx.cache[key]
-        # n = None as the loop had it (the closed form without a top-n)
-        constraint = Constraint(self.setting["p"], self.setting["eps"], self.setting["n"])
-        while True:  # earlier rows' draws (computed elsewhere, or before a resume) are replayed
-            corruption = random_corruption(ctx.model, constraint, ctx.group, generator=stream[0])
-            stream[1] += 1
-            if stream[1] > position:
-                return corruption
 
 
 class _Relative(LpFault):

@@ -23,10 +23,9 @@ Example:
 from .report import write_report
 from .reuse import ReusingEvaluator
 from .store import ResultsStore, read_results
-from .sweep import METHODS, ROW_FIELDS, Evaluator, FullEvaluator, SweepConfig, sweep, sweep_id
+from .sweep import ROW_FIELDS, Evaluator, FullEvaluator, SweepConfig, sweep, sweep_id
 
 __all__ = [
-    "METHODS",
     "ROW_FIELDS",
     "Evaluator",
     "FullEvaluator",

@@ -11,7 +11,8 @@ all groups, and sliced per group: never again per eps, n or p. The clean loss an
 are measured once per sweep. Each random row draws from its own generator, seeded from the
 sweep's seed and the row's key by a stable hash, so a row computed after a resume equals the
 one an uninterrupted run computes. The model is left bit-identical, also when the sweep is
-interrupted.
+interrupted. What a sweep runs (its configuration, its rows' keys and seeds, its sweep_id) is
+planned in :mod:`paramcorrupt.probe.plan`; this module runs it.
 
 Row schema (one dict per row, the same in the results file; see :data:`ROW_FIELDS`):
 
@@ -40,45 +41,40 @@ is kept, with ``loss_nonfinite: true``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from .. import parallel as D
-from ..constraint import lp_norm, parse_p
+from ..constraint import lp_norm
 from ..corruption.apply import corrupted
 from ..evaluate import evaluate
-from ..faults import FAULTS, FaultContext, FaultModel, get_fault, key_text
+from ..faults import FaultContext, FaultModel, get_fault
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
+from .plan import SweepConfig, probed_groups, row_seed, row_settings, sweep_id
 from .store import ResultsStore
 
 __all__ = [
-    "METHODS",
     "ROW_FIELDS",
     "Evaluator",
     "FullEvaluator",
     "SweepConfig",
-    "row_key",
+    "probed_groups",
     "row_seed",
+    "row_settings",
     "sweep",
     "sweep_id",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: the paper's corruption methods (any fault model in :data:`paramcorrupt.faults.FAULTS`
-#: can be swept; these share the p x n x eps grid)
-METHODS = ("random", "gradient", "iterative")
 
 #: the fields of every row, in order
 ROW_FIELDS = (
@@ -107,207 +103,6 @@ ROW_FIELDS = (
     "ratio",
     "seconds",
 )
-
-
-def _as_tuple(values: Any, what: str) -> tuple:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        values = (values,)
-    out = tuple(dict.fromkeys(values))  # drop repeats, keep order
-    if not out:
-        raise ValueError(f"{what} must hold at least one value")
-    return out
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What a sweep runs: groups x methods x their settings (x trials for random ones).
-
-    A method is a fault model's registry name (:data:`paramcorrupt.faults.FAULTS`). The
-    paper's L_p methods ("random", "gradient", "iterative") run over the grid
-    ``p_values x n_values x eps_values``; any other fault model over the grid ``settings``
-    gives it (name -> setting -> values; settings it does not name take their defaults).
-
-    Args:
-        groups: the labels of the groups to probe, in order (default: every group passed
-            to :func:`sweep`).
-        methods: fault model names: "random", "gradient", "iterative" (multi-step ascent),
-            or any other registered one.
-        trials: R, draws per setting of a stochastic fault model (random ones).
-        p_values: the norms (``float("inf")`` or "inf" for L_inf).
-        n_values: the largest numbers of changed coordinates; ``None`` for n = k. An n
-            larger than a group's k is clamped to k (the row keeps ``n_requested``).
-        eps_values: the radii.
-        seed: the root of every random row's seed.
-        iterative_steps: ascent steps of the multi-step method after a_hat.
-        task: the task's identity (its name and whatever fixes its weights and data); part
-            of the sweep_id.
-        grouping: the name of the grouping ("type", "position", ...), written on each row.
-        metric: the metric rows report (default: the first metric, or "loss").
-        measure_gradient_data: also measure the loss on the gradient's data for every row
-            (``grad_loss_after`` and Theorem 2's ``ratio``); costs one more pass per row.
-        settings: fault model name -> {setting: values} for the methods outside the L_p
-            grid (``{"random-values": {"count": [1, 10]}}``).
-
-    Raises:
-        ValueError: for an unknown method, a bad p, n, eps, trials, steps or setting.
-
-    Example:
-        >>> SweepConfig(methods=["gradient"], p_values=["inf", 2], eps_values=[1e-3]).p_values
-        (inf, 2.0)
-    """
-
-    groups: tuple[str, ...] | None = None
-    methods: tuple[str, ...] = ("random", "gradient")
-    trials: int = 10
-    p_values: tuple[float, ...] = (math.inf,)
-    n_values: tuple[int | None, ...] = (None,)
-    eps_values: tuple[float, ...] = (1e-3,)
-    seed: int = 0
-    iterative_steps: int = 5
-    task: str = "custom"
-    grouping: str = "custom"
-    metric: str | None = None
-    measure_gradient_data: bool = True
-    settings: Mapping[str, Mapping[str, Any]] | None = None
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        if self.groups is not None:
-            groups = _as_tuple(self.groups, "groups")
-            for g in groups:
-                if not isinstance(g, str):
-                    raise TypeError(f"group labels must be strings, got {g!r}")
-            set_(self, "groups", groups)
-        methods = _as_tuple(self.methods, "methods")
-        unknown = [m for m in methods if m not in FAULTS]
-        if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; expected some of {', '.join(FAULTS)}")
-        set_(self, "methods", methods)
-        for name in ("trials", "iterative_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        stochastic = [m for m in methods if FAULTS[m].stochastic]
-        if stochastic and self.trials < 1:
-            raise ValueError(f"the {stochastic[0]} method needs trials >= 1, got trials={self.trials}")
-        p_values = tuple(parse_p(p) for p in _as_tuple(self.p_values, "p_values"))
-        n_values = tuple(None if n == "all" else n for n in _as_tuple(self.n_values, "n_values"))
-        eps_values = _as_tuple(self.eps_values, "eps_values")
-        set_(self, "p_values", tuple(dict.fromkeys(p_values)))
-        set_(self, "n_values", tuple(dict.fromkeys(n_values)))
-        set_(self, "eps_values", tuple(float(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else e for e in eps_values))
-        if self.settings is not None:
-            if not isinstance(self.settings, Mapping):
-                raise TypeError(f"settings must map fault model names to their settings, got {type(self.settings).__name__}")
-            extra = [name for name in self.settings if name not in methods]
-            if extra:
-                raise ValueError(f"settings are given for {extra[0]!r}, which is not among the methods {list(methods)}")
-            frozen = {}
-            for name, values in self.settings.items():
-                if not isinstance(values, Mapping):
-                    raise TypeError(f"the settings of {name!r} must map setting names to values, got {type(values).__name__}")
-                frozen[name] = {k: _as_tuple(v, f"the {name!r} setting {k!r}") for k, v in values.items()}
-            set_(self, "settings", frozen or None)
-        for method in methods:
-            self.faults(method)  # validates every setting of every method
-        for name in ("task", "grouping"):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
-
-    def faults(self, method: str) -> list[FaultModel]:
-        """Every setting ``method`` runs at, as fault models, in grid order (the L_p methods:
-        p, then n, then eps; others: their parameters' order, the last varying fastest)."""
-        cls = get_fault(method)
-        if cls.family_name() == "lp":
-            values: Mapping[str, Any] = {"p": self.p_values, "n": self.n_values, "eps": self.eps_values}
-        else:
-            values = (self.settings or {}).get(method, {})
-        return cls.grid(values)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values (``inf`` as the string "inf"); ``settings``
-        only when given, so the sweep_id of an L_p sweep does not depend on it."""
-        out = asdict(self)
-        out["p_values"] = [_p_text(p) for p in self.p_values]
-        for name in ("groups", "methods", "n_values", "eps_values"):
-            if out[name] is not None:
-                out[name] = list(out[name])
-        if self.settings is None:
-            del out["settings"]
-        else:
-            out["settings"] = {m: {k: [_p_text(v) for v in vs] for k, vs in d.items()} for m, d in self.settings.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SweepConfig:
-        """The inverse of :meth:`as_dict`."""
-        return cls(**dict(data))
-
-
-def _p_text(p: Any) -> Any:
-    return "inf" if isinstance(p, float) and p == math.inf else p
-
-
-def row_key(group: str, method: str, p: float, n: int | None, eps: float, trial: int) -> str:
-    """The row's unique key: ``group|method|p=..|n=..|eps=..|trial=..`` (n as requested).
-
-    Example:
-        >>> row_key("norm", "random", float("inf"), None, 1e-3, 2)
-        'norm|random|p=inf|n=all|eps=0.001|trial=2'
-    """
-    return f"{group}|{method}|p={key_text(float(p))}|n={key_text(n)}|eps={key_text(float(eps))}|trial={trial}"
-
-
-def fault_key(group: str, fault: FaultModel, trial: int) -> str:
-    """A row's key from its fault model: ``group|name|<setting>|trial=..``.
-
-    Example:
-        >>> from paramcorrupt.faults import RandomLp
-        >>> fault_key("norm", RandomLp(p="inf", n=None, eps=1e-3), 2)
-        'norm|random|p=inf|n=all|eps=0.001|trial=2'
-    """
-    return f"{group}|{fault.name}|{fault.key()}|trial={trial}"
-
-
-def _stable_hash(text: str, digits: int = 16) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:digits]
-
-
-def row_seed(seed: int, key: str) -> int:
-    """The seed of a random row's generator: a stable hash of the sweep's seed and the key.
-
-    Example:
-        >>> row_seed(0, "all|random|p=inf|n=all|eps=0.001|trial=0") == row_seed(0, "all|random|p=inf|n=all|eps=0.001|trial=0")
-        True
-    """
-    return int(_stable_hash(f"{seed}|{key}"), 16) & (2**63 - 1)
-
-
-def sweep_id(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> str:
-    """A stable hash of the configuration, the probed groups (labels and parameter names)
-    and the task's identity: two runs with one sweep_id compute the same rows."""
-    probed = probed_groups(config, groups)
-    payload = {
-        "config": config.as_dict(),
-        "groups": [[label, list(group.names)] for label, group in probed.items()],
-    }
-    return _stable_hash(json.dumps(payload, sort_keys=True, allow_nan=False))
-
-
-def probed_groups(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> dict[str, ParameterGroup]:
-    if not isinstance(groups, Mapping) or not groups:
-        raise ValueError("groups must map at least one label to a ParameterGroup")
-    for label, group in groups.items():
-        if not isinstance(group, ParameterGroup):
-            raise TypeError(f"group {label!r} is a {type(group).__name__}, expected a ParameterGroup")
-        if "|" in label:
-            raise ValueError(f"group label {label!r} may not contain '|' (it separates the parts of a row key)")
-    if config.groups is None:
-        return dict(groups)
-    unknown = [g for g in config.groups if g not in groups]
-    if unknown:
-        raise ValueError(f"unknown group {unknown[0]!r}; available: {', '.join(groups)}")
-    return {label: groups[label] for label in config.groups}
 
 
 @runtime_checkable
@@ -368,25 +163,6 @@ class _Plan:
     G: float | None
     settings: list[tuple[FaultModel, int, str]] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict)
-
-
-def row_settings(config: SweepConfig, label: str) -> list[tuple[FaultModel, int, str]]:
-    """(fault model, trial, key) of every row of one group: families in the order their
-    first method appears, each family's grid in order, its methods interleaved at each
-    setting (random and gradient L_p rows side by side at each (p, n, eps))."""
-    families: dict[str, list[str]] = {}
-    for method in config.methods:
-        families.setdefault(get_fault(method).family_name(), []).append(method)
-    rows = []
-    for methods in families.values():
-        grids = [config.faults(method) for method in methods]
-        if len({tuple(f.key() for f in grid) for grid in grids}) > 1:
-            raise ValueError(f"the fault models {', '.join(methods)} share a family but not their grid of settings")
-        for faults in zip(*grids):
-            for fault in faults:
-                for trial in range(config.trials if fault.stochastic else 1):
-                    rows.append((fault, trial, fault_key(label, fault, trial)))
-    return rows
 
 
 def sweep(
@@ -519,14 +295,6 @@ def _run(
         clean = full.evaluate()
     _check_resumed(finished, clean, metric)
     evaluator = evaluator or full
-    options = {
-        "iterative_steps": config.iterative_steps,
-        "seed": config.seed,
-        "trials": config.trials,
-        "p_values": config.p_values,
-        "n_values": config.n_values,
-        "eps_values": config.eps_values,
-    }
     logged: set[str] = set()
 
     def compute(item: tuple[_Plan, tuple[FaultModel, int, str]]) -> dict[str, Any]:
@@ -537,7 +305,8 @@ def _run(
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(row_seed(config.seed, key)) if fault.stochastic else None
         ctx = FaultContext(
-            model, plan.group, plan.k, plan.gradient, generator, gradient_loader, loss_fn, options, plan.cache, trial
+            model, plan.group, plan.k, plan.gradient, generator, gradient_loader, loss_fn, plan.cache, trial,
+            seed=config.seed, trials=config.trials,
         )
         corruption = fault.corrupt(ctx)
         with corrupted(model, corruption):

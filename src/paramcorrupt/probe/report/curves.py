@@ -9,13 +9,13 @@ from .display import (
     MetricDisplay,
     _mean_std,
     _median,
-    _method_sort,
     _n_label,
     _n_sort,
     _ordered,
     _p_label,
     _slug,
 )
+from .methods import method_display, method_sort
 from .rows import _Row
 
 #: groups per figure of curves
@@ -104,20 +104,18 @@ class CurvesSection(ReportBase):
     def _curve_panel(ax, rows: list[_Row], disp: MetricDisplay, chance: float | None = None) -> None:
         from matplotlib.ticker import NullLocator
 
-        colours = {"random": "tab:blue", "gradient": "tab:red", "iterative": "tab:purple"}
-        for m in sorted({r.method for r in rows}, key=_method_sort):
+        for m in sorted({r.method for r in rows}, key=method_sort):
+            shown = method_display(m)
             eps_values = sorted({r.eps for r in rows if r.method == m})
             stats = [
                 _mean_std([disp.show(r.after) for r in rows if r.method == m and r.eps == e])
                 for e in eps_values
             ]
             mu = np.array([s[0] for s in stats])
-            colour = colours.get(m)
-            label = {"gradient": "gradient-based", "iterative": "multi-step"}.get(m, m)
-            ax.plot(eps_values, mu, marker="o", ms=3, color=colour, label=label)
-            if m == "random":
+            line = ax.plot(eps_values, mu, marker="o", ms=3, color=shown.colour, label=shown.label)[0]
+            if shown.stochastic:  # trials: a ±1 std band
                 sd = np.array([s[1] for s in stats])
-                ax.fill_between(eps_values, mu - sd, mu + sd, color=colour, alpha=0.25, lw=0)
+                ax.fill_between(eps_values, mu - sd, mu + sd, color=line.get_color(), alpha=0.25, lw=0)
         original = _median(r.before for r in rows)
         if original is not None:
             ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8, label="original")

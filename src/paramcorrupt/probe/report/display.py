@@ -17,8 +17,6 @@ __all__ = ["STAR_THRESHOLD", "MetricDisplay", "metric_display", "star"]
 #: the ``*`` convention's threshold, in display units (percentage points for accuracy)
 STAR_THRESHOLD = 0.1
 
-_METHOD_ORDER = ("random", "gradient", "iterative")
-
 
 @dataclass(frozen=True)
 class MetricDisplay:
@@ -110,10 +108,6 @@ def _n_sort(n_key: str) -> tuple[int, float]:
         return (1, -float(n_key))
     except ValueError:
         return (2, 0.0)
-
-
-def _method_sort(method: str) -> tuple[int, str]:
-    return (_METHOD_ORDER.index(method) if method in _METHOD_ORDER else len(_METHOD_ORDER), method)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .curves import CurvesSection
-from .display import _method_sort, _ordered, _p_label
+from .display import _ordered, _p_label
 from .faults import FaultSection, is_fault_row
 from .heatmaps import HeatmapSection
+from .methods import method_sort
 from .rows import PathArg, _as_paths, _normalise, _Notes, load_rows
 from .tables import Table1Section
 from .theorem1 import Theorem1Section
@@ -75,7 +76,7 @@ def write_report(
             + (f", chance level {d.fmt(d.show(c))}{' %' if d.scale == 100.0 else ''}"
                if (c := report.chance.get(t)) is not None else "")
             + "; methods "
-            + ", ".join(sorted({r.method for r in sel}, key=_method_sort))
+            + ", ".join(sorted({r.method for r in sel}, key=method_sort))
             + "; norms "
             + ", ".join(_p_label(p) for p in sorted({r.p for r in sel}))
             + "; eps "

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import ReportBase
-from .display import _method_sort, _n_label, _n_sort, _ordered, _p_label, _slug
+from .display import _n_label, _n_sort, _ordered, _p_label, _slug
+from .methods import method_sort
 
 #: rows per heatmap figure
 _HEATMAP_ROWS = 40
@@ -29,7 +30,7 @@ class HeatmapSection(ReportBase):
         lines.append("")
         groupings = _ordered((r.task, r.grouping) for r in self.rows)
         keys = _ordered((r.task, r.grouping, r.method, r.p, r.n_key) for r in self.rows)
-        keys.sort(key=lambda x: (groupings.index(x[:2]), _method_sort(x[2]), x[3], _n_sort(x[4])))
+        keys.sort(key=lambda x: (groupings.index(x[:2]), method_sort(x[2]), x[3], _n_sort(x[4])))
         drawn = 0
         for task, grouping, method, p, nk in keys:
             disp = self.displays[task]

@@ -8,12 +8,12 @@ from .display import (
     MetricDisplay,
     _mean_std,
     _median,
-    _method_sort,
     _n_label,
     _p_label,
     _sci,
     star,
 )
+from .methods import method_display, method_sort
 
 
 class Table1Section(ReportBase):
@@ -31,7 +31,8 @@ class Table1Section(ReportBase):
         for task, grouping, group, p, nk in self._settings():
             sel = self._select(task, grouping, group, p, nk)
             disp = self.displays[task]
-            methods = sorted({r.method for r in sel}, key=_method_sort)
+            methods = sorted({r.method for r in sel}, key=method_sort)
+            trials = {m: method_display(m).stochastic for m in methods}  # shown as mean ± std
             k = self.k_of.get((task, grouping, group))
             lines.append(
                 f"### {self._title(task, grouping, group)}; {_p_label(p)}, {_n_label(nk, k)}"
@@ -50,11 +51,11 @@ class Table1Section(ReportBase):
             head = ["eps"]
             for m in methods:
                 head.append(
-                    f"{m} {disp.name}{disp.unit}" + (" (mean ± std)" if m == "random" else "")
+                    f"{m} {disp.name}{disp.unit}" + (" (mean ± std)" if trials[m] else "")
                 )
             for m in methods:
-                head.append(f"{m} Δloss (eval)" + (" (mean ± std)" if m == "random" else ""))
-            has_fo = any(r.first_order is not None for r in sel if r.method != "random")
+                head.append(f"{m} Δloss (eval)" + (" (mean ± std)" if trials[m] else ""))
+            has_fo = any(r.first_order is not None for r in sel if not trials[r.method])
             if has_fo:
                 head.append("gradient first-order")
                 head.append("gradient Δloss / first-order (gradient data)")
@@ -68,7 +69,7 @@ class Table1Section(ReportBase):
                         for r in sel
                         if r.method == m and r.eps == eps and r.after is not None
                     ]
-                    cells.append(self._metric_cell(vals, original, disp, m == "random"))
+                    cells.append(self._metric_cell(vals, original, disp, trials[m]))
                 for m in methods:
                     vals = [
                         r.dloss
@@ -77,17 +78,17 @@ class Table1Section(ReportBase):
                     ]
                     if not vals:
                         cells.append("–")
-                    elif m == "random" or len(vals) > 1:
+                    elif trials[m] or len(vals) > 1:
                         mu, sd = _mean_std(vals)
                         cells.append(
                             f"{mu:+.3e} ± {sd:.1e} (R={len(vals)})"
-                            if m == "random"
+                            if trials[m]
                             else f"{mu:+.3e}"
                         )
                     else:
                         cells.append(f"{vals[0]:+.3e}")
                 if has_fo:
-                    grad = [r for r in sel if r.method == "gradient" and r.eps == eps]
+                    grad = [r for r in sel if method_display(r.method).worst_case and r.eps == eps]
                     fo = _median(r.first_order for r in grad)
                     ratio = _median(r.ratio for r in grad)
                     dl = _median(r.dloss_theory for r in grad)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .base import ReportBase, figure_legend, grid_shape
 from .display import _median, _n_label, _n_sort, _ordered, _p_label, _sci, _slug
+from .methods import method_display
 
 __all__ = ["MIN_THEOREM1_TRIALS", "PROBS"]
 
@@ -44,15 +45,16 @@ class Theorem1Section(ReportBase):
         off_premise: list[str] = []
         for task, grouping, group in _ordered((r.task, r.grouping, r.group) for r in self.rows):
             cands = []
-            for r in self._select(task, grouping, group, method="random"):
-                cands.append((r.p, r.n_key, r.eps))
+            for r in self._select(task, grouping, group):
+                if method_display(r.method).theorem1_trials:
+                    cands.append((r.p, r.n_key, r.eps))
             cands = _ordered(cands)
             good = []
             for p, nk, eps in cands:
                 rand = [
                     r
-                    for r in self._select(task, grouping, group, p, nk, "random", eps)
-                    if r.dloss_theory is not None
+                    for r in self._select(task, grouping, group, p, nk, eps=eps)
+                    if method_display(r.method).theorem1_trials and r.dloss_theory is not None
                 ]
                 if len(rand) >= MIN_THEOREM1_TRIALS:
                     good.append((p, nk, eps, rand))
@@ -73,7 +75,7 @@ class Theorem1Section(ReportBase):
                 grad = [
                     r
                     for r in same
-                    if r.method == "gradient" and r.p == p and r.n_key == nk and r.eps == eps
+                    if method_display(r.method).worst_case and r.p == p and r.n_key == nk and r.eps == eps
                 ]
                 G = (
                     _median(r.G for r in grad)
