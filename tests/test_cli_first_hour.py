@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from paramcorrupt.probe import read_results
@@ -39,6 +40,7 @@ def one_line_error(code, err, expected):
     assert "\x1b[" not in err and "Traceback" not in err and "weights_only=False" not in err
 
 
+@pytest.mark.slow
 def test_an_untrained_model_is_named_and_a_checkpoint_silences_it(tmp_path):
     code, out, err = cli(*USER, "--by", "type", *FAST, "--out", tmp_path / "a.jsonl")
     assert code == 0, err
@@ -49,6 +51,7 @@ def test_an_untrained_model_is_named_and_a_checkpoint_silences_it(tmp_path):
     assert code == 0 and "warning" not in err, err
 
 
+@pytest.mark.slow
 def test_checkpoint_errors_say_what_to_save(tmp_path):
     model = resolve(f"{EXAMPLE}:make_model")()
     torch.save(model, tmp_path / "whole.pt")  # the whole pickled model
@@ -92,6 +95,7 @@ INTERRUPTING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_the_saved_rows_and_the_command_then_resume_counts(tmp_path):
     data = tmp_path / "interrupting.py"
     data.write_text(INTERRUPTING.format(root=str(ROOT)))
@@ -118,6 +122,7 @@ def test_ctrl_c_names_the_saved_rows_and_the_command_then_resume_counts(tmp_path
     assert table(tmp_path / "r.jsonl") == table(tmp_path / "whole.jsonl")
 
 
+@pytest.mark.slow
 def test_another_sweep_names_what_differs_and_extend_keeps_old_rows(tmp_path):
     out = tmp_path / "r.jsonl"
     checkpoint = tmp_path / "w.pt"
@@ -151,6 +156,7 @@ def test_another_sweep_names_what_differs_and_extend_keeps_old_rows(tmp_path):
     assert out.read_bytes() == after
 
 
+@pytest.mark.slow
 def test_train_your_own_model_then_probe_it(tmp_path):
     out = tmp_path / "run"
     code, stdout, err = cli(*USER, "--method", "resistant:eps=0.1", "--epochs", "3", "--random-trials", "1",
@@ -166,6 +172,7 @@ def test_train_your_own_model_then_probe_it(tmp_path):
     assert code == 2 and "not both" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_help_shows_defaults_and_method_settings():
     code, text, _ = cli("--help", command="train")
     assert code == 0

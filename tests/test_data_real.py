@@ -106,6 +106,7 @@ def test_cifar10_dataset_augmentation(cifar_dir, tmp_path):
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_cifar10_loaders(cifar_dir, tmp_path):
     options = {"batch_size": 16, "limit_train": 40, "limit_test": 24, "cache_dir": tmp_path}
     train, test = cifar10_loaders(cifar_dir, progress=False, **options)

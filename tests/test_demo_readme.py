@@ -24,6 +24,7 @@ def readme_block() -> str:
 
 
 @pytest.mark.usefixtures("one_thread")  # as the demo runs (--threads 1)
+@pytest.mark.slow
 def test_readme_demo_table_equals_a_fresh_demo():
     from paramcorrupt.tasks import get_task
 

@@ -131,6 +131,7 @@ def _rel_err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return (num / den) ** 0.5
 
 
+@pytest.mark.slow
 def test_dataset_gradient_and_evaluate_match_single_process():
     model = _model()
     metrics = METRICS
@@ -309,6 +310,7 @@ def _same_rows(a: list[dict], b: list[dict]) -> None:
                 assert va == vb, (ra["key"], field, va, vb)
 
 
+@pytest.mark.slow
 def test_distributed_probe_rows_equal_single_process_rows(tmp_path):
     from paramcorrupt.probe import ResultsStore, read_results, sweep
 
@@ -336,6 +338,7 @@ def test_distributed_probe_rows_equal_single_process_rows(tmp_path):
     _same_rows(written, written_single)  # written once, by rank 0, in the single-process order
 
 
+@pytest.mark.slow
 def test_failing_rank_ends_the_probe_with_a_clear_error_and_no_partial_row(tmp_path):
     import torch.multiprocessing as mp
 
@@ -443,6 +446,7 @@ def _train_worker() -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_distributed_training_equals_single_process_training():
     from paramcorrupt.train import fit
 
@@ -503,6 +507,7 @@ def make():
 """
 
 
+@pytest.mark.slow
 def test_torchrun_probe_fails_cleanly_then_resumes_to_the_single_process_rows(tmp_path):
     import os
     import subprocess

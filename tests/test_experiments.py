@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from paramcorrupt.experiments import digest, load_saved, mean, save_model, table
 from paramcorrupt.tasks.digits import digits_task
 
 
+@pytest.mark.slow
 def test_save_model_then_load_saved_by_identity(tmp_path):
     trained = digits_task(epochs=1, width=4)
     ident = digest({"task": "digits", "epochs": 1})

@@ -86,6 +86,7 @@ def test_restore_is_bit_exact_where_a_flip_made_inf_or_nan():
         assert torch.equal(bits_of(p), before[n])
 
 
+@pytest.mark.slow
 def test_ber_counts_follow_the_binomial():
     """Chi-square of the number of faulty bits over 2,000 draws against Binomial(N, ber), and
     of the faulty bit positions against the uniform distribution over the 32 bits."""
@@ -167,6 +168,7 @@ def tiny_classifier():
     return model, [(x, y)]
 
 
+@pytest.mark.slow
 def test_the_bit_searchs_first_flip_equals_brute_force_over_all_single_flips():
     model, data = tiny_classifier()
     fmt = get_format("int8")

@@ -50,6 +50,7 @@ def _save(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.slow
 def test_probe_and_resistant_training_through_the_api(name):
     task = hf_task(config=CONFIGS[name](), **SMALL)
     model = task.model
@@ -70,6 +71,7 @@ def test_probe_and_resistant_training_through_the_api(name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.slow
 def test_probe_and_train_through_the_cli(name, tmp_path, capsys):
     task, folder = _save(tmp_path, name)
     out = tmp_path / f"{name}.jsonl"
@@ -158,6 +160,7 @@ def test_groupings_by_component_and_layer():
         groups_by_layer(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.slow
 def test_super_weight_search_beats_random_single_weights():
     task = hf_task(config=llama_config(), **SMALL)
     model = task.model
@@ -217,6 +220,7 @@ def test_hf_flag_is_short_for_the_task_option(tmp_path, capsys):
     assert "--hf goes with --task hf" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_takes_the_hf_flag_and_a_classifier_declares_its_chance(tmp_path, capsys):
     _, folder = _save(tmp_path, "bert")
     small = ["--task-option", "examples=16", "--task-option", "seq_len=8", "--task-option", "eval_examples=8"]

@@ -23,6 +23,7 @@ def n_params(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- ResNet
 
 
+@pytest.mark.slow
 def test_resnet34_shapes_and_layout():
     torch.manual_seed(0)
     model = resnet34_cifar().eval()
@@ -193,6 +194,7 @@ def test_hidden_state_carries_across_windows():
     torch.testing.assert_close(torch.cat([first, second]), full)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
     model = small_lm(dropout=0.5, dropout_embedding=0.2, weight_drop=0.5)
     tokens = torch.randint(0, 30, (5, 3))

@@ -100,6 +100,7 @@ def test_features_of_the_initial_configuration():
     assert f[3:6] == [vocab.word_id["the"], vocab.word_id["cat"], vocab.word_id["sat"]]
 
 
+@pytest.mark.slow
 def test_greedy_parse_is_a_tree_and_the_loss_trains():
     torch.manual_seed(0)
     sentences = parse_conll(TEXT)
@@ -135,6 +136,7 @@ def real_sentences(require_data):
 
 @pytest.mark.data
 @needs_ptb_dep
+@pytest.mark.slow
 def test_oracle_on_every_training_tree(real_sentences, capsys):
     train, _ = split_sentences(real_sentences, 0.1, seed=0)
     vocab = ParserVocab(train)
@@ -156,6 +158,7 @@ def test_oracle_on_every_training_tree(real_sentences, capsys):
 
 @pytest.mark.data
 @needs_ud_ewt
+@pytest.mark.slow
 def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys, data_dir):
     """UD English-EWT: the static oracle rebuilds every projective training tree with its
     labels (LAS 100% of the gold transitions); the non-projective ones are counted."""
@@ -184,6 +187,7 @@ def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys, data_dir):
 
 @pytest.mark.data
 @needs_ud_ewt
+@pytest.mark.slow
 def test_ud_ewt_task_end_to_end_on_a_slice(data_dir):
     task = get_task(
         "ud-ewt", data_dir=str(data_dir), limit_train_sentences="80", limit_eval_sentences="20",
@@ -210,6 +214,7 @@ def test_ud_ewt_task_end_to_end_on_a_slice(data_dir):
 
 @pytest.mark.data
 @needs_ptb_dep
+@pytest.mark.slow
 def test_task_end_to_end_on_a_slice(data_dir):
     torch.manual_seed(0)
     task = get_task(
@@ -239,6 +244,7 @@ def test_task_end_to_end_on_a_slice(data_dir):
 
 @pytest.mark.data
 @needs_ptb_dep
+@pytest.mark.slow
 def test_probe_and_train_cli(tmp_path, data_dir):
     import subprocess
     import sys

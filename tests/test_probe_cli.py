@@ -206,6 +206,7 @@ def test_bad_input_is_one_line_exit_2_and_the_file_untouched(results, tmp_path, 
         assert path.read_bytes() == content, name
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(results):
     path, content = results
     done = subprocess.run(
@@ -244,6 +245,7 @@ def test_resolve_and_load_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 def test_demo_writes_table1_probes_and_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1", "--trials", "2", "--quiet"]) == 0

@@ -181,6 +181,7 @@ def strip(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     (tmp_path / "slow_task.py").write_text(textwrap.dedent(SLOW_TASK))
     spec = ["--model", f"{tmp_path / 'slow_task.py'}:make_model", "--data", f"{tmp_path / 'slow_task.py'}:make_data"]

@@ -108,6 +108,7 @@ class LiteralASAM:
         return loss
 
 
+@pytest.mark.slow
 def test_relative_alpha_one_p_two_is_asam():
     torch.manual_seed(0)
     x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))

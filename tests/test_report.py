@@ -170,6 +170,7 @@ def synthetic_report(tmp_path_factory):
     return md
 
 
+@pytest.mark.slow
 def test_synthetic_report_figures(synthetic_report):
     figures = check_figures(synthetic_report)
     names = {p.name for p in figures}
@@ -184,6 +185,7 @@ def test_synthetic_report_figures(synthetic_report):
     assert "group `norm` (k = 50)" in synthetic_report.read_text()
 
 
+@pytest.mark.slow
 def test_star_convention_hand_made(synthetic_report):
     text = synthetic_report.read_text()
     heading = "### task `toy`, grouping `table1`, group `hand` (k = 20); L_inf, n = k = 20"
@@ -201,6 +203,7 @@ def test_star_convention_hand_made(synthetic_report):
     assert star(89.95, 90.0) and not star(89.85, 90.0) and not star(90.11, 90.0)
 
 
+@pytest.mark.slow
 def test_pivot_columns_and_sizes(synthetic_report):
     text = synthetic_report.read_text()
     heading = "### task `toy`, grouping `type`, group `conv` (k = 1,000); L_2, n = 10"
@@ -218,6 +221,7 @@ def test_pivot_columns_and_sizes(synthetic_report):
     assert cells[-1] == "1.200"
 
 
+@pytest.mark.slow
 def test_theorem1_quantiles_match_beta_form(synthetic_report):
     text = synthetic_report.read_text()
     rows = [r for r in synthetic_rows() if r["method"] == "random"]

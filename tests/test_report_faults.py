@@ -28,6 +28,7 @@ def probe(tmp_path, methods, settings, name):
     return path
 
 
+@pytest.mark.slow
 def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
     path = probe(
         tmp_path, ["bitflip", "bit-search"],
@@ -46,6 +47,7 @@ def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
     assert "## Table 1" not in text  # no L_p rows, no L_p sections
 
 
+@pytest.mark.slow
 def test_fault_rows_beside_lp_rows(tmp_path):
     path = probe(tmp_path, ["random", "gradient", "stuck-at"], {"stuck-at": {"value": [1], "bits": ["sign"], "flips": [1, 5]}}, "mixed")
     text = write_report(path, tmp_path / "report").read_text()

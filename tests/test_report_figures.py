@@ -77,6 +77,7 @@ def test_grid_shape_leaves_no_row_of_holes():
         grid_shape(0)
 
 
+@pytest.mark.slow
 def test_curves_have_the_task_one_legend_no_empty_slot_and_the_chance_line(tmp_path, figures):
     # five groups: a 2 x 3 grid whose sixth slot holds the legend
     path = tmp_path / "results.jsonl"
@@ -105,6 +106,7 @@ def test_curves_have_the_task_one_legend_no_empty_slot_and_the_chance_line(tmp_p
         assert width >= 500 and height >= 400
 
 
+@pytest.mark.slow
 def test_four_panels_are_two_by_two_with_the_legend_below(tmp_path, figures):
     path = tmp_path / "results.jsonl"
     _probe(path, chance=CHANCE, groups=["0-weight", "0-bias", "2-weight", "2-bias"])

@@ -75,6 +75,7 @@ def digits_groups(model: nn.Module) -> dict[str, object]:
     return groups
 
 
+@pytest.mark.slow
 def test_every_group_of_a_residual_network_matches_full_evaluation(digits):
     model, eval_loader, gradient_loader = digits
     metrics = {"accuracy": accuracy}
@@ -360,6 +361,7 @@ def test_sequence_loss_models_are_served(caplog):
     assert ReusingEvaluator(lm, lm_data, None, loss_fn).cut(select(lm, "lstm")).boundary == ("embedding",)
 
 
+@pytest.mark.slow
 def test_sweep_rows_equal_with_and_without_reuse(digits):
     model, eval_loader, gradient_loader = digits
     groups = {"layer1": select(model, "layer1"), "layer2": select(model, "layer2"), "fc": select(model, "fc")}

@@ -4,6 +4,7 @@ literally); the random-sequential fault model gives every row its loop draw, als
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -58,6 +59,7 @@ def tiny_task():
     return Task("tiny", model, data, data, classification_loss, {"accuracy": accuracy}, "accuracy", True)
 
 
+@pytest.mark.slow
 def test_table2_on_the_sweep_equals_the_loop_it_replaced():
     task = tiny_task()
     for trials, seed in ((3, 0), (2, 5), (0, 0)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +97,7 @@ def _equal(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.slow
 def test_digits_recipe_is_the_old_digits_loop():
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(96, 1, 8, 8, generator=g), torch.randint(0, 10, (96,), generator=g)

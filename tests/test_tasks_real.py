@@ -210,6 +210,7 @@ class TestCifar10:
         assert by_position["stem"].names == ("conv1.weight", "bn1.weight", "bn1.bias")
         _group_partition(model, task.groupings["position_type"](model))
 
+    @pytest.mark.slow
     def test_resnet34_layout_groups(self, cache_dir, data_dir):
         task = get_task(
             "cifar10",

@@ -28,6 +28,7 @@ def test_train_writes_weights_results_and_a_table(tmp_path, capsys):
     assert "| w/o corruption |" in printed and "gradient corruption" in printed
 
 
+@pytest.mark.slow
 def test_train_resumes_its_own_checkpoint_and_refuses_another_runs(tmp_path, capsys, monkeypatch):
     fast = FAST[2:]  # without "--epochs 1"
     assert FAST[:2] == ["--epochs", "1"]
@@ -66,6 +67,7 @@ def test_train_resumes_its_own_checkpoint_and_refuses_another_runs(tmp_path, cap
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_compare_writes_table2_and_reuses_finished_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--methods", "plain", "regularised:lam=0.01", "--seeds", "0,1", "--out", str(out), *FAST]

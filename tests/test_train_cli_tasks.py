@@ -72,6 +72,7 @@ def test_train_ptb_lm_one_epoch(tmp_path, capsys, data_dir):
 
 @pytest.mark.data
 @needs_cifar
+@pytest.mark.slow
 def test_train_cifar10_one_epoch(tmp_path, capsys, data_dir):
     out = tmp_path / "cifar"
     argv = ["train", *cifar_args(tmp_path / "cache", data_dir), "--method", "resistant", "--lr", "0.05"]
@@ -87,6 +88,7 @@ def test_train_cifar10_one_epoch(tmp_path, capsys, data_dir):
 
 @pytest.mark.data
 @needs_ptb
+@pytest.mark.slow
 def test_compare_ptb_lm_reuses_finished_runs(tmp_path, capsys, data_dir):
     out = tmp_path / "cmp"
     args = [

@@ -110,6 +110,7 @@ def test_incremental_decoding_equals_full_decoding(normalize_before):
         torch.testing.assert_close(logits, full[:, step], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_copy_task_learns_and_bleu_metric():
     torch.manual_seed(0)
     src, tgt = _toy(128)
@@ -175,6 +176,7 @@ def test_task_end_to_end_on_a_slice(data_dir):
 
 @pytest.mark.data
 @needs_multi30k
+@pytest.mark.slow
 def test_probe_and_train_cli(tmp_path, data_dir):
     import subprocess
     import sys
