@@ -24,7 +24,7 @@ _THEOREM1_FIGURE_MAX = 9
 class Theorem1Section(ReportBase):
 
     def theorem1(self) -> list[str]:
-        from ...theory import eta_pdf, eta_quantile
+        from ...theory import eta_pdf
 
         lines = ["## Theorem 1: random corruption vs first-order theory (Table 3)", ""]
         lines.append(
@@ -41,6 +41,60 @@ class Theorem1Section(ReportBase):
             "Theorem 1's quantiles do not apply to them and are left out ('–')."
         )
         lines.append("")
+        entries, off_premise = self._theorem1_entries()
+        if any(e["premise"] for e in entries):
+            # Theorem 1 applies: the groups without an L_2, n = k setting are left out, said so
+            entries = [e for e in entries if e["premise"]]
+            if off_premise:
+                lines.append(
+                    f"Left out ({len(off_premise)} groups with no L_2, n = k setting, where Theorem 1 "
+                    f"does not apply): {', '.join(off_premise)}."
+                )
+                lines.append("")
+        if not entries:
+            lines.append(
+                f"_No setting has {MIN_THEOREM1_TRIALS} or more random trials with a loss change._"
+            )
+            lines.append("")
+            self.notes.add(
+                f"Theorem 1 panel: no setting with >= {MIN_THEOREM1_TRIALS} random trials."
+            )
+            return lines
+        plotted = self._theorem1_table(entries, lines)
+        lines.append("")
+        panels: dict[tuple, list[dict[str, Any]]] = {}
+        for e in plotted:
+            panels.setdefault((e["task"], e["grouping"], e["group"], e["p"], e["nk"]), []).append(e)
+        shown = list(panels.items())
+        if len(shown) > _THEOREM1_FIGURE_MAX:
+            lines.append(
+                f"The figure shows the first {_THEOREM1_FIGURE_MAX} of {len(shown)} (group, p, n) "
+                "settings; the table above has them all."
+            )
+            lines.append("")
+            shown = shown[:_THEOREM1_FIGURE_MAX]
+        path = self._theorem1_figure(shown)
+        lines.append(self._link(path, "Theorem 1: quantiles of |loss change| against eps"))
+        lines.append("")
+        best = max(
+            (e for e in entries if e["theory"] is not None and e["p"] == 2.0 and e["nk"] == "k"),
+            key=lambda e: len(e["rand"]),
+            default=None,
+        )
+        if best is not None and best["G"] and best["G"] > 0:
+            path = self._eta_histogram(best, eta_pdf)
+            lines.append(
+                f"Distribution of η = |Δloss| / (eps·G) over the {len(best['rand'])} random trials of "
+                f"{best['label']} against Theorem 1's density of η (k = {int(best['k']):,}):"
+            )
+            lines.append("")
+            lines.append(self._link(path, "Theorem 1: distribution of eta"))
+            lines.append("")
+        return lines
+
+    def _theorem1_entries(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The settings with enough of Theorem 1's random trials, per group (its L_2, n = k
+        ones where it has some), and the titles of the groups with none on the premise."""
         entries = []
         off_premise: list[str] = []
         for task, grouping, group in _ordered((r.task, r.grouping, r.group) for r in self.rows):
@@ -101,24 +155,13 @@ class Theorem1Section(ReportBase):
                         first_order=first_order,
                     )
                 )
-        if any(e["premise"] for e in entries):
-            # Theorem 1 applies: the groups without an L_2, n = k setting are left out, said so
-            entries = [e for e in entries if e["premise"]]
-            if off_premise:
-                lines.append(
-                    f"Left out ({len(off_premise)} groups with no L_2, n = k setting, where Theorem 1 "
-                    f"does not apply): {', '.join(off_premise)}."
-                )
-                lines.append("")
-        if not entries:
-            lines.append(
-                f"_No setting has {MIN_THEOREM1_TRIALS} or more random trials with a loss change._"
-            )
-            lines.append("")
-            self.notes.add(
-                f"Theorem 1 panel: no setting with >= {MIN_THEOREM1_TRIALS} random trials."
-            )
-            return lines
+        return entries, off_premise
+
+    def _theorem1_table(self, entries: list[dict[str, Any]], lines: list[str]) -> list[dict[str, Any]]:
+        """Append the table of ``entries`` to ``lines`` (each entry gains its quantiles, its
+        theory and its first-order worst case); return the entries to plot."""
+        from ...theory import eta_quantile
+
         head = ["setting", "premise", "Δloss data", "trials", "k", "G"]
         for pr in PROBS:
             head += [f"α({pr:g}) empirical", f"α({pr:g}) theory"]
@@ -175,36 +218,7 @@ class Theorem1Section(ReportBase):
             ]
             lines.append("| " + " | ".join(cells) + " |")
             plotted.append(e)
-        lines.append("")
-        panels: dict[tuple, list[dict[str, Any]]] = {}
-        for e in plotted:
-            panels.setdefault((e["task"], e["grouping"], e["group"], e["p"], e["nk"]), []).append(e)
-        shown = list(panels.items())
-        if len(shown) > _THEOREM1_FIGURE_MAX:
-            lines.append(
-                f"The figure shows the first {_THEOREM1_FIGURE_MAX} of {len(shown)} (group, p, n) "
-                "settings; the table above has them all."
-            )
-            lines.append("")
-            shown = shown[:_THEOREM1_FIGURE_MAX]
-        path = self._theorem1_figure(shown)
-        lines.append(self._link(path, "Theorem 1: quantiles of |loss change| against eps"))
-        lines.append("")
-        best = max(
-            (e for e in entries if e["theory"] is not None and e["p"] == 2.0 and e["nk"] == "k"),
-            key=lambda e: len(e["rand"]),
-            default=None,
-        )
-        if best is not None and best["G"] and best["G"] > 0:
-            path = self._eta_histogram(best, eta_pdf)
-            lines.append(
-                f"Distribution of η = |Δloss| / (eps·G) over the {len(best['rand'])} random trials of "
-                f"{best['label']} against Theorem 1's density of η (k = {int(best['k']):,}):"
-            )
-            lines.append("")
-            lines.append(self._link(path, "Theorem 1: distribution of eta"))
-            lines.append("")
-        return lines
+        return plotted
 
     def _theorem1_figure(self, panels: list[tuple[tuple, list[dict[str, Any]]]]) -> Path:
         """One panel per (group, p, n): |Δloss| against eps on log axes, the random trials'
