@@ -154,3 +154,47 @@ def test_every_lp_method_gets_the_gradient_alone_in_a_sweep():
     relative = sweep(model, SweepConfig(methods=["relative-gradient"], p_values=[2]), data, data, classification_loss,
                      groups=groups, progress=False)
     assert relative[0]["first_order"] > 0 and relative[0]["loss_change"] > 0
+
+
+def test_the_iterative_steps_are_its_own_fixed_setting_and_sweep_ids_keep():
+    """``steps`` belongs to the iterative fault model (one value per sweep, no part of the row
+    key); a sweep records it where results files always had it, so their sweep_ids hold
+    (the values below were computed before the setting moved)."""
+    from paramcorrupt.probe.plan import SweepConfig as PlanConfig
+    from paramcorrupt.probe.plan import grid_settings, row_settings, sweep_id
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
+    groups = {"a": select(model, "0.*", name="a"), "b": select(model, "1.*", name="b")}
+    three = ["random", "gradient", "iterative"]
+    config = PlanConfig(methods=three, settings={"iterative": {"steps": 2}})
+    assert config.faults("iterative")[0].setting["steps"] == 2
+    assert [key for *_, key in row_settings(config, "a")][-1] == "a|iterative|p=inf|n=all|eps=0.001|trial=0"
+    assert sweep_id(config, groups) == "05c9511e087bc2ad"
+    assert sweep_id(PlanConfig(), groups) == "77aaac223edbd097"
+    assert config.as_dict()["iterative_steps"] == 2 and "settings" not in config.as_dict()
+    assert PlanConfig.from_dict(config.as_dict()) == config
+    # the default given is the sweep not given; two values of a fixed setting are refused
+    assert PlanConfig(methods=three, settings={"iterative": {"steps": 5}}) == PlanConfig(methods=three)
+    with pytest.raises(ValueError, match="'steps' takes one value per sweep"):
+        PlanConfig(methods=["iterative"], settings={"iterative": {"steps": [1, 2]}})
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        PlanConfig(methods=["iterative"], settings={"iterative": {"steps": -1}})
+    assert grid_settings(get_fault("iterative")) == ("p", "n", "eps") and grid_settings(ScaleFirst) == ()
+
+
+def test_the_report_asks_the_fault_model_how_to_show_a_method():
+    from paramcorrupt.probe.report.methods import method_display, method_sort
+
+    assert method_display("gradient").label == "gradient-based" and method_display("gradient").worst_case
+    assert method_display("random").theorem1_trials and method_display("random").stochastic
+    assert not method_display("relative-random").theorem1_trials
+    # a registered toy: its name, the colour cycle, after the paper's methods
+    toy = method_display("toy-scale-first")
+    assert (toy.label, toy.colour, toy.stochastic, toy.theorem1_trials, toy.worst_case) == (
+        "toy-scale-first", None, False, False, False
+    )
+    # a method no fault model of this process declares: the same defaults
+    assert method_display("a-users-fault") == method_display("a-users-fault").__class__(label="a-users-fault")
+    assert sorted(["toy-scale-first", "iterative", "a-users-fault", "gradient", "random"], key=method_sort) == [
+        "random", "gradient", "iterative", "a-users-fault", "toy-scale-first"
+    ]
