@@ -240,7 +240,8 @@ def with_setting(
     """
     out = {m: dict(d) for m, d in (settings or {}).items()}
     for method in methods:
-        if name in get_fault(method).setting_names():
+        cls = FAULTS.get(method)  # an unknown one is the config's to report
+        if cls is not None and name in cls.setting_names():
             out.setdefault(method, {})[name] = [value]
     return out or None
 
