@@ -19,6 +19,11 @@ A bare ``@pytest.mark.data`` only labels a test (``-m "not data"`` leaves it out
   make LSTMs and small models many times slower, and a busy machine's other cores do not
   matter); a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 
+Two tiers: a test whose call takes over ~3 s on the shared 2-core machine is marked
+``@pytest.mark.slow``. Plain ``pytest`` (``make test-fast``) leaves those out (``-m "not slow"``
+in pyproject.toml's ``addopts``); ``make test``, what CI runs, runs every tier
+(``pytest -m "slow or not slow"``: a later ``-m`` replaces the default one).
+
 The doctest namespace lives in the repository's root ``conftest.py``.
 """
 

@@ -152,7 +152,7 @@ def package_of(module: str) -> str:
 
 def is_core(module: str) -> bool:
     return (
-        package_of(module) == "" and module != "paramcorrupt.__main__"
+        (package_of(module) == "" and module != "paramcorrupt.__main__")
         or module in CORE_MODULES
         or any(module == p or module.startswith(p + ".") for p in CORE_PACKAGES)
     )
