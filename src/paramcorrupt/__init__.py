@@ -29,6 +29,7 @@ from .corruption import (
     relative_gradient_corruption,
     relative_random_corruption,
 )
+from .errors import InputTypeError, MissingFileError, ParamCorruptError
 from .evaluate import evaluate
 from .gradient import dataset_gradient
 from .groups import PARAMETER_TYPES, ParameterGroup, parameter_types, select
@@ -57,6 +58,9 @@ __all__ = [
     "Corruption",
     "CorruptionResistant",
     "IndicatorResult",
+    "InputTypeError",
+    "MissingFileError",
+    "ParamCorruptError",
     "ParameterGroup",
     "RandomStats",
     "RegularizedLoss",

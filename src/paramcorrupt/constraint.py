@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import InputTypeError, ParamCorruptError
+
 __all__ = [
     "Constraint",
     "ZeroVectorWarning",
@@ -58,7 +60,7 @@ def parse_p(p: Any) -> Any:
         try:
             return float(p)  # float() reads "inf" and "infinity" in any case, with spaces
         except ValueError:
-            raise ValueError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
+            raise ParamCorruptError(f"p must be a number in [1, inf] or 'inf', got {p!r}") from None
     return p
 
 
@@ -94,12 +96,12 @@ class Constraint:
     def __post_init__(self) -> None:
         p, eps, n = self.p, self.eps, self.n
         if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or p < 1:
-            raise ValueError(f"p must be a number in [1, inf], got p={p!r}")
+            raise ParamCorruptError(f"p must be a number in [1, inf], got p={p!r}")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(f"eps must be a finite number > 0, got eps={eps!r}")
+            raise ParamCorruptError(f"eps must be a finite number > 0, got eps={eps!r}")
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"n must be an integer >= 1 or None, got n={n!r}")
+                raise ParamCorruptError(f"n must be an integer >= 1 or None, got n={n!r}")
         object.__setattr__(self, "p", float(p))
         object.__setattr__(self, "eps", float(eps))
 
@@ -117,7 +119,7 @@ class Constraint:
         if self.n is None:
             return k
         if self.n > k:
-            raise ValueError(f"n={self.n} exceeds the group's size k={k}")
+            raise ParamCorruptError(f"n={self.n} exceeds the group's size k={k}")
         return self.n
 
     def with_eps(self, eps: float) -> Constraint:
@@ -139,14 +141,14 @@ def _as_list(v: Tensor | Mapping[str, Tensor]) -> tuple[list[str] | None, list[T
         return None, [v]
     if isinstance(v, Mapping):
         if not v:
-            raise ValueError("the group is empty: got an empty mapping of tensors")
+            raise ParamCorruptError("the group is empty: got an empty mapping of tensors")
         names = list(v.keys())
         tensors = list(v.values())
         for name, t in zip(names, tensors):
             if not isinstance(t, Tensor):
-                raise TypeError(f"{name!r} maps to {type(t).__name__}, expected a Tensor")
+                raise InputTypeError(f"{name!r} maps to {type(t).__name__}, expected a Tensor")
         return names, tensors
-    raise TypeError(f"expected a Tensor or a mapping name -> Tensor, got {type(v).__name__}")
+    raise InputTypeError(f"expected a Tensor or a mapping name -> Tensor, got {type(v).__name__}")
 
 
 def all_finite(t: Tensor) -> bool:
@@ -159,11 +161,11 @@ def check_tensors(tensors: Sequence[Tensor], names: Sequence[str] | None) -> Non
     for i, t in enumerate(tensors):
         label = names[i] if names is not None else "v"
         if not t.is_floating_point():
-            raise TypeError(f"{label!r} has dtype {t.dtype}; a floating-point tensor is required")
+            raise InputTypeError(f"{label!r} has dtype {t.dtype}; a floating-point tensor is required")
         if t.numel() == 0:
-            raise ValueError(f"{label!r} is empty (numel = 0)")
+            raise ParamCorruptError(f"{label!r} is empty (numel = 0)")
         if not all_finite(t):
-            raise ValueError(f"{label!r} contains NaN or Inf")
+            raise ParamCorruptError(f"{label!r} contains NaN or Inf")
 
 
 def lp_norm(v: Tensor | Mapping[str, Tensor], p: float) -> float:
@@ -230,7 +232,7 @@ def global_top_n(tensors: Sequence[Tensor], n: int) -> tuple[list[Tensor], list[
         ([tensor([1]), tensor([0])], [tensor([-5.]), tensor([3.])])
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got n={n!r}")
+        raise ParamCorruptError(f"n must be an integer >= 1, got n={n!r}")
     device = tensors[0].device
     best_abs = torch.empty(0, dtype=torch.float64, device=device)
     best_tensor = torch.empty(0, dtype=torch.long, device=device)

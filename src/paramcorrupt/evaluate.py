@@ -10,6 +10,7 @@ from torch import nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
+from .errors import InputTypeError, ParamCorruptError
 from .losses import LossFn, Metric, as_batch_loss
 from .parallel.comm import all_gather_objects, all_reduce_scalars, use_distributed
 
@@ -61,7 +62,7 @@ def evaluate(
     """
     metrics = dict(metrics or {})
     if "loss" in metrics:
-        raise ValueError("'loss' is always measured; give the metric another name")
+        raise ParamCorruptError("'loss' is always measured; give the metric another name")
     loss_sum = 0.0
     weight_sum = 0.0
     totals: dict[str, Any] = {name: None for name in metrics}  # a float, or a float64 vector
@@ -72,7 +73,7 @@ def evaluate(
             loss_sum += float(result.loss) * result.weight
             weight_sum += result.weight
             if metrics and result.output is None:
-                raise ValueError("metrics need the model output: make loss_fn return BatchLoss(loss, weight, output)")
+                raise ParamCorruptError("metrics need the model output: make loss_fn return BatchLoss(loss, weight, output)")
             for name, metric in metrics.items():
                 total, count = metric(result.output, batch)
                 totals[name] = _accumulate(name, totals[name], total)
@@ -80,7 +81,7 @@ def evaluate(
     vectors = {name for name, total in totals.items() if isinstance(total, torch.Tensor)}
     for name in vectors:
         if getattr(metrics[name], "finalize", None) is None:
-            raise TypeError(f"metric {name!r} returns a vector of statistics: give it a finalize(stats) method")
+            raise InputTypeError(f"metric {name!r} returns a vector of statistics: give it a finalize(stats) method")
     if use_distributed(distributed):  # sum the shards: an empty one adds zeros
         names = list(metrics)
         scalars = [0.0 if n in vectors or totals[n] is None else totals[n] for n in names]
@@ -97,7 +98,7 @@ def evaluate(
             else:
                 totals[n] = value
     if weight_sum == 0:
-        raise ValueError("the loader yielded no batch: nothing to evaluate")
+        raise ParamCorruptError("the loader yielded no batch: nothing to evaluate")
     out = {"loss": loss_sum / weight_sum}
     for name, metric in metrics.items():
         finalize = getattr(metric, "finalize", None)  # a derived metric, e.g. perplexity = exp
@@ -117,13 +118,13 @@ def _accumulate(name: str, running: Any, total: Any) -> Any:
         total = float(total)
     if isinstance(total, (int, float)):
         if isinstance(running, torch.Tensor):
-            raise TypeError(f"metric {name!r} returned a number after returning vectors")
+            raise InputTypeError(f"metric {name!r} returned a number after returning vectors")
         return (running or 0.0) + float(total)
     vector = torch.as_tensor(total, dtype=torch.float64).detach().cpu()
     if vector.dim() != 1:
-        raise TypeError(f"metric {name!r} must return a number or a 1-D vector as its total, got shape {tuple(vector.shape)}")
+        raise InputTypeError(f"metric {name!r} must return a number or a 1-D vector as its total, got shape {tuple(vector.shape)}")
     if running is None:
         return vector.clone()
     if not isinstance(running, torch.Tensor) or running.shape != vector.shape:
-        raise TypeError(f"metric {name!r} returned totals of different shapes across batches")
+        raise InputTypeError(f"metric {name!r} returned totals of different shapes across batches")
     return running + vector

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
+from .errors import ParamCorruptError
 from .groups import ParameterGroup, as_group
 from .losses import LossFn, as_batch_loss
 from .parallel.comm import all_reduce_sums, use_distributed
@@ -88,7 +89,7 @@ def dataset_gradient(
             for batch in progress_bar(loader, enabled=progress, desc="gradient"):
                 result = as_batch_loss(loss_fn(model, batch), batch)
                 if not torch.isfinite(result.loss):
-                    raise ValueError(f"the loss of a batch is {result.loss.item()}; cannot take its gradient")
+                    raise ParamCorruptError(f"the loss of a batch is {result.loss.item()}; cannot take its gradient")
                 grads = torch.autograd.grad(result.loss, tensors, allow_unused=True)
                 weight = result.weight
                 grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
@@ -108,12 +109,12 @@ def dataset_gradient(
         sums, (total_weight, loss_total) = all_reduce_sums(sums, [total_weight, float(loss_sum)])
         loss_sum = torch.tensor(loss_total, dtype=torch.float64)
     if sums is None or total_weight == 0:
-        raise ValueError("the loader yielded no batch: cannot compute a data set gradient")
+        raise ParamCorruptError("the loader yielded no batch: cannot compute a data set gradient")
     gradient = {}
     for name, s, t in zip(names, sums, tensors):
         g = (s / total_weight).to(t.dtype)
         if not torch.isfinite(g).all():
-            raise ValueError(f"the gradient of {name!r} contains NaN or Inf")
+            raise ParamCorruptError(f"the gradient of {name!r} contains NaN or Inf")
         gradient[name] = g
     if return_loss:
         return gradient, float(loss_sum / total_weight)

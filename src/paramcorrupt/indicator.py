@@ -22,6 +22,7 @@ from .corruption.apply import corrupted
 from .corruption.base import Corruption
 from .corruption.gradient import gradient_corruption
 from .corruption.random import random_corruption
+from .errors import ParamCorruptError
 from .evaluate import evaluate
 from .gradient import dataset_gradient
 from .groups import ParameterGroup, as_group
@@ -125,9 +126,9 @@ def indicator(
         (G = 0), where Theorem 2's ratio is undefined.
     """
     if isinstance(random_trials, bool) or not isinstance(random_trials, int) or random_trials < 0:
-        raise ValueError(f"random_trials must be an integer >= 0, got {random_trials!r}")
+        raise ParamCorruptError(f"random_trials must be an integer >= 0, got {random_trials!r}")
     if random_trials and generator is None:
-        raise ValueError("random_trials > 0 needs an explicit torch.Generator")
+        raise ParamCorruptError("random_trials > 0 needs an explicit torch.Generator")
     group = as_group(model, group)
     k = group.numel(model)
     n = constraint.size(k)

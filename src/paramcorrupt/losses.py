@@ -35,6 +35,8 @@ from typing import Any, NamedTuple, TypeVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InputTypeError, ParamCorruptError
+
 __all__ = [
     "BatchLoss",
     "LossFn",
@@ -244,7 +246,7 @@ def batch_size(batch: Any) -> int:
         return batch_size(next(iter(batch.values())))
     if isinstance(batch, (tuple, list)) and batch:
         return batch_size(batch[0])
-    raise TypeError(f"cannot infer the size of a batch of type {type(batch).__name__}; return a BatchLoss with its weight")
+    raise InputTypeError(f"cannot infer the size of a batch of type {type(batch).__name__}; return a BatchLoss with its weight")
 
 
 def as_batch_loss(result: Any, batch: Any) -> BatchLoss:
@@ -256,14 +258,14 @@ def as_batch_loss(result: Any, batch: Any) -> BatchLoss:
     elif isinstance(result, tuple) and len(result) in (2, 3):
         out = BatchLoss(*result)
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"a loss function must return a BatchLoss, a scalar tensor or (loss, weight); got {type(result).__name__}"
         )
     if not isinstance(out.loss, Tensor) or out.loss.dim() != 0:
-        raise TypeError(f"the batch loss must be a scalar tensor, got {out.loss!r:.80}")
+        raise InputTypeError(f"the batch loss must be a scalar tensor, got {out.loss!r:.80}")
     weight = float(out.weight)
     if not math.isfinite(weight) or weight <= 0:
-        raise ValueError(f"a batch's weight must be a finite number > 0, got {out.weight!r}")
+        raise ParamCorruptError(f"a batch's weight must be a finite number > 0, got {out.weight!r}")
     return BatchLoss(out.loss, weight, out.output)
 
 

@@ -36,6 +36,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import betainc, betaincinv, gammaln
 
+from .errors import ParamCorruptError
+
 try:  # scipy >= 1.11
     from scipy.special import betaincc as _betaincc
 except ImportError:  # pragma: no cover - older scipy
@@ -64,10 +66,10 @@ _SERIES_FROM = 30.0
 def _check_k(k: object) -> float:
     """Validate k (an integer >= 2, possibly given as an integral float); return it as float."""
     if isinstance(k, bool) or not isinstance(k, numbers.Real):
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+        raise ParamCorruptError(f"k must be an integer >= 2, got {k!r}")
     kf = float(k)
     if not math.isfinite(kf) or not kf.is_integer() or kf < 2:
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+        raise ParamCorruptError(f"k must be an integer >= 2, got {k!r}")
     return kf
 
 
@@ -76,23 +78,23 @@ def _check_unit(value: ArrayLike, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(
+        raise ParamCorruptError(
             f"{name} must be a number or array of numbers in [0, 1], got {value!r}"
         ) from exc
     bad = ~((arr >= 0.0) & (arr <= 1.0))  # also catches NaN
     if np.any(bad):
         first = float(arr[bad].flat[0])
-        raise ValueError(f"{name} must lie in [0, 1], got {name}={first!r}")
+        raise ParamCorruptError(f"{name} must lie in [0, 1], got {name}={first!r}")
     return arr
 
 
 def _check_positive(value: object, name: str, *, allow_zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+        raise ParamCorruptError(f"{name} must be a finite real number, got {value!r}")
     v = float(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}")
+        raise ParamCorruptError(f"{name} must be finite and {bound}, got {name}={value!r}")
     return v
 
 

@@ -4,12 +4,12 @@ Each subcommand lives in its own module of this package with ``register(subparse
 
 How a command ends when something goes wrong:
 
-- a user error (:class:`CLIError`): one line, exit code 2;
-- ``ValueError``, ``TypeError`` or ``FileNotFoundError`` (raised by the library's input
-  validation, but also what a bug may raise): one line ending "(run with -v for the
-  traceback)", exit code 2; with ``-v``/``--verbose`` the traceback comes first;
-- any other exception (``KeyError``, ``AttributeError``, ...): an internal error, one line
-  naming the exception, exit code 1; the traceback with ``-v``;
+- a user error — a :class:`~paramcorrupt.errors.ParamCorruptError`, which the library raises
+  for every bad input (:class:`CLIError` is one), or a file the system cannot find: one line,
+  exit code 2;
+- anything else (``ValueError`` from torch, ``KeyError``, ``AttributeError``, ...): an internal
+  error, one line naming the exception and "(run with -v for the traceback)", exit code 1;
+  the traceback with ``-v``;
 - Ctrl-C: "interrupted", exit code 130.
 """
 
@@ -22,21 +22,23 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from ..errors import ParamCorruptError
+
 __all__ = ["CLIError", "EXIT_INTERNAL", "EXIT_USAGE", "main"]
 
 #: exit codes: bad input (argparse's too), and an internal error (a bug)
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
-#: what a library call raises for bad input (and, rarely, a bug: hence the -v hint)
-INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError)
+#: what a library call raises for bad input: the project's user errors, and a missing file
+USER_ERRORS = (ParamCorruptError, FileNotFoundError)
 _HINT = "(run with -v for the traceback)"
 
 #: the subcommand modules, in the order ``--help`` lists them
 COMMANDS = ("demo", "probe", "report", "train")
 
 
-class CLIError(Exception):
-    """A user error: printed as one line, exit code 2."""
+class CLIError(ParamCorruptError):
+    """A user error found by the command line itself: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,11 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"paramcorrupt {args.command}"
     try:
         return int(args.run(args) or 0)
-    except CLIError as error:
+    except USER_ERRORS as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except INPUT_ERRORS as error:
-        _fail(f"{prefix}: error: {error}", args.verbose)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

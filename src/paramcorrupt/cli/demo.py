@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ParamCorruptError
 from ..groups import select
 
 EPS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -184,9 +185,9 @@ def run(args: argparse.Namespace) -> int:
     from ..tasks import get_task
 
     if args.trials < 1:
-        raise ValueError(f"--trials must be >= 1, got {args.trials}")
+        raise ParamCorruptError(f"--trials must be >= 1, got {args.trials}")
     if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise ParamCorruptError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     progress = not args.quiet

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from .. import parallel as D
+from ..errors import ParamCorruptError
 from ..probe.report.summary import summary
 from ..tasks import TASKS, Task, get_task
 from ..tasks.user import load_checkpoint_into, task_identity, user_task
@@ -138,7 +139,7 @@ def _builtin_task(args: argparse.Namespace, *, train: bool) -> tuple[Task, str]:
     settings = [(k, v) for k, v in sorted(options.items()) if k != "data_dir"]
     if name == "digits":
         if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+            raise ParamCorruptError(f"--epochs must be >= 1, got {args.epochs}")
         options.update(epochs=args.epochs, train=train and args.checkpoint is None)
         if args.checkpoint is None:
             settings.append(("epochs", args.epochs))
@@ -157,7 +158,7 @@ def _user_task(args: argparse.Namespace) -> tuple[Task, str]:
     """The Task of ``--model/--data`` (:func:`paramcorrupt.tasks.user.user_task`), its model
     in evaluation mode, and its identity."""
     if args.data is None:
-        raise ValueError("--model needs --data (the loaders and the loss; see `paramcorrupt probe --help`)")
+        raise ParamCorruptError("--model needs --data (the loaders and the loss; see `paramcorrupt probe --help`)")
     task = user_task(args.model, args.data, checkpoint=args.checkpoint, checkpoint_key=getattr(args, "checkpoint_key", None))
     task.model.eval()
     return task, task.info["identity"]
@@ -183,7 +184,7 @@ def _groups(args: argparse.Namespace, task: Task) -> tuple[str, dict[str, Any], 
     options = {}
     if args.depth is not None or args.pattern is not None:
         if by != "position":
-            raise ValueError("--depth and --pattern go with --by position")
+            raise ParamCorruptError("--depth and --pattern go with --by position")
         options = {"depth": args.depth, "pattern": args.pattern}
     if by in task.groupings and not options:
         groups = task.groupings[by](task.model)
@@ -191,11 +192,11 @@ def _groups(args: argparse.Namespace, task: Task) -> tuple[str, dict[str, Any], 
         groups = GROUPINGS[by](task.model, **options)
     else:
         available = sorted(set(GROUPINGS) | set(task.groupings))
-        raise ValueError(f"unknown grouping --by {by!r}; available: {', '.join(available)}")
+        raise ParamCorruptError(f"unknown grouping --by {by!r}; available: {', '.join(available)}")
     if keep is not None:
         unknown = [label for label in keep if label not in groups]
         if unknown:
-            raise ValueError(f"unknown group {unknown[0]!r} for --by {by}; available: {', '.join(groups)}")
+            raise ParamCorruptError(f"unknown group {unknown[0]!r} for --by {by}; available: {', '.join(groups)}")
     return by, groups, keep
 
 
@@ -204,7 +205,7 @@ def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, 
 
     for option in ("trials", "steps"):
         if getattr(args, option) < 0:
-            raise ValueError(f"--{option} must be >= 0, got {getattr(args, option)}")
+            raise ParamCorruptError(f"--{option} must be >= 0, got {getattr(args, option)}")
     methods, settings = fault_settings(args)
     # the metric the task declares (a user's task may declare none: the sweep's default)
     declared = task.info.get("declared_metric", True) and task.primary_metric in task.metrics
@@ -262,7 +263,7 @@ def use_hf_flag(args: argparse.Namespace) -> None:
     if getattr(args, "hf", None) is None:
         return
     if args.task not in (None, *HF_TASKS):
-        raise ValueError(f"--hf goes with --task hf, hf-causal-lm or hf-seq-cls, not {args.task!r}")
+        raise ParamCorruptError(f"--hf goes with --task hf, hf-causal-lm or hf-seq-cls, not {args.task!r}")
     args.task = args.task or "hf"
     args.task_option = [*args.task_option, f"path={args.hf}"]
 
@@ -274,16 +275,16 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise ParamCorruptError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     use_hf_flag(args)
     if getattr(args, "checkpoint_key", None) is not None and args.checkpoint is None:
-        raise ValueError("--checkpoint-key goes with --checkpoint")
+        raise ParamCorruptError("--checkpoint-key goes with --checkpoint")
     user = args.model is not None or args.data is not None
     if user and args.task is not None:
-        raise ValueError("give --task or --model/--data, not both")
+        raise ParamCorruptError("give --task or --model/--data, not both")
     if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a results file path")
+        raise ParamCorruptError(f"--out {args.out} is a folder; give a results file path")
     store = ResultsStore(args.out, extend=getattr(args, "extend", False))
     if user:
         task, identity = _user_task(args)

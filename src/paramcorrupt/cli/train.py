@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from .. import parallel as D
+from ..errors import ParamCorruptError
 from ..experiments import (
     DEFAULT_EPOCHS,
     DEFAULT_EVAL_EPS,
@@ -166,9 +167,9 @@ def _user_factory(args: argparse.Namespace) -> tuple[Any, str]:
     from ..tasks.user import resolve, user_identity, user_task
 
     if args.data is None:
-        raise ValueError("--model needs --data (the loaders and the loss; see `paramcorrupt train --help`)")
+        raise ParamCorruptError("--model needs --data (the loaders and the loss; see `paramcorrupt train --help`)")
     if args.task_option or args.data_dir is not None:
-        raise ValueError("--task-option and --data-dir go with --task, not --model/--data")
+        raise ParamCorruptError("--task-option and --data-dir go with --task, not --model/--data")
     if args.model is not None:
         resolve(args.model, "--model")  # a spec that names nothing fails before any work
     resolve(args.data, "--data")
@@ -181,16 +182,16 @@ def _user_factory(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, MethodConfig]:
     if getattr(args, "checkpoint_key", None) is not None and getattr(args, "checkpoint", None) is None:
-        raise ValueError("--checkpoint-key goes with --checkpoint")
+        raise ParamCorruptError("--checkpoint-key goes with --checkpoint")
     if getattr(args, "model", None) is not None or getattr(args, "data", None) is not None:
         if args.task != "digits" or args.task_given:
-            raise ValueError("give --task or --model/--data, not both")
+            raise ParamCorruptError("give --task or --model/--data, not both")
         factory, identity = _user_factory(args)
         setup, base = task_setup("custom", seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                  factory=factory, identity=identity)
     else:
         if getattr(args, "checkpoint", None) is not None:
-            raise ValueError("--checkpoint goes with --model/--data (a built-in task trains from its own initialisation)")
+            raise ParamCorruptError("--checkpoint goes with --model/--data (a built-in task trains from its own initialisation)")
         setup, base = task_setup(
             args.task, task_options(args), seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size
         )
@@ -203,10 +204,10 @@ def _setup(args: argparse.Namespace) -> None:
     args.task = args.task or "digits"
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise ParamCorruptError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.random_trials < 0:
-        raise ValueError(f"--random-trials must be >= 0, got {args.random_trials}")
+        raise ParamCorruptError(f"--random-trials must be >= 0, got {args.random_trials}")
 
 
 def _distributed(run: Any) -> Any:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..constraint import parse_p
+from ..errors import InputTypeError, ParamCorruptError
 from ..experiments.training import METHODS, MethodConfig
 
 __all__ = [
@@ -75,7 +76,7 @@ def items(text: str, option: str) -> list[str]:
     """
     found = [t.strip() for t in text.split(",") if t.strip()]
     if not found:
-        raise ValueError(f"{option} needs at least one value, got {text!r}")
+        raise ParamCorruptError(f"{option} needs at least one value, got {text!r}")
     return found
 
 
@@ -89,7 +90,7 @@ def number(text: str, option: str = "value") -> float:
     try:
         return float(text)  # float() reads "inf" and "infinity", any case
     except ValueError:
-        raise ValueError(f"{option}: {text!r} is not a number") from None
+        raise ParamCorruptError(f"{option}: {text!r} is not a number") from None
 
 
 def floats(text: str, option: str) -> list[float]:
@@ -104,7 +105,7 @@ def ints(text: str, option: str) -> list[int]:
         try:
             out.append(int(item))
         except ValueError:
-            raise ValueError(f"{option}: {item!r} is not an integer") from None
+            raise ParamCorruptError(f"{option}: {item!r} is not an integer") from None
     return out
 
 
@@ -125,7 +126,7 @@ def parse_n(text: str, option: str = "--n") -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{option}: {text.strip()!r} is not an integer >= 1 or 'all' (also k or none: every parameter)")
+        raise ParamCorruptError(f"{option}: {text.strip()!r} is not an integer >= 1 or 'all' (also k or none: every parameter)")
     return value
 
 
@@ -149,7 +150,7 @@ def group_spec(text: str | None) -> tuple[dict[str, list[str]] | None, list[str]
     entries = items(text, "--groups")
     defined = [i for i in entries if "=" in i]
     if defined and len(defined) != len(entries):
-        raise ValueError("--groups: give either LABEL=PATTERN entries or plain labels, not both")
+        raise ParamCorruptError("--groups: give either LABEL=PATTERN entries or plain labels, not both")
     if not defined:
         return None, entries
     mapping: dict[str, list[str]] = {}
@@ -158,9 +159,9 @@ def group_spec(text: str | None) -> tuple[dict[str, list[str]] | None, list[str]
         label = label.strip()
         parts = [p.strip() for p in patterns.split("+") if p.strip()]
         if not label or not parts:
-            raise ValueError(f"--groups: {item!r} is not LABEL=PATTERN[+PATTERN]")
+            raise ParamCorruptError(f"--groups: {item!r} is not LABEL=PATTERN[+PATTERN]")
         if label in mapping:
-            raise ValueError(f"--groups: label {label!r} is given twice")
+            raise ParamCorruptError(f"--groups: label {label!r} is given twice")
         mapping[label] = parts
     return mapping, None
 
@@ -200,10 +201,10 @@ def fault_settings(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[
     for item in args.fault_setting:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--fault-setting takes KEY=VALUE[,VALUE], got {item!r}")
+            raise ParamCorruptError(f"--fault-setting takes KEY=VALUE[,VALUE], got {item!r}")
         given[key.strip()] = values
     if given and not faults:
-        raise ValueError(f"--{next(iter(given))} is a fault setting: give the fault model with --fault")
+        raise ParamCorruptError(f"--{next(iter(given))} is a fault setting: give the fault model with --fault")
     methods = items(args.methods, "--methods") if args.methods is not None else ([] if faults else ["random", "gradient"])
     settings: dict[str, dict[str, list[Any]]] = {}
     used = set()
@@ -216,7 +217,7 @@ def fault_settings(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[
         settings[name] = mine
     unused = [key for key in given if key not in used]
     if unused:
-        raise ValueError(f"--{unused[0]} is a setting of none of --fault {','.join(faults)}")
+        raise ParamCorruptError(f"--{unused[0]} is a setting of none of --fault {','.join(faults)}")
     return [*methods, *(f for f in faults if f not in methods)], settings or None
 
 
@@ -230,7 +231,7 @@ def task_options(args: argparse.Namespace) -> dict[str, str]:
     for item in getattr(args, "task_option", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ValueError(f"--task-option expects KEY=VALUE, got {item!r}")
+            raise ParamCorruptError(f"--task-option expects KEY=VALUE, got {item!r}")
         options[key.strip()] = value.strip()
     if getattr(args, "data_dir", None) is not None:
         options["data_dir"] = args.data_dir
@@ -251,17 +252,17 @@ def _as_type(text: str, kind: Any) -> Any:
             return True
         if text.strip().lower() in _FALSE:
             return False
-        raise ValueError("expected true or false")
+        raise ParamCorruptError("expected true or false")
     if kind is int:
         try:
             return int(text)
         except ValueError:
-            raise ValueError("expected an integer") from None
+            raise ParamCorruptError("expected an integer") from None
     if kind is float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError("expected a number") from None
+            raise ParamCorruptError("expected a number") from None
     if kind is Path or kind is os.PathLike or typing.get_origin(kind) is os.PathLike:
         return Path(text)
     if typing.get_origin(kind) is tuple:
@@ -269,9 +270,9 @@ def _as_type(text: str, kind: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
             if not parts:
-                raise ValueError("expected a comma-separated list")
+                raise ParamCorruptError("expected a comma-separated list")
             return tuple(_as_type(p, args[0]) for p in parts)
-    raise TypeError(f"{kind} is no type the command line gives")
+    raise InputTypeError(f"{kind} is no type the command line gives")
 
 
 def _convert(text: str, annotation: Any) -> Any:
@@ -294,7 +295,7 @@ def _convert(text: str, annotation: Any) -> Any:
         except TypeError:
             continue
     if errors:
-        raise ValueError(" or ".join(dict.fromkeys(errors)))
+        raise ParamCorruptError(" or ".join(dict.fromkeys(errors)))
     return text
 
 
@@ -340,14 +341,14 @@ def task_option_values(factory: Callable[..., Any], options: Mapping[str, Any], 
             if more:
                 out[key] = value
                 continue
-            raise ValueError(f"unknown --task-option {key!r} for the {task} task; valid: {', '.join(sorted(named))}")
+            raise ParamCorruptError(f"unknown --task-option {key!r} for the {task} task; valid: {', '.join(sorted(named))}")
         if not isinstance(value, str):
             out[key] = value
             continue
         try:
             out[key] = _convert(value, named[key])
         except ValueError as error:
-            raise ValueError(f"--task-option {key}={value!r}: {error}") from None
+            raise ParamCorruptError(f"--task-option {key}={value!r}: {error}") from None
     return out
 
 
@@ -371,14 +372,14 @@ def parse_method(spec: str, base: MethodConfig) -> MethodConfig:
     name, *settings = spec.split(":")
     name = "regularised" if name == "regularized" else name
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+        raise ParamCorruptError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     config = replace(base, method=name)
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or key not in _METHOD_FIELDS:
-            raise ValueError(f"bad method setting {setting!r} in {spec!r}; expected key=value with key in {', '.join(_METHOD_FIELDS)}")
+            raise ParamCorruptError(f"bad method setting {setting!r} in {spec!r}; expected key=value with key in {', '.join(_METHOD_FIELDS)}")
         try:
             config = replace(config, **{key: _METHOD_FIELDS[key](value)})
         except ValueError as error:
-            raise ValueError(f"bad value in {setting!r}: {error}") from error
+            raise ParamCorruptError(f"bad value in {setting!r}: {error}") from error
     return config

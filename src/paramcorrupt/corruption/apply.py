@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._state import frozen_norm_stats
+from ..errors import InputTypeError, ParamCorruptError
 from ..groups import find_parameter
 from .base import Corruption
 
@@ -23,7 +24,7 @@ def _as_corruption(corruption: Corruption | Mapping[str, Tensor]) -> Corruption:
         return corruption
     if isinstance(corruption, Mapping):
         return Corruption.from_deltas(corruption)
-    raise TypeError(f"expected a Corruption or a mapping name -> delta tensor, got {type(corruption).__name__}")
+    raise InputTypeError(f"expected a Corruption or a mapping name -> delta tensor, got {type(corruption).__name__}")
 
 
 def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Parameter, Tensor | None, Tensor]]:
@@ -33,32 +34,32 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
     for name, value in corruption.values.items():
         param = find_parameter(model, name)
         if param is None:
-            raise ValueError(f"the model has no parameter named {name!r}")
+            raise ParamCorruptError(f"the model has no parameter named {name!r}")
         if id(param) in seen:
-            raise ValueError(f"{name!r} and {seen[id(param)]!r} are the same (tied) parameter; corrupt it once")
+            raise ParamCorruptError(f"{name!r} and {seen[id(param)]!r} are the same (tied) parameter; corrupt it once")
         seen[id(param)] = name
         if not param.is_floating_point():
-            raise TypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
+            raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
         if not isinstance(value, Tensor):
-            raise TypeError(f"the {what} for {name!r} is a {type(value).__name__}, expected a Tensor")
+            raise InputTypeError(f"the {what} for {name!r} is a {type(value).__name__}, expected a Tensor")
         idx = corruption.indices.get(name)
         if idx is None:
             if value.shape != param.shape:
-                raise ValueError(f"the {what} for {name!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
+                raise ParamCorruptError(f"the {what} for {name!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
         else:
             if idx.dim() != 1 or value.shape != idx.shape:
-                raise ValueError(f"the sparse {what} for {name!r} needs 1-D indices and values of one length")
+                raise ParamCorruptError(f"the sparse {what} for {name!r} needs 1-D indices and values of one length")
             # a builder that drew distinct indices inside a tensor of this size says so (the
             # faults of paramcorrupt.faults): the checks below would only repeat its own
             drawn = corruption.info.get("distinct_indices_of", {}).get(name) == param.numel()
             low, high = torch.aminmax(idx) if idx.numel() and not drawn else (0, 0)
             if idx.numel() and (int(low) < 0 or int(high) >= param.numel()):
-                raise ValueError(f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})")
+                raise ParamCorruptError(f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})")
             if corruption.mode == "set" and not drawn and idx.unique().numel() != idx.numel():
-                raise ValueError(f"the values for {name!r} write one index twice; which value wins would be undefined")
+                raise ParamCorruptError(f"the values for {name!r} write one index twice; which value wins would be undefined")
         # a fault that sets values may write Inf or NaN (a flipped exponent bit); a delta may not
         if corruption.mode == "add" and not torch.isfinite(value).all():
-            raise ValueError(f"the delta for {name!r} contains NaN or Inf")
+            raise ParamCorruptError(f"the delta for {name!r} contains NaN or Inf")
         plan.append((param, idx, value))
     return plan
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraint import Constraint, sparse_closed_form, tensors_lp_norm
+from ..errors import InputTypeError, ParamCorruptError
 from ..groups import ParameterGroup
 
 #: How a corruption changes a parameter: "add" its values (w + a) or "set" them (w_i := v_i).
@@ -54,16 +55,16 @@ class Corruption:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got mode={self.mode!r}")
+            raise ParamCorruptError(f"mode must be one of {', '.join(map(repr, MODES))}, got mode={self.mode!r}")
 
     @classmethod
     def from_deltas(cls, deltas: Mapping[str, Tensor], method: str = "custom") -> Corruption:
         """Wrap a plain mapping name -> dense delta tensor."""
         if not isinstance(deltas, Mapping) or not deltas:
-            raise ValueError("a corruption given as a mapping must map at least one parameter name to a delta tensor")
+            raise ParamCorruptError("a corruption given as a mapping must map at least one parameter name to a delta tensor")
         for name, d in deltas.items():
             if not isinstance(d, Tensor):
-                raise TypeError(f"the delta for {name!r} is a {type(d).__name__}, expected a Tensor")
+                raise InputTypeError(f"the delta for {name!r} is a {type(d).__name__}, expected a Tensor")
         return cls(
             ParameterGroup(method, tuple(deltas)),
             None,
@@ -102,17 +103,17 @@ class Corruption:
             True
         """
         if not isinstance(values, Mapping) or not values:
-            raise ValueError("a set-values corruption must map at least one parameter name to its values")
+            raise ParamCorruptError("a set-values corruption must map at least one parameter name to its values")
         indices = dict(indices or {})
         unknown = [name for name in indices if name not in values]
         if unknown:
-            raise ValueError(f"indices are given for {unknown[0]!r}, which has no values")
+            raise ParamCorruptError(f"indices are given for {unknown[0]!r}, which has no values")
         for name, v in values.items():
             if not isinstance(v, Tensor):
-                raise TypeError(f"the values for {name!r} are a {type(v).__name__}, expected a Tensor")
+                raise InputTypeError(f"the values for {name!r} are a {type(v).__name__}, expected a Tensor")
             idx = indices.get(name)
             if idx is not None and not isinstance(idx, Tensor):
-                raise TypeError(f"the indices for {name!r} are a {type(idx).__name__}, expected a Tensor")
+                raise InputTypeError(f"the indices for {name!r} are a {type(idx).__name__}, expected a Tensor")
         return cls(
             group if group is not None else ParameterGroup(method, tuple(values)),
             None,
@@ -125,7 +126,7 @@ class Corruption:
 
     def _delta_only(self, what: str) -> None:
         if self.mode != "add":
-            raise ValueError(f"{what} needs a delta; this corruption sets values (mode='set'), it does not add a delta")
+            raise ParamCorruptError(f"{what} needs a delta; this corruption sets values (mode='set'), it does not add a delta")
 
     @property
     def p(self) -> float | None:
@@ -155,7 +156,7 @@ class Corruption:
         self._delta_only("norm()")
         if p is None:
             if self.constraint is None:
-                raise ValueError("this corruption has no constraint: pass p explicitly")
+                raise ParamCorruptError("this corruption has no constraint: pass p explicitly")
             p = self.constraint.p
         return tensors_lp_norm(list(self.values.values()), p)
 
@@ -181,7 +182,7 @@ class Corruption:
                 out[name] = value
                 continue
             if name not in params:
-                raise ValueError(f"pass the model to densify the sparse entry {name!r}")
+                raise ParamCorruptError(f"pass the model to densify the sparse entry {name!r}")
             d = torch.zeros_like(params[name].detach(), memory_format=torch.contiguous_format)
             d.view(-1)[idx] = value.to(d.dtype)
             out[name] = d

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from ..constraint import Constraint, check_tensors, tensors_lp_norm
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup
 from .base import Corruption, _build
 
@@ -22,7 +23,7 @@ def _group_gradient(gradient: Mapping[str, Tensor], group: ParameterGroup | None
         group = ParameterGroup("all", tuple(gradient))
     missing = [n for n in group.names if n not in gradient]
     if missing:
-        raise ValueError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
+        raise ParamCorruptError(f"the gradient has no entry for parameter {missing[0]!r} of group {group.name!r}")
     g = {name: gradient[name] for name in group.names}
     check_tensors(list(g.values()), list(g))
     return group, g

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraint import Constraint, global_top_n, tensors_lp_norm
+from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
@@ -82,7 +83,7 @@ def iterative_corruption(
         The best corruption found; ``info`` holds the per-iterate losses and the best step.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        raise ParamCorruptError(f"steps must be an integer >= 0, got {steps!r}")
     group = as_group(model, group)
     if gradient is None:
         gradient = dataset_gradient(model, loader, loss_fn, group, progress=progress)

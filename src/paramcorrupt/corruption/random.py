@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..constraint import Constraint
+from ..errors import InputTypeError, ParamCorruptError
 from ..groups import ParameterGroup, as_group
 from .base import Corruption, _build, split_flat
 
@@ -38,7 +39,7 @@ def random_corruption(
         0.1
     """
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     group = as_group(model, group)
     params = group.tensors(model)
     draws = [
@@ -71,15 +72,15 @@ def random_values(
         ('set', 2)
     """
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ValueError(f"low and high must be finite numbers with low < high, got low={low!r}, high={high!r}")
+        raise ParamCorruptError(f"low and high must be finite numbers with low < high, got low={low!r}, high={high!r}")
     group = as_group(model, group)
     params = group.tensors(model)
     sizes = [p.numel() for p in params.values()]
     k = sum(sizes)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= k:
-        raise ValueError(f"count must be an integer in [1, {k}] (the group's size), got count={count!r}")
+        raise ParamCorruptError(f"count must be an integer in [1, {k}] (the group's size), got count={count!r}")
     flat = torch.randperm(k, generator=generator)[:count].sort().values
     draws = torch.rand(count, generator=generator, dtype=torch.float64) * (high - low) + low
     indices, values = {}, {}

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraint import Constraint
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup
 from .base import Corruption, _build
 from .gradient import _group_gradient
@@ -23,7 +24,7 @@ def relative_scale(model: nn.Module, group: ParameterGroup, eta: float = 0.0) ->
         ValueError: for eta < 0 or not finite.
     """
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got eta={eta!r}")
+        raise ParamCorruptError(f"eta must be a finite number >= 0, got eta={eta!r}")
     return {name: p.detach().abs() + eta for name, p in group.tensors(model).items()}
 
 

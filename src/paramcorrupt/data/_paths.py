@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingFileError
+
 __all__ = ["DATA_ENV", "CACHE_ENV", "resolve_cache_dir", "resolve_data_file", "save_tensors_atomic"]
 
 #: Environment variable naming the folder that holds ``cifar10_jpg/``, ``ptb_lm/``, ...
@@ -28,7 +30,7 @@ def resolve_data_file(data_dir: str | os.PathLike[str] | None, subdir: str, file
     if data_dir is None:
         env = os.environ.get(DATA_ENV)
         if not env:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no data folder given: pass data_dir or set {DATA_ENV} to the folder that "
                 f"contains {subdir}/{filename}"
             )
@@ -37,7 +39,7 @@ def resolve_data_file(data_dir: str | os.PathLike[str] | None, subdir: str, file
     for candidate in (base / subdir / filename, base / filename):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{base / subdir / filename} not found: pass data_dir or set {DATA_ENV} to the folder "
         f"that contains {subdir}/{filename}"
     )

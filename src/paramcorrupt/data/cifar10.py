@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .._progress import progress_bar
+from ..errors import ParamCorruptError
 from ._paths import resolve_cache_dir, resolve_data_file, save_tensors_atomic
 
 __all__ = [
@@ -59,7 +60,7 @@ _CACHE_VERSION = 1
 
 def _check_split(split: str) -> None:
     if split not in _ARCHIVES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ParamCorruptError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def _read_archive(archive: Path, split: str) -> list[tuple[str, int, bytes]]:
@@ -78,7 +79,7 @@ def _read_archive(archive: Path, split: str) -> list[tuple[str, int, bytes]]:
             entries.append((Path(parts[-1]).stem, parts[-2], handle.read()))
     found = sorted({cls for _, cls, _ in entries})
     if tuple(found) != CIFAR10_CLASSES:
-        raise ValueError(f"{archive}: expected the 10 CIFAR-10 class folders, found {found}")
+        raise ParamCorruptError(f"{archive}: expected the 10 CIFAR-10 class folders, found {found}")
     index = {name: i for i, name in enumerate(CIFAR10_CLASSES)}
     ordered = sorted(((stem, index[cls], data) for stem, cls, data in entries), key=lambda e: e[:2])
     if len(ordered) != _SIZES[split]:
@@ -99,7 +100,7 @@ def _decode(
         with Image.open(io.BytesIO(data)) as img:
             array = np.asarray(img.convert("RGB"))
         if array.shape != (32, 32, 3):
-            raise ValueError(
+            raise ParamCorruptError(
                 f"{desc}: image {stem} of class {label} has shape {array.shape}, expected 32x32x3"
             )
         images[i] = array
@@ -146,7 +147,7 @@ def load_cifar10(
     """
     _check_split(split)
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be positive, got {limit}")
+        raise ParamCorruptError(f"limit must be positive, got {limit}")
     archive = resolve_data_file(data_dir, "cifar10_jpg", _ARCHIVES[split])
     if limit is not None and limit >= _SIZES[split]:
         limit = None
@@ -216,11 +217,11 @@ class AugmentedImages(Dataset):
         generator: torch.Generator | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels must be [N] = [{images.size(0)}], got {tuple(labels.shape)}")
+            raise ParamCorruptError(f"labels must be [N] = [{images.size(0)}], got {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.long()
         self.augment = augment

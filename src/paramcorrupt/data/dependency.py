@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ParamCorruptError
+
 __all__ = [
     "Sentence",
     "is_projective",
@@ -172,7 +174,7 @@ def load_ud_ewt(data_dir: str | os.PathLike[str] | None = None, split: str = "tr
     from ._paths import resolve_data_file
 
     if split not in UD_EWT_SPLITS:
-        raise ValueError(f"unknown UD English-EWT split {split!r}; expected one of {', '.join(UD_EWT_SPLITS)}")
+        raise ParamCorruptError(f"unknown UD English-EWT split {split!r}; expected one of {', '.join(UD_EWT_SPLITS)}")
     path = resolve_data_file(data_dir, "ud_english_ewt", f"en_ewt-ud-{split}.conllu.gz")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return parse_conll(f.read(), f"en_ewt-ud-{split}")
@@ -192,9 +194,9 @@ def split_sentences(
     """
     sentences = list(sentences)
     if not 0.0 < held_out < 1.0:
-        raise ValueError(f"held_out must lie in (0, 1), got {held_out}")
+        raise ParamCorruptError(f"held_out must lie in (0, 1), got {held_out}")
     if by not in ("sentence", "file"):
-        raise ValueError(f"by must be 'sentence' or 'file', got {by!r}")
+        raise ParamCorruptError(f"by must be 'sentence' or 'file', got {by!r}")
     keys = list(range(len(sentences))) if by == "sentence" else sorted({s.source for s in sentences})
     order = list(keys)
     random.Random(seed).shuffle(order)

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ParamCorruptError
+
 __all__ = ["BOS", "EOS", "PAD", "SPLITS", "UNK", "TranslationBatches", "Vocab", "load_multi30k"]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -83,13 +85,13 @@ def load_multi30k(data_dir: str | os.PathLike[str] | None, split: str) -> tuple[
     from ._paths import resolve_data_file
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise ParamCorruptError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     sides = []
     for lang in ("de", "en"):
         path = resolve_data_file(data_dir, str(Path("multi30k") / "tok"), f"{SPLITS[split]}.lc.norm.tok.{lang}")
         sides.append([line.split() for line in path.read_text(encoding="utf-8").splitlines()])
     if len(sides[0]) != len(sides[1]):
-        raise ValueError(f"multi30k {split}: {len(sides[0])} German but {len(sides[1])} English lines")
+        raise ParamCorruptError(f"multi30k {split}: {len(sides[0])} German but {len(sides[1])} English lines")
     return sides[0], sides[1]
 
 
@@ -123,7 +125,7 @@ class TranslationBatches:
         device: torch.device | str | None = None,
     ) -> None:
         if len(src) != len(tgt):
-            raise ValueError("source and target differ in length")
+            raise ParamCorruptError("source and target differ in length")
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         order = sorted(range(len(src)), key=lambda i: (len(src[i]), len(tgt[i]), i))

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..errors import ParamCorruptError
 from ._paths import resolve_data_file
 
 __all__ = [
@@ -117,7 +118,7 @@ class Corpus:
                         texts[split] = archive.read(info).decode("utf-8")
         missing = [f"ptb.{s}.txt" for s in _SPLITS if s not in texts]
         if missing:
-            raise ValueError(f"{path} lacks {', '.join(missing)}")
+            raise ParamCorruptError(f"{path} lacks {', '.join(missing)}")
         self.path = path
         self._build(texts["train"], texts["valid"], texts["test"])
 
@@ -153,7 +154,7 @@ class Corpus:
     def split(self, name: str) -> Tensor:
         """The token stream of ``"train"``, ``"valid"`` or ``"test"``."""
         if name not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {name!r}")
+            raise ParamCorruptError(f"split must be one of {_SPLITS}, got {name!r}")
         return getattr(self, name)
 
 
@@ -167,12 +168,12 @@ def batchify(data: Tensor, batch_size: int) -> Tensor:
         [[0, 3], [1, 4], [2, 5]]
     """
     if data.dim() != 1:
-        raise ValueError(f"data must be a 1-D token stream, got shape {tuple(data.shape)}")
+        raise ParamCorruptError(f"data must be a 1-D token stream, got shape {tuple(data.shape)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ParamCorruptError(f"batch_size must be positive, got {batch_size}")
     steps = data.size(0) // batch_size
     if steps == 0:
-        raise ValueError(f"{data.size(0)} tokens cannot fill {batch_size} columns")
+        raise ParamCorruptError(f"{data.size(0)} tokens cannot fill {batch_size} columns")
     return data[: steps * batch_size].view(batch_size, steps).t().contiguous()
 
 
@@ -186,7 +187,7 @@ def bptt_batches(source: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:
         [([[0], [1], [2]], [[1], [2], [3]]), ([[3]], [[4]])]
     """
     if bptt < 1:
-        raise ValueError(f"bptt must be positive, got {bptt}")
+        raise ParamCorruptError(f"bptt must be positive, got {bptt}")
     for start in range(0, source.size(0) - 1, bptt):
         length = min(bptt, source.size(0) - 1 - start)
         yield source[start : start + length], source[start + 1 : start + 1 + length]
@@ -211,7 +212,7 @@ class BPTTLoader:
         self, data: Tensor, batch_size: int, bptt: int, device: torch.device | str | None = None
     ) -> None:
         if bptt < 1:
-            raise ValueError(f"bptt must be positive, got {bptt}")
+            raise ParamCorruptError(f"bptt must be positive, got {bptt}")
         self.source = batchify(data, batch_size)
         if device is not None:
             self.source = self.source.to(device)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..constraint import Constraint
+from ..errors import MissingFileError, ParamCorruptError
 from ..train import RegularizedLoss
 from ..train.recipe import Recipe, as_recipe, fit_recipe
 
@@ -80,13 +81,13 @@ def validate(config: MethodConfig) -> None:
     if config.method == "resistant":
         Constraint(config.p, config.eps, config.n)
         if not 0 <= config.alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {config.alpha}")
+            raise ParamCorruptError(f"alpha must be in [0, 1], got {config.alpha}")
         if config.interval < 1:
-            raise ValueError(f"interval must be >= 1, got {config.interval}")
+            raise ParamCorruptError(f"interval must be >= 1, got {config.interval}")
     if config.method == "regularised" and config.lam < 0:
-        raise ValueError(f"lam must be >= 0, got {config.lam}")
+        raise ParamCorruptError(f"lam must be >= 0, got {config.lam}")
     if config.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+        raise ParamCorruptError(f"epochs must be >= 1, got {config.epochs}")
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,11 @@ def build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             key = str(error).rpartition("argument")[2].strip(" '\"")
-            raise ValueError(f"unknown --task-option {key!r} for the {setup.name} task") from None
+            raise ParamCorruptError(f"unknown --task-option {key!r} for the {setup.name} task") from None
         raise
     except FileNotFoundError as error:
         text = error.args[-1] if error.args else str(error)
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{text} (give --data-dir or set PARAMCORRUPT_DATA; without data, training is available for the digits task only)"
         ) from None
 
@@ -163,7 +164,7 @@ def task_setup(
 
     if factory is not None:
         if batch_size is not None:
-            raise ValueError("--batch-size: the batch size of --data is its loaders' own")
+            raise ParamCorruptError("--batch-size: the batch size of --data is its loaders' own")
         setup = TaskSetup(name, {}, None, identity or name, factory)
         task = build_task(setup, seed, None)
         recipe = as_recipe(task.info.get("recipe") or {})
@@ -174,22 +175,22 @@ def task_setup(
         )
         return replace(setup, recipe=recipe), config
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+        raise ParamCorruptError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     options = dict(options or {})
     for key in ("seed", "train", "checkpoint", "state_dict", "epochs"):
         if key in options:
-            raise ValueError(f"--task-option {key} is set by the train command; use its own options instead")
+            raise ParamCorruptError(f"--task-option {key} is set by the train command; use its own options instead")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ParamCorruptError(f"--batch-size must be >= 1, got {batch_size}")
     if name != "digits" and batch_size is not None:
         if "batch_size" in options:
-            raise ValueError("give the batch size once: --batch-size or --task-option batch_size")
+            raise ParamCorruptError("give the batch size once: --batch-size or --task-option batch_size")
         options["batch_size"] = str(batch_size)
     identity = task_identity(name, [(k, v) for k, v in sorted(options.items()) if k not in ("data_dir", "cache_dir")])
     setup = TaskSetup(name, options, None, identity)
     task = build_task(setup, seed, batch_size)
     if task.train_loader is None:
-        raise ValueError(f"the {name} task has no training data (train_loader)")
+        raise ParamCorruptError(f"the {name} task has no training data (train_loader)")
     recipe = as_recipe(task.info.get("recipe") or {})
     if batch_size is None:
         batch_size = _or(recipe.batch_size, getattr(task.train_loader, "batch_size", None))
@@ -207,7 +208,7 @@ def _or(value: Any, default: Any) -> Any:
 
 def _required_lr(recipe: Recipe, name: str) -> float:
     if recipe.lr is None:
-        raise ValueError(f"the {name} task gives no training recipe with a learning rate; give --lr")
+        raise ParamCorruptError(f"the {name} task gives no training recipe with a learning rate; give --lr")
     return float(recipe.lr)
 
 

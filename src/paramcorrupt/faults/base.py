@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..corruption.base import Corruption
+from ..errors import InputTypeError, ParamCorruptError
 from ..groups import ParameterGroup
 
 __all__ = ["FAULTS", "FaultContext", "FaultModel", "get_fault", "register_fault"]
@@ -146,13 +147,13 @@ class FaultModel(ABC):
         names = self.setting_names()
         unknown = [name for name in setting if name not in names]
         if unknown:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"fault model {self.name!r} has no setting {unknown[0]!r}; its settings: {', '.join(names) or 'none'}"
             )
         full = {name: setting.get(name, self.defaults.get(name, _MISSING)) for name in names}
         missing = [name for name, value in full.items() if value is _MISSING]
         if missing:
-            raise ValueError(f"fault model {self.name!r} needs a value for {missing[0]!r}")
+            raise ParamCorruptError(f"fault model {self.name!r} needs a value for {missing[0]!r}")
         self.setting: dict[str, Any] = self.check(full)
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class FaultModel(ABC):
         names = cls.setting_names()
         unknown = [name for name in values if name not in names]
         if unknown:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"fault model {cls.name!r} has no setting {unknown[0]!r}; its settings: {', '.join(names) or 'none'}"
             )
         axes = []
@@ -186,17 +187,17 @@ class FaultModel(ABC):
                 seq = values[name]
                 seq = [seq] if isinstance(seq, (str, bytes)) or not isinstance(seq, Iterable) else list(seq)
                 if not seq:
-                    raise ValueError(f"the values of {cls.name!r} setting {name!r} are empty")
+                    raise ParamCorruptError(f"the values of {cls.name!r} setting {name!r} are empty")
                 axes.append(list(dict.fromkeys(seq)))
                 if name in cls.fixed and len(axes[-1]) > 1:
-                    raise ValueError(
+                    raise ParamCorruptError(
                         f"the {cls.name!r} setting {name!r} takes one value per sweep (it is no part of a row's key), "
                         f"got {axes[-1]}"
                     )
             elif name in cls.defaults:
                 axes.append([cls.defaults[name]])
             else:
-                raise ValueError(f"fault model {cls.name!r} needs values for its setting {name!r}")
+                raise ParamCorruptError(f"fault model {cls.name!r} needs values for its setting {name!r}")
         return [cls(**dict(zip(names, combo))) for combo in itertools.product(*axes)]
 
     def key(self) -> str:
@@ -238,18 +239,18 @@ def register_fault(cls: type[FaultModel]) -> type[FaultModel]:
             setting named with ``|`` or ``=`` or both a parameter and a fixed setting.
     """
     if not (isinstance(cls, type) and issubclass(cls, FaultModel)):
-        raise TypeError(f"register_fault takes a FaultModel subclass, got {cls!r}")
+        raise InputTypeError(f"register_fault takes a FaultModel subclass, got {cls!r}")
     name = cls.name
     if not isinstance(name, str) or not name or "|" in name:
-        raise ValueError(f"a fault model needs a non-empty name without '|', got {name!r}")
+        raise ParamCorruptError(f"a fault model needs a non-empty name without '|', got {name!r}")
     if name in FAULTS and FAULTS[name] is not cls:
-        raise ValueError(f"the fault model name {name!r} is taken by {FAULTS[name].__qualname__}")
+        raise ParamCorruptError(f"the fault model name {name!r} is taken by {FAULTS[name].__qualname__}")
     for parameter in cls.setting_names():
         if "|" in parameter or "=" in parameter:
-            raise ValueError(f"setting names may not contain '|' or '=', got {parameter!r}")
+            raise ParamCorruptError(f"setting names may not contain '|' or '=', got {parameter!r}")
     both = [parameter for parameter in cls.fixed if parameter in cls.parameters]
     if both:
-        raise ValueError(f"the setting {both[0]!r} of {name!r} is among both its parameters and its fixed settings")
+        raise ParamCorruptError(f"the setting {both[0]!r} of {name!r} is among both its parameters and its fixed settings")
     FAULTS[name] = cls
     return cls
 
@@ -261,5 +262,5 @@ def get_fault(name: str) -> type[FaultModel]:
         ValueError: for an unknown name, listing the registered ones.
     """
     if name not in FAULTS:
-        raise ValueError(f"unknown fault model {name!r}; available: {', '.join(FAULTS)}")
+        raise ParamCorruptError(f"unknown fault model {name!r}; available: {', '.join(FAULTS)}")
     return FAULTS[name]

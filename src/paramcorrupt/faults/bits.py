@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..corruption.base import Corruption, split_flat
+from ..errors import InputTypeError, ParamCorruptError
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, key_text, register_fault
 from .formats import NumberFormat, bits_setting, get_format
@@ -82,20 +83,20 @@ def random_bit_faults(
     fmt = get_format(format)
     positions = fmt.select(bits)
     if op not in OPS:
-        raise ValueError(f"unknown fault op {op!r}; expected one of {', '.join(OPS)}")
+        raise ParamCorruptError(f"unknown fault op {op!r}; expected one of {', '.join(OPS)}")
     _check_rate(ber, flips)
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     group = group if isinstance(group, ParameterGroup) else as_group(model, group)
     params = group.tensors(model)  # validates the names
     for name, param in params.items():
         if not param.is_floating_point():
-            raise TypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
+            raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
     sizes = [p.numel() for p in params.values()]
     total = sum(sizes) * len(positions)
     if flips is not None:
         if flips > total:
-            raise ValueError(f"flips={flips} exceeds the {total:,} candidate bits of group {group.name!r}")
+            raise ParamCorruptError(f"flips={flips} exceeds the {total:,} candidate bits of group {group.name!r}")
         m = flips
     else:
         m = int(torch.binomial(torch.tensor([float(total)], dtype=torch.float64), torch.tensor([float(ber)], dtype=torch.float64), generator=generator))
@@ -106,11 +107,11 @@ def random_bit_faults(
 
 def _check_rate(ber: Any, flips: Any) -> None:
     if (ber is None) == (flips is None):
-        raise ValueError(f"give one of ber and flips, got ber={ber!r}, flips={flips!r}")
+        raise ParamCorruptError(f"give one of ber and flips, got ber={ber!r}, flips={flips!r}")
     if ber is not None and (isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0.0 <= ber <= 1.0):
-        raise ValueError(f"ber must be a number in [0, 1], got ber={ber!r}")
+        raise ParamCorruptError(f"ber must be a number in [0, 1], got ber={ber!r}")
     if flips is not None and (isinstance(flips, bool) or not isinstance(flips, int) or flips < 0):
-        raise ValueError(f"flips must be an integer >= 0, got flips={flips!r}")
+        raise ParamCorruptError(f"flips must be an integer >= 0, got flips={flips!r}")
 
 
 @torch.no_grad()
@@ -240,7 +241,7 @@ class StuckAt(_BitFault):
         if isinstance(value, str) and value in ("0", "1"):
             value = int(value)
         if value not in (0, 1) or isinstance(value, bool):
-            raise ValueError(f"a stuck-at value must be 0 or 1, got value={setting['value']!r}")
+            raise ParamCorruptError(f"a stuck-at value must be 0 or 1, got value={setting['value']!r}")
         return super().check(dict(setting, value=value))
 
     def _op(self) -> str:

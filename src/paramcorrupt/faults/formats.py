@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import InputTypeError, ParamCorruptError
+
 __all__ = ["BIT_CLASSES", "FORMATS", "NumberFormat", "bits_setting", "get_format"]
 
 BIT_CLASSES = ("any", "sign", "exponent", "mantissa", "msb")
@@ -54,10 +56,10 @@ class NumberFormat:
             ValueError: for an unknown class, a class the format lacks, or an index out of range.
         """
         if isinstance(bits, bool):
-            raise TypeError(f"bits must be a bit class ({', '.join(BIT_CLASSES)}) or an index, got {bits!r}")
+            raise InputTypeError(f"bits must be a bit class ({', '.join(BIT_CLASSES)}) or an index, got {bits!r}")
         if isinstance(bits, int):
             if not 0 <= bits < self.bits:
-                raise ValueError(f"bit index {bits} is out of range for {self.name} (0 to {self.bits - 1})")
+                raise ParamCorruptError(f"bit index {bits} is out of range for {self.name} (0 to {self.bits - 1})")
             return (bits,)
         if bits == "any":
             return tuple(range(self.bits))
@@ -67,9 +69,9 @@ class NumberFormat:
             return (max(self.exponent),) if self.is_float else (self.bits - 1,)
         if bits in ("exponent", "mantissa"):
             if not self.is_float:
-                raise ValueError(f"{self.name} has no {bits} bits; choose any, sign, msb or a bit index")
+                raise ParamCorruptError(f"{self.name} has no {bits} bits; choose any, sign, msb or a bit index")
             return tuple(getattr(self, bits))
-        raise ValueError(f"unknown bit class {bits!r}; expected one of {', '.join(BIT_CLASSES)} or a bit index")
+        raise ParamCorruptError(f"unknown bit class {bits!r}; expected one of {', '.join(BIT_CLASSES)} or a bit index")
 
     # -- codes ---------------------------------------------------------------------------
 
@@ -151,5 +153,5 @@ def get_format(name: str) -> NumberFormat:
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in FORMATS:
-        raise ValueError(f"unknown number format {name!r}; expected one of {', '.join(FORMATS)}")
+        raise ParamCorruptError(f"unknown number format {name!r}; expected one of {', '.join(FORMATS)}")
     return FORMATS[name]

@@ -16,6 +16,7 @@ from ..corruption.relative import (
     relative_random_corruption,
     relative_scale,
 )
+from ..errors import ParamCorruptError
 from .base import FaultContext, FaultModel, register_fault
 
 __all__ = [
@@ -111,7 +112,7 @@ class IterativeLp(LpFault):
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
         steps = setting["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+            raise ParamCorruptError(f"steps must be an integer >= 0, got {steps!r}")
         return {**super().check(setting), "steps": steps}
 
     def corrupt(self, ctx: FaultContext) -> Corruption:

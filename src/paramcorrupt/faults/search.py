@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .._progress import progress_bar
 from ..corruption.apply import corrupted
 from ..corruption.base import Corruption
+from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
@@ -62,9 +63,9 @@ class BitSearch:
         self._fmt = get_format(self.format)
         self._positions = self._fmt.select(self.bits)
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
-            raise ValueError(f"candidates must be an integer >= 1, got candidates={self.candidates!r}")
+            raise ParamCorruptError(f"candidates must be an integer >= 1, got candidates={self.candidates!r}")
         if not self.data:
-            raise ValueError("the bit search needs at least one batch of attack data")
+            raise ParamCorruptError("the bit search needs at least one batch of attack data")
         params = self.group.tensors(self.model)
         self._scales = {n: self._fmt.scales(p) for n, p in params.items()}
         self._clean = {n: self._fmt.encode(p, torch.arange(p.numel(), device=p.device), self._scales[n]) for n, p in params.items()}
@@ -76,7 +77,7 @@ class BitSearch:
         """The set-values corruption of the first ``m`` flips (default: all found)."""
         m = len(self.flips) if m is None else m
         if m > len(self.flips):
-            raise ValueError(f"only {len(self.flips)} flips have been found, asked for {m}")
+            raise ParamCorruptError(f"only {len(self.flips)} flips have been found, asked for {m}")
         params = self.group.tensors(self.model)
         codes = {n: c.clone() for n, c in self._clean.items()}
         for name, idx, bit in self.flips[:m]:
@@ -113,7 +114,7 @@ class BitSearch:
                     if best is None or loss > best[0]:
                         best = (loss, name, idx, bit)
         if best is None:
-            raise ValueError(f"group {self.group.name!r} has no bit left to flip")
+            raise ParamCorruptError(f"group {self.group.name!r} has no bit left to flip")
         loss, name, idx, bit = best
         self._codes[name][idx] ^= 1 << bit
         self._done[name].add((idx, bit))
@@ -174,9 +175,9 @@ def bit_search(
         ValueError: for flips < 1, a bad format, bit class or count of candidates/batches.
     """
     if isinstance(flips, bool) or not isinstance(flips, int) or flips < 1:
-        raise ValueError(f"flips must be an integer >= 1, got flips={flips!r}")
+        raise ParamCorruptError(f"flips must be an integer >= 1, got flips={flips!r}")
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
-        raise ValueError(f"batches must be an integer >= 1 or None, got batches={batches!r}")
+        raise ParamCorruptError(f"batches must be an integer >= 1 or None, got batches={batches!r}")
     group = as_group(model, group)
     data = list(loader if batches is None else itertools.islice(loader, batches))
     search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress)
@@ -199,7 +200,7 @@ class BitSearchFault(FaultModel):
         for name in ("flips", "candidates", "batches"):
             value = setting[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+                raise ParamCorruptError(f"{name} must be an integer >= 1, got {name}={value!r}")
         return dict(setting, bits=bits)
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
@@ -207,7 +208,7 @@ class BitSearchFault(FaultModel):
         key = ("bit-search", s["format"], s["bits"], s["candidates"], s["batches"])
         if key not in ctx.cache:
             if ctx.loader is None:
-                raise ValueError("the bit search needs attack data: the sweep's gradient loader")
+                raise ParamCorruptError("the bit search needs attack data: the sweep's gradient loader")
             data = list(itertools.islice(ctx.loader, s["batches"]))
             ctx.cache[key] = BitSearch(ctx.model, ctx.group, data, ctx.loss_fn, s["format"], s["bits"], s["candidates"])
         search = ctx.cache[key]

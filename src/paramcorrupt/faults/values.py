@@ -6,6 +6,7 @@ from typing import Any
 
 from ..corruption.base import Corruption
 from ..corruption.random import random_values
+from ..errors import InputTypeError, ParamCorruptError
 from .base import FaultContext, FaultModel, register_fault
 
 __all__ = ["RandomValues"]
@@ -24,12 +25,12 @@ class RandomValues(FaultModel):
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
         count, low, high = setting["count"], setting["low"], setting["high"]
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be an integer >= 1, got count={count!r}")
+            raise ParamCorruptError(f"count must be an integer >= 1, got count={count!r}")
         for name, value in (("low", low), ("high", high)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {name}={value!r}")
+                raise InputTypeError(f"{name} must be a number, got {name}={value!r}")
         if not low < high:
-            raise ValueError(f"low must be below high, got low={low!r}, high={high!r}")
+            raise ParamCorruptError(f"low must be below high, got low={low!r}, high={high!r}")
         return {"count": count, "low": float(low), "high": float(high)}
 
     def corrupt(self, ctx: FaultContext) -> Corruption:

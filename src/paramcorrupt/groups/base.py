@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import InputTypeError, ParamCorruptError
+
 __all__ = [
     "PARAMETER_TYPES",
     "ParameterGroup",
@@ -118,7 +120,7 @@ class ParameterGroup:
         found = {n: find_parameter(model, n) for n in self.names}
         missing = [n for n, p in found.items() if p is None]
         if missing:
-            raise ValueError(f"group {self.name!r}: the model has no parameter named {missing[0]!r}")
+            raise ParamCorruptError(f"group {self.name!r}: the model has no parameter named {missing[0]!r}")
         return found  # type: ignore[return-value]  # no None left
 
     def numel(self, model: nn.Module) -> int:
@@ -169,7 +171,7 @@ def _as_patterns(value: str | Iterable[str] | None, what: str) -> tuple[str, ...
     patterns = tuple(value)
     for p in patterns:
         if not isinstance(p, str):
-            raise TypeError(f"{what} must be strings, got {p!r}")
+            raise InputTypeError(f"{what} must be strings, got {p!r}")
     return patterns
 
 
@@ -217,9 +219,9 @@ def select(
     if type_set is not None:
         unknown = [t for t in type_set if t not in PARAMETER_TYPES]
         if unknown:
-            raise ValueError(f"unknown parameter type {unknown[0]!r}; expected one of {PARAMETER_TYPES}")
+            raise ParamCorruptError(f"unknown parameter type {unknown[0]!r}; expected one of {PARAMETER_TYPES}")
     if kind not in (None, "weight", "bias"):
-        raise ValueError(f"kind must be 'weight', 'bias' or None, got {kind!r}")
+        raise ParamCorruptError(f"kind must be 'weight', 'bias' or None, got {kind!r}")
     type_of = parameter_types(model) if type_set is not None else {}
     names = []
     for pname, param in model.named_parameters():
@@ -237,7 +239,7 @@ def select(
         names.append(pname)
     label = name or _label(include_p, type_set, kind)
     if not names:
-        raise ValueError(
+        raise ParamCorruptError(
             f"group {label!r} is empty: no parameter matches include={include_p}, "
             f"exclude={exclude_p or None}, types={type_set}, kind={kind!r}"
             + ("" if include_frozen else " (frozen parameters are left out; include_frozen=True keeps them)")
@@ -245,7 +247,7 @@ def select(
     params = dict(model.named_parameters())
     for pname in names:
         if not params[pname].is_floating_point():
-            raise TypeError(f"parameter {pname!r} has dtype {params[pname].dtype}; only floating-point parameters can be corrupted")
+            raise InputTypeError(f"parameter {pname!r} has dtype {params[pname].dtype}; only floating-point parameters can be corrupted")
     return ParameterGroup(label, tuple(names))
 
 

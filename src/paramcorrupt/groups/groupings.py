@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputTypeError, ParamCorruptError
 from .base import PARAMETER_TYPES, ParameterGroup, parameter_types, select
 
 __all__ = [
@@ -48,7 +49,7 @@ def _build(model: nn.Module, units: Mapping[str, list[str]]) -> dict[str, Parame
             continue
         for name in names:
             if not params[name].is_floating_point():
-                raise TypeError(
+                raise InputTypeError(
                     f"parameter {name!r} has dtype {params[name].dtype}; only floating-point parameters can be corrupted"
                 )
         out[label] = ParameterGroup(label, tuple(names))
@@ -92,7 +93,7 @@ def _groups_by_kind(
     wanted = kinds if wanted is None else tuple(wanted)
     unknown = [k for k in wanted if k not in kinds]
     if unknown:
-        raise ValueError(f"unknown {what} {unknown[0]!r}; expected one of {kinds}")
+        raise ParamCorruptError(f"unknown {what} {unknown[0]!r}; expected one of {kinds}")
     kind = kind_of(model)
     units: dict[str, list[str]] = {k: [] for k in wanted}
     for name in _trainable_names(model, include_frozen):
@@ -100,7 +101,7 @@ def _groups_by_kind(
             units[kind[name]].append(name)
     groups = _build(model, units)
     if not groups:
-        raise ValueError(f"no parameter of {what.split()[-1]} {', '.join(wanted)} in the model")
+        raise ParamCorruptError(f"no parameter of {what.split()[-1]} {', '.join(wanted)} in the model")
     return groups
 
 
@@ -204,24 +205,24 @@ def groups_by_position(
         ['0', '2']
     """
     if depth is not None and pattern is not None:
-        raise ValueError("give depth or pattern, not both")
+        raise ParamCorruptError("give depth or pattern, not both")
     names = _trainable_names(model, include_frozen)
     units: dict[str, list[str]] = {}
     if pattern is not None:
         try:
             regex = re.compile(pattern)
         except re.error as error:
-            raise ValueError(f"bad position pattern {pattern!r}: {error}") from None
+            raise ParamCorruptError(f"bad position pattern {pattern!r}: {error}") from None
         for name in names:
             match = regex.search(name)
             if match:
                 label = next((g for g in match.groups() if g is not None), match.group(0))
                 units.setdefault(label, []).append(name)
         if not units:
-            raise ValueError(f"no parameter name matches the position pattern {pattern!r}")
+            raise ParamCorruptError(f"no parameter name matches the position pattern {pattern!r}")
     elif depth is not None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+            raise ParamCorruptError(f"depth must be an integer >= 1, got {depth!r}")
         for name in names:
             parts = name.split(".")
             label = ".".join(parts[: min(depth, len(parts) - 1)]) or name
@@ -244,7 +245,7 @@ def groups_by_position(
             units.setdefault(label, []).append(name)
     groups = _build(model, units)
     if not groups:
-        raise ValueError("the model has no trainable parameter to group")
+        raise ParamCorruptError("the model has no trainable parameter to group")
     return groups
 
 
@@ -265,7 +266,7 @@ def groups_by_module(model: nn.Module, *, include_frozen: bool = False) -> dict[
         units.setdefault(owner, []).append(name)
     groups = _build(model, units)
     if not groups:
-        raise ValueError("the model has no trainable parameter to group")
+        raise ParamCorruptError("the model has no trainable parameter to group")
     return groups
 
 
@@ -289,11 +290,11 @@ def groups_from_mapping(
         ('0.bias', '1.bias', '2.bias')
     """
     if not isinstance(mapping, Mapping) or not mapping:
-        raise ValueError("the group mapping must map at least one label to name patterns")
+        raise ParamCorruptError("the group mapping must map at least one label to name patterns")
     out = {}
     for label, patterns in mapping.items():
         if not isinstance(label, str) or not label:
-            raise ValueError(f"a group label must be a non-empty string, got {label!r}")
+            raise ParamCorruptError(f"a group label must be a non-empty string, got {label!r}")
         out[label] = select(model, patterns, include_frozen=include_frozen, name=label)
     return out
 
@@ -313,5 +314,5 @@ def make_groups(model: nn.Module, by: str, **options: Any) -> dict[str, Paramete
         ValueError: for an unknown grouping.
     """
     if by not in GROUPINGS:
-        raise ValueError(f"unknown grouping {by!r}; expected one of {', '.join(GROUPINGS)}")
+        raise ParamCorruptError(f"unknown grouping {by!r}; expected one of {', '.join(GROUPINGS)}")
     return GROUPINGS[by](model, **options)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from ..errors import ParamCorruptError
 from .base import ParameterGroup, parameter_types
 from .groupings import GROUPINGS, _build, _groups_by_kind, _owns_parameters, _trainable_names
 
@@ -132,7 +133,7 @@ def groups_by_layer(model: nn.Module, *, include_frozen: bool = False) -> dict[s
     """
     lists = _block_lists(model)
     if not lists:
-        raise ValueError(
+        raise ParamCorruptError(
             f"{type(model).__name__} has no list of repeated blocks (an nn.ModuleList of one block class); "
             "group it with groups_by_position(pattern=...) instead"
         )
@@ -159,7 +160,7 @@ def groups_by_layer(model: nn.Module, *, include_frozen: bool = False) -> dict[s
         units[label].append(name)
     groups = _build(model, units)
     if not groups:
-        raise ValueError("the model has no trainable parameter to group")
+        raise ParamCorruptError("the model has no trainable parameter to group")
     return groups
 
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..errors import ParamCorruptError
+
 __all__ = ["Hidden", "LSTMLanguageModel", "detach_hidden", "locked_dropout"]
 
 #: One (h, c) pair per layer, each of shape [1, batch, hidden_size of that layer].
@@ -91,7 +93,7 @@ class LSTMLanguageModel(nn.Module):
     ) -> None:
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+            raise ParamCorruptError(f"num_layers must be at least 1, got {num_layers}")
         dropout_input = dropout if dropout_input is None else dropout_input
         dropout_hidden = dropout if dropout_hidden is None else dropout_hidden
         for label, p in [
@@ -102,11 +104,11 @@ class LSTMLanguageModel(nn.Module):
             ("weight_drop", weight_drop),
         ]:
             if not 0.0 <= p < 1.0:
-                raise ValueError(f"{label} must be in [0, 1), got {p}")
+                raise ParamCorruptError(f"{label} must be in [0, 1), got {p}")
         if last_hidden_size is None:
             last_hidden_size = emb_size if tie_weights else hidden_size
         if tie_weights and last_hidden_size != emb_size:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"tie_weights needs the last LSTM layer's hidden size ({last_hidden_size}) to equal "
                 f"emb_size ({emb_size})"
             )
@@ -169,11 +171,11 @@ class LSTMLanguageModel(nn.Module):
             hidden: the state from the previous window (default: zeros).
         """
         if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [T, B] (time-major), got shape {tuple(tokens.shape)}")
+            raise ParamCorruptError(f"tokens must be [T, B] (time-major), got shape {tuple(tokens.shape)}")
         if hidden is None:
             hidden = self.init_hidden(tokens.size(1))
         if len(hidden) != self.num_layers:
-            raise ValueError(f"hidden has {len(hidden)} layers, the model {self.num_layers}")
+            raise ParamCorruptError(f"hidden has {len(hidden)} layers, the model {self.num_layers}")
         out = locked_dropout(self._embed(tokens), self.dropout_input, self.training)
         new_hidden: Hidden = []
         for i in range(self.num_layers):

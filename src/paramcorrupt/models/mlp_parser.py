@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import ParamCorruptError
+
 __all__ = [
     "NULL",
     "PUNCT_TAGS",
@@ -235,7 +237,7 @@ class MLPParser(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ("cube", "relu"):
-            raise ValueError(f"activation must be 'cube' or 'relu', got {activation!r}")
+            raise ParamCorruptError(f"activation must be 'cube' or 'relu', got {activation!r}")
         self.num_labels = num_labels
         self.labelled = num_labels > 0
         self.num_transitions = 1 + 2 * max(1, num_labels)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ParamCorruptError
+
 __all__ = ["BasicBlock", "CifarResNet", "resnet20_cifar", "resnet34_cifar"]
 
 
@@ -85,11 +87,11 @@ class CifarResNet(nn.Module):
         super().__init__()
         depths, widths = tuple(depths), tuple(widths)
         if not depths or len(depths) != len(widths):
-            raise ValueError(
+            raise ParamCorruptError(
                 f"depths and widths must be non-empty and of equal length, got {depths} and {widths}"
             )
         if any(d < 1 for d in depths) or any(w < 1 for w in widths):
-            raise ValueError(f"depths and widths must be positive, got {depths} and {widths}")
+            raise ParamCorruptError(f"depths and widths must be positive, got {depths} and {widths}")
         self.depths = depths
         self.widths = widths
         self.num_classes = num_classes

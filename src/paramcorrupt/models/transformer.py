@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ParamCorruptError
+
 __all__ = ["TRANSFORMERS", "MultiheadAttention", "TransformerModel", "beam_search", "greedy_decode"]
 
 #: name -> TransformerModel options.
@@ -44,7 +46,7 @@ class MultiheadAttention(nn.Module):
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         if d_model % heads:
-            raise ValueError(f"d_model {d_model} is not divisible by {heads} heads")
+            raise ParamCorruptError(f"d_model {d_model} is not divisible by {heads} heads")
         self.heads, self.dropout = heads, dropout
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)

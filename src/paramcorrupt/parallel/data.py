@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..errors import ParamCorruptError
 from .comm import get_rank, get_world_size
 
 T = TypeVar("T")
@@ -44,7 +45,7 @@ class ShardedLoader:
         self.rank = get_rank() if rank is None else rank
         self.world_size = get_world_size() if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
+            raise ParamCorruptError(f"rank {self.rank} is not in [0, {self.world_size})")
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.loader), self.world_size))  # type: ignore[arg-type]
@@ -189,7 +190,7 @@ def batch_part(batch: Any, *, rank: int | None = None, world_size: int | None = 
         if isinstance(x, Tensor):
             if x.dim() == 0 or x.shape[0] < world_size:
                 rows = 0 if x.dim() == 0 else x.shape[0]
-                raise ValueError(
+                raise ParamCorruptError(
                     f"a batch of {rows} rows cannot be split over {world_size} processes: "
                     "use a batch size of at least the number of processes"
                 )

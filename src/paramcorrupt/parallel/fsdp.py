@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from .. import parallel as D
 from .._state import frozen_norm_stats, mode
 from ..constraint import Constraint, global_top_n, maximiser_values
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, as_group
 from ..losses import LossFn, as_batch_loss
 from .comm import collective, comm_device
@@ -116,13 +117,13 @@ def local_shard(t: Tensor) -> LocalShard:
             ranks = t.device_mesh.size()
             start, stop = _chunk_rows(t.shape[0], t.device_mesh.get_local_rank(), ranks)
             if local.shape[0] != stop - start:
-                raise ValueError(f"a DTensor of shape {tuple(t.shape)} has an uneven local shard {tuple(local.shape)}")
+                raise ParamCorruptError(f"a DTensor of shape {tuple(t.shape)} has an uneven local shard {tuple(local.shape)}")
             row = math.prod(t.shape[1:])
             return LocalShard(local.reshape(-1), start * row, t.numel())
         if placements == (Replicate(),):
             flat = local.reshape(-1)
             return LocalShard(flat if rank == 0 else flat[:0], 0, t.numel())
-        raise ValueError(f"unsupported DTensor placements {placements}: expected (Shard(0),) or (Replicate(),)")
+        raise ParamCorruptError(f"unsupported DTensor placements {placements}: expected (Shard(0),) or (Replicate(),)")
     flat = t.detach().reshape(-1)
     return LocalShard(flat if rank == 0 else flat[:0], 0, t.numel())
 
@@ -148,10 +149,10 @@ def sharded_top_n(
     """
     pieces = _as_shards(shards)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got n={n!r}")
+        raise ParamCorruptError(f"n must be an integer >= 1, got n={n!r}")
     k = sum(s.numel for s in pieces)
     if n > k:
-        raise ValueError(f"n={n} exceeds the group's size k={k}")
+        raise ParamCorruptError(f"n={n} exceeds the group's size k={k}")
     dtype = pieces[0].tensor.dtype
     device = comm_device() if D.is_distributed() else pieces[0].tensor.device
     block = torch.full((n, 4), -1.0, dtype=torch.float64, device=device)
@@ -308,7 +309,7 @@ def fsdp_dataset_gradient(
     batches = list(loader)
     count = int(_all_reduce(float(len(batches)), dist.ReduceOp.MAX))
     if count == 0:
-        raise ValueError("the loader yielded no batch on any rank: cannot compute a data set gradient")
+        raise ParamCorruptError("the loader yielded no batch on any rank: cannot compute a data set gradient")
     modules = _fsdp_modules(model)
     all_params = list(model.parameters())
     saved_grads = [p.grad for p in all_params]
@@ -327,10 +328,10 @@ def fsdp_dataset_gradient(
                 real = step < len(batches)
                 batch = batches[step] if real else (batches[-1] if batches else None)
                 if batch is None:
-                    raise ValueError("a rank has no batch at all; give every rank at least one batch")
+                    raise ParamCorruptError("a rank has no batch at all; give every rank at least one batch")
                 result = as_batch_loss(loss_fn(model, batch), batch)
                 if not torch.isfinite(result.loss):
-                    raise ValueError(f"the loss of a batch is {result.loss.item()}; cannot take its gradient")
+                    raise ParamCorruptError(f"the loss of a batch is {result.loss.item()}; cannot take its gradient")
                 weight = result.weight if real else 0.0
                 (result.loss * weight).backward()
                 if real:

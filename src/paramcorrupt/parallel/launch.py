@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..errors import ParamCorruptError
 from .comm import PeerFailedError, get_rank, get_world_size, is_distributed, is_main_process
 from .work import RankFailedError
 
@@ -75,8 +76,10 @@ def command_session(
 
     Under torchrun every rank runs the whole command; only rank 0 prints results (the other
     ranks' stdout goes to ``os.devnull``; their stderr — warnings, errors — stays). An
-    exception leaving the block is re-raised with ``[rank r/N]`` in front of its message
-    when the run is distributed, so the launcher's output says which process failed; a
+    user error (:class:`~paramcorrupt.errors.ParamCorruptError`) leaving the block is raised
+    again, of the same type, with ``[rank r/N]`` in front of its message when the run is
+    distributed, so the launcher's output says which process failed; any other exception
+    keeps its own arguments and gets the rank as a note in its traceback; a
     :class:`RankFailedError` or :class:`PeerFailedError` becomes ``error`` (the CLI's
     one-line error type) when given. Yields whether the run is distributed; in a single
     process it only yields False.
@@ -93,14 +96,16 @@ def command_session(
             yield True
         except Exception as failure:
             tag = f"[rank {get_rank()}/{get_world_size()}]"
+            if str(failure).startswith("[rank "):
+                raise
             if error is not None and isinstance(failure, (RankFailedError, PeerFailedError)):
                 raise error(f"{tag} {failure}") from failure
-            if (
-                failure.args
-                and isinstance(failure.args[0], str)
-                and not failure.args[0].startswith("[rank ")
-            ):
-                failure.args = (f"{tag} {failure.args[0]}", *failure.args[1:])
+            if isinstance(failure, ParamCorruptError):  # our own types take one message
+                raise type(failure)(f"{tag} {failure}") from failure
+            # anything else is re-raised as it is (its arguments are its own), with the rank
+            # as a note in its traceback
+            if hasattr(failure, "add_note"):  # Python >= 3.11
+                failure.add_note(f"raised on {tag}")
             raise
         finally:
             if quiet is not None:

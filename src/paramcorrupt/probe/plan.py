@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..constraint import parse_p
+from ..errors import InputTypeError, ParamCorruptError
 from ..faults import FAULTS, FaultModel, get_fault
 from ..groups import ParameterGroup
 
@@ -52,7 +53,7 @@ def _as_tuple(values: Any, what: str) -> tuple:
         values = (values,)
     out = tuple(dict.fromkeys(values))  # drop repeats, keep order
     if not out:
-        raise ValueError(f"{what} must hold at least one value")
+        raise ParamCorruptError(f"{what} must hold at least one value")
     return out
 
 
@@ -128,20 +129,20 @@ class SweepConfig:
             groups = _as_tuple(self.groups, "groups")
             for g in groups:
                 if not isinstance(g, str):
-                    raise TypeError(f"group labels must be strings, got {g!r}")
+                    raise InputTypeError(f"group labels must be strings, got {g!r}")
             set_(self, "groups", groups)
         methods = _as_tuple(self.methods, "methods")
         unknown = [m for m in methods if m not in FAULTS]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; expected some of {', '.join(FAULTS)}")
+            raise ParamCorruptError(f"unknown method {unknown[0]!r}; expected some of {', '.join(FAULTS)}")
         set_(self, "methods", methods)
         for name in ("trials", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                raise ParamCorruptError(f"{name} must be an integer >= 0, got {value!r}")
         stochastic = [m for m in methods if FAULTS[m].stochastic]
         if stochastic and self.trials < 1:
-            raise ValueError(f"the {stochastic[0]} method needs trials >= 1, got trials={self.trials}")
+            raise ParamCorruptError(f"the {stochastic[0]} method needs trials >= 1, got trials={self.trials}")
         p_values = tuple(parse_p(p) for p in _as_tuple(self.p_values, "p_values"))
         n_values = tuple(None if n == "all" else n for n in _as_tuple(self.n_values, "n_values"))
         eps_values = _as_tuple(self.eps_values, "eps_values")
@@ -154,7 +155,7 @@ class SweepConfig:
             self.faults(method)  # validates every setting of every method
         for name in ("task", "grouping"):
             if not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
+                raise InputTypeError(f"{name} must be a string, got {getattr(self, name)!r}")
 
     def faults(self, method: str) -> list[FaultModel]:
         """Every setting ``method`` runs at, as fault models, in grid order (its parameters'
@@ -205,14 +206,14 @@ def _frozen_settings(settings: Any, methods: tuple[str, ...]) -> dict[str, dict[
     """``settings`` checked and frozen: values as tuples; a fixed setting at its default
     dropped (with its method's entry, when that leaves it empty)."""
     if not isinstance(settings, Mapping):
-        raise TypeError(f"settings must map fault model names to their settings, got {type(settings).__name__}")
+        raise InputTypeError(f"settings must map fault model names to their settings, got {type(settings).__name__}")
     extra = [name for name in settings if name not in methods]
     if extra:
-        raise ValueError(f"settings are given for {extra[0]!r}, which is not among the methods {list(methods)}")
+        raise ParamCorruptError(f"settings are given for {extra[0]!r}, which is not among the methods {list(methods)}")
     frozen = {}
     for name, values in settings.items():
         if not isinstance(values, Mapping):
-            raise TypeError(f"the settings of {name!r} must map setting names to values, got {type(values).__name__}")
+            raise InputTypeError(f"the settings of {name!r} must map setting names to values, got {type(values).__name__}")
         cls = get_fault(name)
         mine = {k: _as_tuple(v, f"the {name!r} setting {k!r}") for k, v in values.items()}
         at_default = [k for k, v in mine.items() if k in cls.fixed and k in cls.defaults and v == (cls.defaults[k],)]
@@ -289,17 +290,17 @@ def sweep_id(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> str:
 def probed_groups(config: SweepConfig, groups: Mapping[str, ParameterGroup]) -> dict[str, ParameterGroup]:
     """The groups the sweep probes (``config.groups`` of ``groups``, else all), checked."""
     if not isinstance(groups, Mapping) or not groups:
-        raise ValueError("groups must map at least one label to a ParameterGroup")
+        raise ParamCorruptError("groups must map at least one label to a ParameterGroup")
     for label, group in groups.items():
         if not isinstance(group, ParameterGroup):
-            raise TypeError(f"group {label!r} is a {type(group).__name__}, expected a ParameterGroup")
+            raise InputTypeError(f"group {label!r} is a {type(group).__name__}, expected a ParameterGroup")
         if "|" in label:
-            raise ValueError(f"group label {label!r} may not contain '|' (it separates the parts of a row key)")
+            raise ParamCorruptError(f"group label {label!r} may not contain '|' (it separates the parts of a row key)")
     if config.groups is None:
         return dict(groups)
     unknown = [g for g in config.groups if g not in groups]
     if unknown:
-        raise ValueError(f"unknown group {unknown[0]!r}; available: {', '.join(groups)}")
+        raise ParamCorruptError(f"unknown group {unknown[0]!r}; available: {', '.join(groups)}")
     return {label: groups[label] for label in config.groups}
 
 
@@ -314,7 +315,7 @@ def row_settings(config: SweepConfig, label: str) -> list[tuple[FaultModel, int,
     for methods in families.values():
         grids = [config.faults(method) for method in methods]
         if len({tuple(f.key() for f in grid) for grid in grids}) > 1:
-            raise ValueError(f"the fault models {', '.join(methods)} share a family but not their grid of settings")
+            raise ParamCorruptError(f"the fault models {', '.join(methods)} share a family but not their grid of settings")
         for faults in zip(*grids):
             for fault in faults:
                 for trial in range(config.trials if fault.stochastic else 1):

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .._state import mode
+from ..errors import InputTypeError, ParamCorruptError
 from ..evaluate import evaluate as full_evaluate
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
@@ -393,9 +394,9 @@ class ReusingEvaluator:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 0:
-            raise ValueError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
+            raise ParamCorruptError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
         self.model = model
         self.loaders: dict[str, Iterable[Any]] = {"eval": eval_loader}
         if gradient_loader is not None:
@@ -467,7 +468,7 @@ class ReusingEvaluator:
 
     def _cache_for(self, group: ParameterGroup) -> _CutCache | str:
         if not isinstance(group, ParameterGroup):
-            raise TypeError(f"group must be a ParameterGroup, got {type(group).__name__}")
+            raise InputTypeError(f"group must be a ParameterGroup, got {type(group).__name__}")
         key = frozenset(group.names)
         found = self._cuts.get(key)
         if found is not None:

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ParamCorruptError
+
 __all__ = [
     "FORMAT",
     "ResultsStore",
@@ -106,10 +108,10 @@ def _scan(data: bytes, path: Path) -> tuple[dict[str, Any] | None, list[dict[str
             if number == len(complete) and not lines[-1]:
                 logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(line))
                 break
-            raise ValueError(f"{path} is not a probe results file: line {number} is not a JSON object")
+            raise ParamCorruptError(f"{path} is not a probe results file: line {number} is not a JSON object")
         if number == 1:
             if not _is_header(obj):
-                raise ValueError(
+                raise ParamCorruptError(
                     f"{path} is not a probe results file (its first line has no "
                     f'"format": "{FORMAT}" header); choose another output path'
                 )
@@ -141,9 +143,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     except FileNotFoundError:
         raise
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not a UTF-8 text (JSONL) file: {error.reason}") from None
+        raise ParamCorruptError(f"{path} is not a UTF-8 text (JSONL) file: {error.reason}") from None
     except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+        raise ParamCorruptError(f"cannot read {path}: {error.strerror or error}") from None
     lines = text.split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     out = []
@@ -156,7 +158,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
             if i == last:
                 logger.warning("%s: ignoring a torn last line (%d characters)", path, len(line))
                 continue
-            raise ValueError(f"{path}:{i + 1}: not a JSON line") from None
+            raise ParamCorruptError(f"{path}:{i + 1}: not a JSON line") from None
     return out
 
 
@@ -181,7 +183,7 @@ def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dic
         rows = []
         for number, obj in enumerate(read_jsonl(path), start=1):
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: value {number} is not a JSON object")
+                raise ParamCorruptError(f"{path}: value {number} is not a JSON object")
             rows.append(decode_row(obj))
         return {}, rows
     header, rows, _ = _scan(data, path)
@@ -240,10 +242,10 @@ class ResultsStore:
                 in use by another process, or holds rows while ``resume`` is False.
         """
         if self._file is not None:
-            raise ValueError(f"{self.path} is already open")
+            raise ParamCorruptError(f"{self.path} is already open")
         extra = self._with_metadata(extra)
         if self.path.is_dir():
-            raise ValueError(f"{self.path} is a folder; give a file path for the results")
+            raise ParamCorruptError(f"{self.path} is a folder; give a file path for the results")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+b")  # noqa: SIM115 - kept open for appending, closed in close()
         try:
@@ -257,10 +259,10 @@ class ResultsStore:
                 header = _rewrite_header(handle, header, new_header, good, self.path)
                 good = handle.seek(0, os.SEEK_END)
             if rows and not self.resume:
-                raise ValueError(f"{self.path} already holds {len(rows)} rows of this sweep and resume is off")
+                raise ParamCorruptError(f"{self.path} already holds {len(rows)} rows of this sweep and resume is off")
             handle.seek(0, os.SEEK_END)
             if header is None and good == 0 and handle.tell() and not _torn_header(handle):
-                raise ValueError(f"{self.path} is not a probe results file; choose another output path")
+                raise ParamCorruptError(f"{self.path} is not a probe results file; choose another output path")
             if handle.tell() != good:
                 # cut the torn last line away so the next row starts on a fresh line
                 handle.truncate(good)
@@ -287,7 +289,7 @@ class ResultsStore:
             ValueError: when the file belongs to another sweep or is not a results file.
         """
         if self.path.is_dir():
-            raise ValueError(f"{self.path} is a folder; give a file path for the results")
+            raise ParamCorruptError(f"{self.path} is a folder; give a file path for the results")
         if not self.path.exists():
             return
         extra = self._with_metadata(extra)
@@ -298,14 +300,14 @@ class ResultsStore:
             if new_header is None or not self.extend or extension_problems(header, new_header):
                 _same_sweep(header, sweep_id, self.path, new_header, extend=self.extend)
         elif data and good == 0 and not _only_torn_header(data):
-            raise ValueError(f"{self.path} is not a probe results file; choose another output path")
+            raise ParamCorruptError(f"{self.path} is not a probe results file; choose another output path")
 
     def _with_metadata(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         """The header's extra entries: the sweep's own, then ``metadata``."""
         metadata = dict(self.metadata or {})
         taken = [k for k in metadata if k in _HEADER_KEYS or k in extra]
         if taken:
-            raise ValueError(f"metadata may not set the header entry {taken[0]!r} (the sweep writes it)")
+            raise ParamCorruptError(f"metadata may not set the header entry {taken[0]!r} (the sweep writes it)")
         return {**extra, **metadata}
 
     @staticmethod
@@ -318,7 +320,7 @@ class ResultsStore:
     def append(self, row: Mapping[str, Any]) -> None:
         """Append one finished row, flushed and synced to disk before returning."""
         if self._file is None:
-            raise ValueError("the results store is not open: call open() first")
+            raise ParamCorruptError("the results store is not open: call open() first")
         self._write(self._file, encode_row(row))
 
     def close(self) -> None:
@@ -355,7 +357,7 @@ def chance_metadata(
     out: dict[str, Any] = {}
     if metric is not None and chance is not None:
         if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not math.isfinite(chance):
-            raise ValueError(f"a chance level must be a finite number, got {chance!r}")
+            raise ParamCorruptError(f"a chance level must be a finite number, got {chance!r}")
         out["chance"] = {str(metric): float(chance)}
     if metrics is not None:
         from ..losses import metric_infos  # here: reading a results file needs no torch
@@ -472,7 +474,7 @@ def _same_sweep(header: Mapping[str, Any], sweep_id: str, path: Path, new: Mappi
                 advice = "add --extend to add this sweep's new rows to it (its rows are kept), or " + advice
             elif extend:
                 advice = f"--extend cannot add to it ({problems[0]}): " + advice
-        raise ValueError(f"{path} holds the results of another sweep ({what}); this sweep is {sweep_id}: {advice}")
+        raise ParamCorruptError(f"{path} holds the results of another sweep ({what}); this sweep is {sweep_id}: {advice}")
 
 
 def _lock(handle: Any, path: Path) -> None:
@@ -484,4 +486,4 @@ def _lock(handle: Any, path: Path) -> None:
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ValueError(f"{path} is being written by another process") from None
+        raise ParamCorruptError(f"{path} is being written by another process") from None

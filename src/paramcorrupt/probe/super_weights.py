@@ -22,6 +22,7 @@ from torch import nn
 from ..constraint import global_top_n
 from ..corruption.apply import corrupted
 from ..corruption.base import Corruption
+from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
@@ -94,11 +95,11 @@ def super_weight_search(
             candidates < 1.
     """
     if mode not in _MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(_MODES)}")
+        raise ParamCorruptError(f"unknown mode {mode!r}; expected one of {', '.join(_MODES)}")
     if mode == "gradient" and (eps is None or not eps > 0):
-        raise ValueError(f"mode='gradient' needs eps > 0, got eps={eps!r}")
+        raise ParamCorruptError(f"mode='gradient' needs eps > 0, got eps={eps!r}")
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"candidates must be an integer >= 1, got {candidates!r}")
+        raise ParamCorruptError(f"candidates must be an integer >= 1, got {candidates!r}")
     group = as_group(model, group)
     params = group.tensors(model)
     names = list(params)

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from .. import parallel as D
 from ..constraint import lp_norm
 from ..corruption.apply import corrupted
+from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..faults import FaultContext, FaultModel, get_fault
 from ..gradient import dataset_gradient
@@ -225,10 +226,10 @@ def sweep(
     """
     metrics = dict(metrics or {})
     if "loss" in metrics:
-        raise ValueError("'loss' is always measured; give the metric another name")
+        raise ParamCorruptError("'loss' is always measured; give the metric another name")
     metric = config.metric or next(iter(metrics), "loss")
     if metric != "loss" and metric not in metrics:
-        raise ValueError(f"unknown metric {metric!r}; available: loss, {', '.join(metrics)}")
+        raise ParamCorruptError(f"unknown metric {metric!r}; available: loss, {', '.join(metrics)}")
     probed = probed_groups(config, groups)
     for group in probed.values():
         group.tensors(model)  # every name must exist in the model
@@ -402,18 +403,18 @@ def _unpack(
 ) -> tuple[dict[str, float], dict[str, float] | None]:
     """Check an evaluator's answer: (evaluation-data values, gradient-data values or None)."""
     if not isinstance(result, Mapping) or not isinstance(result.get("eval"), Mapping):
-        raise ValueError(
+        raise ParamCorruptError(
             f"an evaluator must return {{'eval': {{...}}, 'gradient': {{...}}}}, got {type(result).__name__} "
             f"with keys {sorted(result) if isinstance(result, Mapping) else None}"
         )
     evaluated = {k: float(v) for k, v in result["eval"].items()}
     for name in ("loss", metric):
         if name not in evaluated:
-            raise ValueError(f"the evaluator returned no {name!r} on the evaluation data (it returned {sorted(evaluated)})")
+            raise ParamCorruptError(f"the evaluator returned no {name!r} on the evaluation data (it returned {sorted(evaluated)})")
     if not gradient_data:
         return evaluated, None
     if not isinstance(result.get("gradient"), Mapping) or "loss" not in result["gradient"]:
-        raise ValueError("the evaluator returned no loss on the gradient's data ('gradient': {'loss': ...})")
+        raise ParamCorruptError("the evaluator returned no loss on the gradient's data ('gradient': {'loss': ...})")
     return evaluated, {k: float(v) for k, v in result["gradient"].items()}
 
 
@@ -427,7 +428,7 @@ def _check_resumed(
     recorded = row.get("loss_before")
     loss = clean["eval"]["loss"]
     if isinstance(recorded, (int, float)) and not math.isclose(recorded, loss, rel_tol=1e-6, abs_tol=1e-12):
-        raise ValueError(
+        raise ParamCorruptError(
             f"the results file was written for a model whose clean loss is {recorded!r}, but this model's is "
             f"{loss!r}: not the same weights or data; write to another file"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ParamCorruptError
 from .base import Task
 
 __all__ = ["TASKS", "Task", "get_task"]
@@ -78,5 +79,5 @@ def get_task(name: str, **options: Any) -> Task:
         ValueError: for an unknown name.
     """
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+        raise ParamCorruptError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     return TASKS[name](**options)

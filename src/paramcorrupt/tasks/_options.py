@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import MissingFileError, ParamCorruptError
+
 __all__ = ["as_bool", "as_int", "int_tuple", "load_into", "load_weights", "resolve_device"]
 
 
@@ -32,11 +34,11 @@ def int_tuple(value: Any, what: str) -> tuple[int, ...]:
     try:
         out = tuple(int(p) for p in parts)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise ParamCorruptError(
             f"{what} must be a list of integers such as 3,3,3; got {value!r}"
         ) from None
     if not out:
-        raise ValueError(f"{what} must hold at least one integer, got {value!r}")
+        raise ParamCorruptError(f"{what} must hold at least one integer, got {value!r}")
     return out
 
 
@@ -45,15 +47,15 @@ def as_int(value: Any, what: str, *, minimum: int = 1, optional: bool = False) -
     if value is None or (isinstance(value, str) and value.lower() in ("none", "all", "")):
         if optional:
             return None
-        raise ValueError(f"{what} is required")
+        raise ParamCorruptError(f"{what} is required")
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
+        raise ParamCorruptError(f"{what} must be an integer, got {value!r}")
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+        raise ParamCorruptError(f"{what} must be an integer, got {value!r}") from None
     if number < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {number}")
+        raise ParamCorruptError(f"{what} must be >= {minimum}, got {number}")
     return number
 
 
@@ -67,7 +69,7 @@ def as_bool(value: Any, what: str) -> bool:
         return False
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ValueError(f"{what} must be true or false, got {value!r}")
+    raise ParamCorruptError(f"{what} must be true or false, got {value!r}")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -114,7 +116,7 @@ def load_weights(checkpoint: str | os.PathLike[str], key: str | None = None) -> 
     """
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -123,18 +125,18 @@ def load_weights(checkpoint: str | os.PathLike[str], key: str | None = None) -> 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
-        raise ValueError(f"checkpoint {path}: reading .safetensors needs the safetensors package") from None
+        raise ParamCorruptError(f"checkpoint {path}: reading .safetensors needs the safetensors package") from None
     except pickle.UnpicklingError as error:  # weights_only refused a class: a pickled model, or other object
-        raise ValueError(_unpickling_error(path, error)) from None
+        raise ParamCorruptError(_unpickling_error(path, error)) from None
     except Exception as error:  # any reader failure: corrupt, truncated, not a checkpoint
-        raise ValueError(
+        raise ParamCorruptError(
             f"cannot read checkpoint {path} (not a file that torch.save or safetensors wrote, or a damaged one): "
             f"{type(error).__name__}: {_first_line(error)}"
         ) from None
     if key is not None:
         if not isinstance(state, Mapping) or key not in state:
             keys = ", ".join(repr(k) for k in state) if isinstance(state, Mapping) else f"a {type(state).__name__}"
-            raise ValueError(f"--checkpoint-key {key!r} is not in checkpoint {path} (its keys: {keys})")
+            raise ParamCorruptError(f"--checkpoint-key {key!r} is not in checkpoint {path} (its keys: {keys})")
         state = state[key]
     else:
         for wrapper in ("state_dict", "model"):
@@ -150,7 +152,7 @@ def load_weights(checkpoint: str | os.PathLike[str], key: str | None = None) -> 
             nested = [k for k, v in state.items() if isinstance(v, Mapping) and v and all(isinstance(t, Tensor) for t in v.values())]
             if nested:
                 hint = f"; the tensors are under {', '.join(repr(k) for k in nested)}: give --checkpoint-key {nested[0]}"
-        raise ValueError(
+        raise ParamCorruptError(
             f"checkpoint {path} does not hold a state dict{where} (a mapping of parameter names to tensors){hint}"
         )
     return dict(state)
@@ -186,7 +188,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], what: str, *, 
         problems.append(f"shape mismatches {_listed(shapes)}")
     if problems:
         start = f"the weights do not fit {what}" if source is None else f"{source} does not match {what}"
-        raise ValueError(f"{start}: {'; '.join(problems)}")
+        raise ParamCorruptError(f"{start}: {'; '.join(problems)}")
     model.load_state_dict(state_dict)
 
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from ..train.recipe import Recipe
@@ -134,7 +135,7 @@ class ImageBatches:
         from ..data.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         self.batch_size = as_int(batch_size, "batch_size")
@@ -169,7 +170,7 @@ def build_resnet(
     from ..models.resnet import CifarResNet
 
     if model not in MODELS:
-        raise ValueError(
+        raise ParamCorruptError(
             f"unknown model {model!r}; expected one of {', '.join(MODELS)} (or give depths and widths)"
         )
     base_depths, base_widths = MODELS[model]
@@ -265,7 +266,7 @@ def cifar10_task(
     from ..data.cifar10 import AugmentedImages, load_cifar10
 
     if checkpoint is not None and state_dict is not None:
-        raise ValueError("give checkpoint or state_dict, not both")
+        raise ParamCorruptError("give checkpoint or state_dict, not both")
     seed = as_int(seed, "seed", minimum=0)
     limit_train = as_int(limit_train, "limit_train", optional=True)
     limit_test = as_int(limit_test, "limit_test", optional=True)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from ..models.resnet import BasicBlock
@@ -85,7 +86,7 @@ class Batches:
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ParamCorruptError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputTypeError, ParamCorruptError
 from ..losses import BatchLoss, describe_metric
 from ..train.recipe import Recipe
 
@@ -95,11 +96,11 @@ def is_causal_lm(model: nn.Module) -> bool:
 
 def _labels(batch: Any) -> Tensor:
     if not isinstance(batch, Mapping):
-        raise TypeError(
+        raise InputTypeError(
             f"a Hugging Face batch is a mapping of keyword inputs (input_ids, attention_mask, labels); got {type(batch).__name__}"
         )
     if "labels" not in batch:
-        raise ValueError(f"the batch has no 'labels' (keys: {', '.join(batch)}); the model cannot compute its loss")
+        raise ParamCorruptError(f"the batch has no 'labels' (keys: {', '.join(batch)}); the model cannot compute its loss")
     return batch["labels"]
 
 
@@ -129,7 +130,7 @@ def hf_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> BatchLoss:
     if loss is None and isinstance(outputs, Mapping):
         loss = outputs.get("loss")
     if loss is None:
-        raise ValueError(f"{type(model).__name__} returned no loss for a batch with labels")
+        raise ParamCorruptError(f"{type(model).__name__} returned no loss for a batch with labels")
     return BatchLoss(loss, max(_weight(model, labels), 1.0), outputs)
 
 
@@ -138,7 +139,7 @@ def _logits_of(output: Any) -> Tensor:
     if logits is None and isinstance(output, Mapping):
         logits = output.get("logits")
     if logits is None:
-        raise ValueError(f"the model output ({type(output).__name__}) has no logits")
+        raise ParamCorruptError(f"the model output ({type(output).__name__}) has no logits")
     return logits
 
 
@@ -172,7 +173,7 @@ class HFLogPerplexity:
         tokens = float((_labels(batch)[..., 1:] != -100).sum())
         loss = getattr(output, "loss", None)
         if loss is None:
-            raise ValueError("the model output has no loss: the batch needs labels")
+            raise ParamCorruptError("the model output has no loss: the batch needs labels")
         return float(loss.detach()) * tokens, tokens
 
 
@@ -201,10 +202,10 @@ class DictBatches:
 
     def __init__(self, data: Mapping[str, Tensor], batch_size: int, *, shuffle: bool = False, seed: int = 0) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ParamCorruptError(f"batch_size must be >= 1, got {batch_size}")
         sizes = {int(t.shape[0]) for t in data.values()}
         if len(sizes) != 1:
-            raise ValueError(f"the data's tensors have different numbers of rows: {sorted(sizes)}")
+            raise ParamCorruptError(f"the data's tensors have different numbers of rows: {sorted(sizes)}")
         self.data, self.batch_size, self.shuffle = dict(data), batch_size, shuffle
         self.rows = sizes.pop()
         self.generator = torch.Generator().manual_seed(seed)
@@ -239,31 +240,31 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
     else:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, Mapping) or "input_ids" not in blob:
-        raise ValueError(f"data file {path} must hold a mapping with 'input_ids' (and optionally attention_mask, labels)")
+        raise ParamCorruptError(f"data file {path} must hold a mapping with 'input_ids' (and optionally attention_mask, labels)")
     return {k: v for k, v in blob.items() if isinstance(v, Tensor)}
 
 
 def _tokenise(path: Path, head: str, tokenizer_dir: Path | None, seq_len: int) -> dict[str, Tensor]:
     if tokenizer_dir is None:
-        raise ValueError(f"a text data file ({path}) needs a tokenizer: load the model from a folder that has one")
+        raise ParamCorruptError(f"a text data file ({path}) needs a tokenizer: load the model from a folder that has one")
     transformers = _require_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load a tokenizer from {tokenizer_dir}: {str(error).splitlines()[0]}") from None
+        raise ParamCorruptError(f"cannot load a tokenizer from {tokenizer_dir}: {str(error).splitlines()[0]}") from None
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if head == "causal-lm":
         ids = tokenizer("\n".join(lines))["input_ids"]
         blocks = len(ids) // seq_len
         if blocks < 2:
-            raise ValueError(f"{path} gives {len(ids)} tokens: fewer than two blocks of seq_len={seq_len}")
+            raise ParamCorruptError(f"{path} gives {len(ids)} tokens: fewer than two blocks of seq_len={seq_len}")
         ids_t = torch.tensor(ids[: blocks * seq_len]).view(blocks, seq_len)
         return {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t), "labels": ids_t.clone()}
     labels, texts = [], []
     for number, line in enumerate(lines, 1):
         label, sep, text = line.partition("\t")
         if not sep:
-            raise ValueError(f"{path}:{number}: expected LABEL<TAB>TEXT")
+            raise ParamCorruptError(f"{path}:{number}: expected LABEL<TAB>TEXT")
         labels.append(int(label))
         texts.append(text)
     if tokenizer.pad_token is None:
@@ -276,7 +277,7 @@ def _split(data: dict[str, Tensor], eval_fraction: float) -> tuple[dict[str, Ten
     rows = int(next(iter(data.values())).shape[0])
     cut = rows - max(1, int(round(rows * eval_fraction)))
     if cut < 1:
-        raise ValueError(f"the data has {rows} rows: too few to split into gradient and evaluation sets")
+        raise ParamCorruptError(f"the data has {rows} rows: too few to split into gradient and evaluation sets")
     return {k: v[:cut] for k, v in data.items()}, {k: v[cut:] for k, v in data.items()}
 
 
@@ -294,7 +295,7 @@ def head_of(architectures: Any, what: str = "the checkpoint") -> str:
             return "causal-lm"
         if arch.endswith("ForSequenceClassification"):
             return "sequence-classification"
-    raise ValueError(
+    raise ParamCorruptError(
         f"cannot tell the head type of {what} from its architectures {list(architectures or [])}; "
         f"give head= one of {', '.join(HEADS)}"
     )
@@ -304,7 +305,7 @@ def _head(head: str | None) -> str | None:
     if head is None or head == "auto":
         return None
     if head not in _HEAD_ALIASES:
-        raise ValueError(f"unknown head type {head!r}; expected one of {', '.join(HEADS)} (or auto)")
+        raise ParamCorruptError(f"unknown head type {head!r}; expected one of {', '.join(HEADS)} (or auto)")
     return _HEAD_ALIASES[head]
 
 
@@ -319,7 +320,7 @@ def _dtype(dtype: Any) -> torch.dtype | None:
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
     if str(dtype) not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(names)}")
+        raise ParamCorruptError(f"unknown dtype {dtype!r}; expected one of {', '.join(names)}")
     return names[str(dtype)]
 
 
@@ -340,22 +341,22 @@ def load_hf_model(path: str | os.PathLike[str], head: str | None = None, *, dtyp
     """
     folder = Path(path).expanduser()
     if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} is not a Hugging Face checkpoint folder (no config.json in it)")
+        raise ParamCorruptError(f"{folder} is not a Hugging Face checkpoint folder (no config.json in it)")
     transformers = _require_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{folder}/config.json is not a Hugging Face config: {str(error).splitlines()[0]}") from None
+        raise ParamCorruptError(f"{folder}/config.json is not a Hugging Face config: {str(error).splitlines()[0]}") from None
     chosen = _head(head) or head_of(getattr(config, "architectures", None), str(folder))
     if not any(folder.glob("*.safetensors")):
-        raise ValueError(f"{folder} holds no .safetensors weights (only safetensors checkpoints are loaded)")
+        raise ParamCorruptError(f"{folder} holds no .safetensors weights (only safetensors checkpoints are loaded)")
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
     if _dtype(dtype) is not None:
         kwargs["dtype"] = _dtype(dtype)
     try:
         model = _auto_class(chosen).from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load a {chosen} model from {folder}: {str(error).splitlines()[0]}") from None
+        raise ParamCorruptError(f"cannot load a {chosen} model from {folder}: {str(error).splitlines()[0]}") from None
     return model.eval(), chosen
 
 
@@ -435,7 +436,7 @@ def hf_task(
     eval_batch_size = batch_size if eval_batch_size is None else _as_int(eval_batch_size, "eval_batch_size")
     given = [name for name, value in (("path", path), ("config", config), ("model", model)) if value is not None]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of path, config or model for a Hugging Face task (got {', '.join(given) or 'none'})")
+        raise ParamCorruptError(f"give exactly one of path, config or model for a Hugging Face task (got {', '.join(given) or 'none'})")
     tokenizer_dir = None
     if path is not None:
         net, chosen = load_hf_model(path, head, dtype=dtype)
@@ -460,7 +461,7 @@ def hf_task(
         if not file.is_absolute() and data_dir is not None and not file.exists():
             file = Path(data_dir) / file
         if not file.is_file():
-            raise ValueError(f"data file {file} does not exist")
+            raise ParamCorruptError(f"data file {file} does not exist")
         return file
 
     def read(value: Any) -> dict[str, Tensor]:
@@ -470,7 +471,7 @@ def hf_task(
         tensors = _read_tensors(file)
         if "labels" not in tensors:
             if chosen != "causal-lm":
-                raise ValueError(f"data file {file} has no 'labels' for sequence classification")
+                raise ParamCorruptError(f"data file {file} has no 'labels' for sequence classification")
             tensors["labels"] = tensors["input_ids"].clone()
         tensors.setdefault("attention_mask", torch.ones_like(tensors["input_ids"]))
         return tensors

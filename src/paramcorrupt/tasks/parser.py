@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss, describe_metric
 from ..models.mlp_parser import (
@@ -175,7 +176,7 @@ def attachment_metric(labelled: bool = False):
 
     def metric(output: ParseOutput, batch: Mapping[str, Any]) -> tuple[int, int]:
         if output.parses is None:
-            raise ValueError("attachment scores need a batch with 'sentences' (the eval loader)")
+            raise ParamCorruptError("attachment scores need a batch with 'sentences' (the eval loader)")
         heads_ok, both_ok, total = attachment_scores(output.parses, batch["sentences"])
         return (both_ok if labelled else heads_ok), total
 
@@ -290,7 +291,7 @@ def ud_ewt_task(
     """
     del cache_dir
     if eval_split not in ("dev", "test"):
-        raise ValueError(f"eval_split must be 'dev' or 'test', got {eval_split!r}")
+        raise ParamCorruptError(f"eval_split must be 'dev' or 'test', got {eval_split!r}")
     key = None if data_dir is None else str(data_dir)
     train, test = list(_ud_split(key, "train")), list(_ud_split(key, eval_split))
     return _parser_task("ud-ewt", train, test, extra_info={"eval_split": eval_split}, **options)
@@ -321,7 +322,7 @@ def _parser_task(
 ) -> Task:
     """The parser task on these training and evaluation trees (see :func:`ptb_dep_task`)."""
     if checkpoint is not None and state_dict is not None:
-        raise ValueError("give checkpoint or state_dict, not both")
+        raise ParamCorruptError("give checkpoint or state_dict, not both")
     seed = as_int(seed, "seed", minimum=0)
     epochs = as_int(epochs, "epochs", minimum=0)
     limit_train = as_int(limit_train_sentences, "limit_train_sentences", optional=True)

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputTypeError, ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
 from ..train.recipe import Recipe
@@ -198,7 +199,7 @@ class WindowLoader:
         distributed run (:func:`paramcorrupt.parallel.shard`). Splitting by columns keeps
         the carried hidden state exact; splitting window by window would break it."""
         if self.batch_size < world_size:
-            raise ValueError(f"{self.batch_size} columns cannot be shared by {world_size} processes")
+            raise ParamCorruptError(f"{self.batch_size} columns cannot be shared by {world_size} processes")
         part = object.__new__(WindowLoader)
         part.bptt, part.source = self.bptt, self.source[:, rank::world_size].contiguous()
         part.batch_size = int(part.source.size(1))
@@ -211,7 +212,7 @@ def _window_parts(batch: Any) -> tuple[Tensor, Tensor, int | None]:
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         start = int(batch[2]) if len(batch) == 3 else None
         return batch[0], batch[1], start
-    raise TypeError(
+    raise InputTypeError(
         f"a language-model batch is (input, target[, start]), got {type(batch).__name__}"
     )
 
@@ -335,13 +336,13 @@ def build_lm(vocab_size: int, model: str = "small", **overrides: Any) -> nn.Modu
     from ..models.lstm_lm import LSTMLanguageModel
 
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+        raise ParamCorruptError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     options = dict(MODELS[model])
     for key, value in overrides.items():
         if value is None:
             continue
         if key not in _MODEL_OPTIONS:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"unknown model option {key!r}; expected some of {', '.join(_MODEL_OPTIONS)}"
             )
         if key in ("emb_size", "hidden_size", "num_layers"):
@@ -447,9 +448,9 @@ def ptb_lm_task(
     """
     del cache_dir
     if checkpoint is not None and state_dict is not None:
-        raise ValueError("give checkpoint or state_dict, not both")
+        raise ParamCorruptError("give checkpoint or state_dict, not both")
     if eval_split not in ("test", "valid"):
-        raise ValueError(f"eval_split must be 'test' or 'valid', got {eval_split!r}")
+        raise ParamCorruptError(f"eval_split must be 'test' or 'valid', got {eval_split!r}")
     seed = as_int(seed, "seed", minimum=0)
     limit_train = as_int(limit_train_tokens, "limit_train_tokens", minimum=2, optional=True)
     limit_eval = as_int(limit_eval_tokens, "limit_eval_tokens", minimum=2, optional=True)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
 from ..train.recipe import Recipe, fit_recipe
@@ -139,7 +140,7 @@ class BLEU:
 
     def __call__(self, output: TranslationOutput, batch: Mapping[str, Any]) -> tuple[list[int], int]:
         if output.hypotheses is None or "refs" not in batch:
-            raise ValueError("bleu needs a batch with references (the eval loader)")
+            raise ParamCorruptError("bleu needs a batch with references (the eval loader)")
         stats = [0] * 10
         for h, r in zip(output.hypotheses, batch["refs"]):
             stats = [a + b for a, b in zip(stats, bleu_stats(h, r))]
@@ -291,9 +292,9 @@ def multi30k_task(
 
     del cache_dir
     if checkpoint is not None and state_dict is not None:
-        raise ValueError("give checkpoint or state_dict, not both")
+        raise ParamCorruptError("give checkpoint or state_dict, not both")
     if model not in TRANSFORMERS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(TRANSFORMERS)}")
+        raise ParamCorruptError(f"unknown model {model!r}; expected one of {', '.join(TRANSFORMERS)}")
     seed = as_int(seed, "seed", minimum=0)
     epochs = as_int(epochs, "epochs", minimum=0)
     limit_train = as_int(limit_train_sentences, "limit_train_sentences", optional=True)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputTypeError, MissingFileError, ParamCorruptError
 from ._options import load_into, load_weights
 from .base import Task
 
@@ -46,7 +47,7 @@ def _load_file(path: Path) -> Any:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import {path} as a Python module")
+        raise ParamCorruptError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
@@ -78,21 +79,21 @@ def resolve(spec: str, option: str = "spec") -> Any:
     """
     target, sep, attribute = spec.rpartition(":")
     if not sep or not target or not attribute:
-        raise ValueError(f"{option} {spec!r}: expected package.module:attribute or path/to/file.py:attribute")
+        raise ParamCorruptError(f"{option} {spec!r}: expected package.module:attribute or path/to/file.py:attribute")
     if _is_file_spec(target):
         path = Path(target)
         if not path.is_file():
-            raise FileNotFoundError(f"{option} {spec!r}: no file {target}")
+            raise MissingFileError(f"{option} {spec!r}: no file {target}")
         module = _load_file(path)
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as error:
-            raise ValueError(f"{option} {spec!r}: cannot import {target!r}: {error}") from None
+            raise ParamCorruptError(f"{option} {spec!r}: cannot import {target!r}: {error}") from None
     try:
         return operator.attrgetter(attribute)(module)
     except AttributeError:
-        raise ValueError(f"{option} {spec!r}: {target!r} has no attribute {attribute!r}") from None
+        raise ParamCorruptError(f"{option} {spec!r}: {target!r} has no attribute {attribute!r}") from None
 
 
 def _file_digest(path: Path) -> str:
@@ -176,12 +177,12 @@ def _fields(result: Any, spec: str) -> dict[str, Any]:
     """The Task fields that ``--data``'s factory returned (a tuple or a Task-like object)."""
     if isinstance(result, tuple):
         if len(result) not in (3, 4):
-            raise TypeError(f"--data {spec!r} returned a tuple of {len(result)}; expected (gradient_loader, eval_loader, loss_fn[, metrics])")
+            raise InputTypeError(f"--data {spec!r} returned a tuple of {len(result)}; expected (gradient_loader, eval_loader, loss_fn[, metrics])")
         return {"gradient_loader": result[0], "eval_loader": result[1], "loss_fn": result[2],
                 "metrics": result[3] if len(result) == 4 else {}}
     missing = [a for a in ("gradient_loader", "eval_loader", "loss_fn") if not hasattr(result, a)]
     if missing:
-        raise TypeError(
+        raise InputTypeError(
             f"--data {spec!r} returned a {type(result).__name__} without {', '.join(missing)}; expected a "
             "Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])"
         )
@@ -230,18 +231,18 @@ def user_task(
     if model_factory is not None:
         model = _called(model_factory)
         if not isinstance(model, nn.Module):
-            raise TypeError(f"--model {model_spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
+            raise InputTypeError(f"--model {model_spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
     fields = _fields(_called(data_factory), data_spec)
     model = model if model is not None else fields.get("model")
     if model is None:
-        raise ValueError(f"no model: give --model, or make --data {data_spec!r} return a Task-like object with a model")
+        raise ParamCorruptError(f"no model: give --model, or make --data {data_spec!r} return a Task-like object with a model")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"the model is a {type(model).__name__}, expected a torch.nn.Module")
+        raise InputTypeError(f"the model is a {type(model).__name__}, expected a torch.nn.Module")
     metrics = fields.get("metrics") or {}
     if not callable(fields["loss_fn"]):
-        raise TypeError(f"--data {data_spec!r}: loss_fn is a {type(fields['loss_fn']).__name__}, expected a callable")
+        raise InputTypeError(f"--data {data_spec!r}: loss_fn is a {type(fields['loss_fn']).__name__}, expected a callable")
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"--data {data_spec!r}: metrics is a {type(metrics).__name__}, expected a mapping name -> metric")
+        raise InputTypeError(f"--data {data_spec!r}: metrics is a {type(metrics).__name__}, expected a mapping name -> metric")
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint, checkpoint_key)
     declared = fields.get("primary_metric")

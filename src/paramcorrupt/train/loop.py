@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import parallel as D
 from .._progress import progress_bar
 from .._state import mode
+from ..errors import InputTypeError, ParamCorruptError
 from ..losses import LossFn, as_batch_loss
 from .optimizer import CorruptionResistant
 
@@ -45,7 +46,7 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
         [3, 3, 2, 2]
     """
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise ValueError(f"the number of micro-batches must be an integer >= 1, got {parts!r}")
+        raise ParamCorruptError(f"the number of micro-batches must be an integer >= 1, got {parts!r}")
     if parts == 1:
         return [batch]
 
@@ -60,7 +61,7 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
             split = [chunks(v) for v in x]
             count = min(len(v) for v in split)
             return [type(x)(v[i] for v in split) for i in range(count)]
-        raise TypeError(f"cannot split a batch element of type {type(x).__name__} into micro-batches")
+        raise InputTypeError(f"cannot split a batch element of type {type(x).__name__} into micro-batches")
 
     return chunks(batch)
 
@@ -106,17 +107,17 @@ def training_closure(
     """
     micro_batches = list(micro_batches)
     if not micro_batches:
-        raise ValueError("a step needs at least one micro-batch")
+        raise ParamCorruptError("a step needs at least one micro-batch")
     if penalty is not None and len(micro_batches) > 1:
-        raise ValueError("a gradient penalty needs the whole batch's gradient: use it without micro-batches")
+        raise ParamCorruptError("a gradient penalty needs the whole batch's gradient: use it without micro-batches")
     distributed = D.use_distributed(distributed)
     if distributed and penalty is not None:
-        raise ValueError(
+        raise ParamCorruptError(
             "a gradient penalty needs the whole batch's gradient in one process: it is not supported under "
             "torch.distributed (use the resistant method, whose finite-difference form is equivalent)"
         )
     if distributed and not isinstance(model, DistributedDataParallel):
-        raise ValueError("under torch.distributed, wrap the model with paramcorrupt.parallel.ddp(model) first")
+        raise ParamCorruptError("under torch.distributed, wrap the model with paramcorrupt.parallel.ddp(model) first")
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = next(iter(params)).device.type if params else "cpu"
 
@@ -180,7 +181,7 @@ def _check_resumable(state: Mapping[str, Any], path: Any, identity: str | None) 
     """Refuse a checkpoint written by another run (a checkpoint without an identity passes)."""
     saved = state.get("identity")
     if saved is not None and identity is not None and saved != identity:
-        raise ValueError(
+        raise ParamCorruptError(
             f"the checkpoint {path} is from another run ({saved}), not this one ({identity}); "
             "start over (resume=False; on the command line --no-resume) or use another path"
         )
@@ -278,15 +279,15 @@ def fit(
         [1, 2]
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        raise ParamCorruptError(f"epochs must be an integer >= 1, got {epochs!r}")
     if scheduler_interval not in ("step", "epoch"):
-        raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        raise ParamCorruptError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
     step_scheduler = scheduler if scheduler_interval == "step" else None
     resistant = isinstance(optimizer, CorruptionResistant)
     if resistant and optimizer.grad_scaler is not grad_scaler:
-        raise ValueError("give the same GradScaler to CorruptionResistant(grad_scaler=...) and to fit(grad_scaler=...)")
+        raise ParamCorruptError("give the same GradScaler to CorruptionResistant(grad_scaler=...) and to fit(grad_scaler=...)")
     if resistant and max_grad_norm is not None:
-        raise ValueError("CorruptionResistant clips the combined gradient itself: set its max_grad_norm instead")
+        raise ParamCorruptError("CorruptionResistant clips the combined gradient itself: set its max_grad_norm instead")
     generator = _generator_of(loader)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -355,7 +356,7 @@ def fit(
                 loss_sum += float(loss)
                 count += 1
             if count == 0:
-                raise ValueError("the loader yielded no batch")
+                raise ParamCorruptError("the loader yielded no batch")
             if scheduler is not None and step_scheduler is None:
                 scheduler.step()
             record = {

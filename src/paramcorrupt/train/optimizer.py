@@ -37,6 +37,7 @@ from .._state import frozen_norm_stats
 from ..constraint import Constraint, sparse_closed_form
 from ..corruption.apply import restore_in_place, write_in_place
 from ..corruption.relative import times_scale
+from ..errors import InputTypeError, ParamCorruptError
 
 __all__ = ["CorruptionResistant"]
 
@@ -88,11 +89,11 @@ def check_loss(value: Any, which: str) -> Any:
     """The closure's return value, which must be the loss (a one-element tensor or a number)."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise TypeError(f"the closure must return the loss as a scalar tensor; the {which} pass returned a tensor of shape {tuple(value.shape)}")
+            raise InputTypeError(f"the closure must return the loss as a scalar tensor; the {which} pass returned a tensor of shape {tuple(value.shape)}")
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
-    raise TypeError(
+    raise InputTypeError(
         f"the closure must return the loss (a scalar tensor); the {which} pass returned {value!r:.80}. "
         "Write it as: def closure(): optimizer.zero_grad(); loss = ...; loss.backward(); return loss"
     )
@@ -102,13 +103,13 @@ def _group_settings(group: dict[str, Any]) -> tuple[Constraint, float]:
     """Validate one group's eps, p, n and alpha; return (constraint, alpha)."""
     alpha = group[GROUP_KEYS["alpha"]]
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got alpha={alpha!r}")
+        raise ParamCorruptError(f"alpha must be a number in [0, 1], got alpha={alpha!r}")
     constraint = Constraint(group[GROUP_KEYS["p"]], group[GROUP_KEYS["eps"]], group[GROUP_KEYS["n"]])
     relative, eta = group.get(GROUP_KEYS["relative"], False), group.get(GROUP_KEYS["eta"], 0.0)
     if not isinstance(relative, bool):
-        raise TypeError(f"relative must be True or False, got relative={relative!r}")
+        raise InputTypeError(f"relative must be True or False, got relative={relative!r}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got eta={eta!r}")
+        raise ParamCorruptError(f"eta must be a finite number >= 0, got eta={eta!r}")
     return constraint, float(alpha)
 
 
@@ -135,7 +136,7 @@ def _shared_constraint(groups: Sequence[dict[str, Any]]) -> Constraint | None:
             shared = (i, constraint)
         elif constraint != shared[1]:
             j, first = shared
-            raise ValueError(
+            raise ParamCorruptError(
                 f"parameter groups {j} and {i} set different corruption settings "
                 f"(p={first.p}, eps={first.eps}, n={first.n} vs p={constraint.p}, eps={constraint.eps}, n={constraint.n}); "
                 "with scope='all' one constraint covers every perturbed parameter: give the groups the same "
@@ -254,20 +255,20 @@ class CorruptionResistant(Optimizer):
         **base_kwargs: Any,
     ) -> None:
         if not callable(base_optimizer) or isinstance(base_optimizer, Optimizer):
-            raise TypeError(
+            raise InputTypeError(
                 f"base_optimizer must be an optimiser class such as torch.optim.SGD, got {base_optimizer!r:.80}; "
                 "pass the class and its arguments as keywords (lr=..., momentum=...)"
             )
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be an integer >= 1, got interval={interval!r}")
+            raise ParamCorruptError(f"interval must be an integer >= 1, got interval={interval!r}")
         if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got scope={scope!r}")
+            raise ParamCorruptError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got scope={scope!r}")
         if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
+            raise ParamCorruptError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
         if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+            raise InputTypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
         if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in ("unscale_", "scale", "update")):
-            raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
+            raise InputTypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
         defaults = {GROUP_KEYS["eps"]: eps, GROUP_KEYS["p"]: p, GROUP_KEYS["n"]: n, GROUP_KEYS["alpha"]: alpha}
         if relative or eta:  # only then: the groups of an absolute wrapper stay as they were
             defaults.update({GROUP_KEYS["relative"]: relative, GROUP_KEYS["eta"]: eta})
@@ -276,7 +277,7 @@ class CorruptionResistant(Optimizer):
         super().__init__(params, defaults)
         base = base_optimizer(self.param_groups, **base_kwargs)
         if not isinstance(base, Optimizer):
-            raise TypeError(f"base_optimizer(...) must build a torch.optim.Optimizer, got {type(base).__name__}")
+            raise InputTypeError(f"base_optimizer(...) must build a torch.optim.Optimizer, got {type(base).__name__}")
         self._base = base
         self._link()
         self.defaults.update(base.defaults)
@@ -310,7 +311,7 @@ class CorruptionResistant(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (with its own eps/p/n/alpha if given) to the wrapper and the base."""
         if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+            raise InputTypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         for key, value in self.defaults.items():
             if key in GROUP_KEYS.values():
                 param_group.setdefault(key, value)
@@ -334,7 +335,7 @@ class CorruptionResistant(Optimizer):
                 are at w + a_hat then).
         """
         if self._pending is not None:
-            raise ValueError("state_dict() was called between first_step() and second_step(): the parameters are at w + a_hat")
+            raise ParamCorruptError("state_dict() was called between first_step() and second_step(): the parameters are at w + a_hat")
         out = self.base_optimizer.state_dict()
         out["corruption_resistant"] = {"steps": self.steps, "interval": self.interval, "scope": self.scope}
         return out
@@ -342,9 +343,9 @@ class CorruptionResistant(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load what :meth:`state_dict` returned (the base optimiser's state included)."""
         if not isinstance(state_dict, dict) or "corruption_resistant" not in state_dict:
-            raise ValueError("not a CorruptionResistant state dict: the 'corruption_resistant' entry is missing")
+            raise ParamCorruptError("not a CorruptionResistant state dict: the 'corruption_resistant' entry is missing")
         if self._pending is not None:
-            raise ValueError("load_state_dict() was called between first_step() and second_step()")
+            raise ParamCorruptError("load_state_dict() was called between first_step() and second_step()")
         state_dict = dict(state_dict)
         extra = state_dict.pop("corruption_resistant")
         for group in state_dict["param_groups"]:
@@ -381,7 +382,7 @@ class CorruptionResistant(Optimizer):
             TypeError: when the closure does not return the loss.
         """
         if self._pending is not None:
-            raise ValueError("step() was called between first_step() and second_step(); call second_step() or restore()")
+            raise ParamCorruptError("step() was called between first_step() and second_step(); call second_step() or restore()")
         if not self.two_pass_due:
             loss = None
             if closure is not None:
@@ -392,7 +393,7 @@ class CorruptionResistant(Optimizer):
             self.steps += 1
             return loss
         if closure is None:
-            raise ValueError(
+            raise ParamCorruptError(
                 "CorruptionResistant.step() needs a closure that re-evaluates the loss (two forward/backward "
                 "passes per step); without one, call first_step(), back-propagate at w + a_hat, then second_step()"
             )
@@ -428,7 +429,7 @@ class CorruptionResistant(Optimizer):
                 gradient without a GradScaler.
         """
         if self._pending is not None:
-            raise ValueError("first_step() was called twice; call second_step() or restore() in between")
+            raise ParamCorruptError("first_step() was called twice; call second_step() or restore() in between")
         saved_grads: dict[Tensor, Tensor | None] = {}
         shared = _shared_constraint(self.param_groups) if self.scope == "all" else None
         # (constraint, params, T per param or None, max |g|) per constraint: one per perturbed
@@ -443,7 +444,7 @@ class CorruptionResistant(Optimizer):
             top = float(torch.stack([p.grad.detach().abs().amax().float() for p in params]).max())
             if not math.isfinite(top):
                 if self.grad_scaler is None:
-                    raise ValueError(
+                    raise ParamCorruptError(
                         f"the gradient at w of parameter group {i} contains Inf or NaN; cannot take the "
                         "corruption a_hat from it (use a GradScaler to skip such steps)"
                     )
@@ -457,7 +458,7 @@ class CorruptionResistant(Optimizer):
             else:
                 parts.append((constraint if shared is None else shared, params, scales, top))
         if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
-            raise ValueError("first_step() found no gradient at w: back-propagate the loss at w first")
+            raise ParamCorruptError("first_step() found no gradient at w: back-propagate the loss at w first")
         plan = []  # (params, indices, values) per constraint
         if finite:
             for constraint, params, scales, top in parts:
@@ -532,10 +533,10 @@ class CorruptionResistant(Optimizer):
         """
         pending = self._pending
         if pending is None:
-            raise ValueError("second_step() needs a preceding first_step()")
+            raise ParamCorruptError("second_step() needs a preceding first_step()")
         if pending["finite"] and pending["climbed"] and all(p.grad is None for p in pending["grads"]):
             self.restore()
-            raise ValueError(
+            raise ParamCorruptError(
                 "no gradient was computed at w + a_hat: back-propagate the loss between first_step() and second_step()"
             )
         self._pending = None
@@ -602,11 +603,11 @@ class CorruptionResistant(Optimizer):
                 :func:`~paramcorrupt.train.regularized_loss`), or lam < 0, h <= 0.
         """
         if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
-            raise ValueError(f"h must be a finite number > 0, got h={h!r}")
+            raise ParamCorruptError(f"h must be a finite number > 0, got h={h!r}")
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got lam={lam!r}")
+            raise ParamCorruptError(f"lam must be a finite number >= 0, got lam={lam!r}")
         if lam > h:
-            raise ValueError(f"lam={lam} > h={h} would need alpha = lam / h > 1; choose h >= lam")
+            raise ParamCorruptError(f"lam={lam} > h={h} would need alpha = lam / h > 1; choose h >= lam")
         return cls(params, base_optimizer, eps=h, p=p, n=n, alpha=lam / h, **kwargs)
 
     def perturbation_nbytes(self) -> int:

@@ -33,7 +33,7 @@ Example:
     >>> as_recipe({"lr": 0.1, "label_smoothing": 0.1})
     Traceback (most recent call last):
     ...
-    ValueError: unknown recipe key 'label_smoothing'; the keys are optimizer, lr, momentum, nesterov, weight_decay, betas, schedule, pct_start, cycle_momentum, warmup, decay, scheduler_interval, max_grad_norm, bf16, epochs, batch_size
+    paramcorrupt.errors.ParamCorruptError: unknown recipe key 'label_smoothing'; the keys are optimizer, lr, momentum, nesterov, weight_decay, betas, schedule, pct_start, cycle_momentum, warmup, decay, scheduler_interval, max_grad_norm, bf16, epochs, batch_size
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputTypeError, ParamCorruptError
 from .loop import fit
 from .optimizer import CorruptionResistant
 
@@ -97,23 +98,23 @@ class Recipe:
     def __post_init__(self) -> None:
         optimizer = str(self.optimizer).lower()
         if optimizer not in OPTIMIZERS:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"unknown optimizer {self.optimizer!r} in the recipe; expected one of {', '.join(OPTIMIZERS)}"
             )
         schedule = self.schedule
         schedule = None if schedule in (None, "none", "constant") else str(schedule).lower()
         if schedule not in SCHEDULES:
-            raise ValueError(
+            raise ParamCorruptError(
                 f"unknown schedule {self.schedule!r} in the recipe; expected one of {', '.join(map(str, SCHEDULES))}"
             )
         if self.scheduler_interval not in ("step", "epoch"):
-            raise ValueError(
+            raise ParamCorruptError(
                 f"scheduler_interval must be 'step' or 'epoch' in the recipe, got {self.scheduler_interval!r}"
             )
         if self.warmup is not None and schedule != "inverse_sqrt":
-            raise ValueError(f"the recipe gives warmup={self.warmup} but schedule={schedule!r}: warmup is read by schedule='inverse_sqrt' only")
+            raise ParamCorruptError(f"the recipe gives warmup={self.warmup} but schedule={schedule!r}: warmup is read by schedule='inverse_sqrt' only")
         if self.decay is not None and schedule != "exponential":
-            raise ValueError(f"the recipe gives decay={self.decay} but schedule={schedule!r}: decay is read by schedule='exponential' only")
+            raise ParamCorruptError(f"the recipe gives decay={self.decay} but schedule={schedule!r}: decay is read by schedule='exponential' only")
         object.__setattr__(self, "optimizer", optimizer)
         object.__setattr__(self, "schedule", schedule)
         if self.betas is not None:
@@ -144,7 +145,7 @@ RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
 def _check_keys(keys: Any) -> None:
     for key in keys:
         if key not in RECIPE_KEYS:
-            raise ValueError(f"unknown recipe key {key!r}; the keys are {', '.join(RECIPE_KEYS)}")
+            raise ParamCorruptError(f"unknown recipe key {key!r}; the keys are {', '.join(RECIPE_KEYS)}")
 
 
 def as_recipe(recipe: Recipe | Mapping[str, Any]) -> Recipe:
@@ -157,7 +158,7 @@ def as_recipe(recipe: Recipe | Mapping[str, Any]) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
     if not isinstance(recipe, Mapping):
-        raise TypeError(f"a recipe is a Recipe or a mapping of its keys, got {type(recipe).__name__}")
+        raise InputTypeError(f"a recipe is a Recipe or a mapping of its keys, got {type(recipe).__name__}")
     _check_keys(recipe)
     return Recipe(**recipe)
 
@@ -165,7 +166,7 @@ def as_recipe(recipe: Recipe | Mapping[str, Any]) -> Recipe:
 def _base(recipe: Recipe) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     name = recipe.optimizer
     if recipe.lr is None:
-        raise ValueError("the recipe has no learning rate (lr)")
+        raise ParamCorruptError("the recipe has no learning rate (lr)")
     kwargs: dict[str, Any] = {
         "lr": float(recipe.lr),
         "weight_decay": float(recipe.weight_decay),
@@ -315,7 +316,7 @@ def fit_recipe(
     """
     recipe = as_recipe(recipe)
     if epochs is None and recipe.epochs is None:
-        raise ValueError("the recipe gives no epochs: give epochs")
+        raise ParamCorruptError("the recipe gives no epochs: give epochs")
     epochs = int(recipe.epochs if epochs is None else epochs)  # type: ignore[arg-type]
     optimizer = build_optimizer(model, recipe, resistant=resistant)
     scheduler = build_scheduler(optimizer, recipe, steps_per_epoch=len(loader), epochs=epochs)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..constraint import Constraint, dual_exponent, global_top_n
 from ..corruption.apply import restore_in_place, write_in_place
+from ..errors import ParamCorruptError
 from .optimizer import check_loss, perturbation
 
 __all__ = ["RegularizedLoss", "finite_difference_gradient", "gradient_norm", "regularized_loss"]
@@ -34,14 +35,14 @@ __all__ = ["RegularizedLoss", "finite_difference_gradient", "gradient_norm", "re
 
 def _check(lam: float | None, p: float, n: int | None) -> None:
     if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0):
-        raise ValueError(f"lam must be a finite number >= 0, got lam={lam!r}")
+        raise ParamCorruptError(f"lam must be a finite number >= 0, got lam={lam!r}")
     Constraint(p, 1.0, n)  # validates p and n
 
 
 def _params(params: Iterable[Tensor]) -> list[Tensor]:
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ValueError("no parameter requires a gradient: nothing to regularise")
+        raise ParamCorruptError("no parameter requires a gradient: nothing to regularise")
     return params
 
 
@@ -167,7 +168,7 @@ def finite_difference_gradient(
     """
     _check(lam, p, n)
     if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
-        raise ValueError(f"h must be a finite number > 0, got h={h!r}")
+        raise ParamCorruptError(f"h must be a finite number > 0, got h={h!r}")
     params = list(params)
     before = [w.grad for w in params]
 

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ...errors import ParamCorruptError
 from .display import MetricDisplay, _n_sort, _ordered, metric_display
 from .rows import _Notes, _Row
 
@@ -129,7 +130,7 @@ def grid_shape(panels: int, max_cols: int = 3) -> tuple[int, int]:
     """(rows, columns) of a grid of ``panels`` panels: at most ``max_cols`` columns, and no row
     of holes (4 panels: 2 x 2, not 3 + 1); a grid with a spare slot puts the legend there."""
     if panels < 1:
-        raise ValueError(f"a grid needs at least one panel, got {panels}")
+        raise ParamCorruptError(f"a grid needs at least one panel, got {panels}")
     cols = 2 if panels == 4 and max_cols >= 2 else min(max_cols, panels)
     return math.ceil(panels / cols), cols
 

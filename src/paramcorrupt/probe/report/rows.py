@@ -15,6 +15,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from ...errors import MissingFileError, ParamCorruptError
 from ...losses import MetricInfo
 from ..store import read_jsonl
 
@@ -29,16 +30,16 @@ def _as_paths(results: PathArg | Sequence[PathArg]) -> list[Path]:
     else:
         paths = [Path(p) for p in results]
     if not paths:
-        raise ValueError("no results file given")
+        raise ParamCorruptError("no results file given")
     out = []
     for path in paths:
         if path.is_dir():
             if (path / "results.jsonl").is_file():
                 path = path / "results.jsonl"
             else:
-                raise FileNotFoundError(f"{path} is a folder without results.jsonl")
+                raise MissingFileError(f"{path} is a folder without results.jsonl")
         if not path.is_file():
-            raise FileNotFoundError(f"results file not found: {path}")
+            raise MissingFileError(f"results file not found: {path}")
         out.append(path)
     return out
 
@@ -122,7 +123,7 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
                 index[ident] = len(rows)
             rows.append(row)
     if not rows:
-        raise ValueError("no result rows in " + ", ".join(str(p) for p in files))
+        raise ParamCorruptError("no result rows in " + ", ".join(str(p) for p in files))
     return rows
 
 
@@ -247,5 +248,5 @@ def _normalise(raw: list[dict[str, Any]], notes: _Notes) -> tuple[list[_Row], st
         + ", falling back to the evaluation data where absent."
     )
     if not rows:
-        raise ValueError("no usable result rows (each needs method, p and eps)")
+        raise ParamCorruptError("no usable result rows (each needs method, p and eps)")
     return rows, used
