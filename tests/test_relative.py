@@ -12,7 +12,6 @@ from torch import nn
 
 from paramcorrupt import (
     Constraint,
-    CorruptionResistant,
     classification_loss,
     dual_norm,
     relative_gradient_corruption,
@@ -20,6 +19,7 @@ from paramcorrupt import (
     select,
 )
 from paramcorrupt.probe import SweepConfig, sweep
+from paramcorrupt.train import CorruptionResistant
 
 INF = math.inf
 

@@ -5,9 +5,10 @@ and at random; which parameters are the most vulnerable; and how to train so tha
 network resists it.
 
 The root imports only the core (constraint, groups, losses, theory, corruption, gradient,
-evaluate, indicator). The packages above it — ``tasks``, ``train``, ``faults``, ``probe``,
-``experiments``, ``parallel`` — and the training names re-exported here
-(:class:`CorruptionResistant`, :func:`fit`, ...) are imported on first use.
+evaluate, indicator) and exports their public names. The packages above it — ``tasks``,
+``train`` (:class:`~paramcorrupt.train.CorruptionResistant`, :func:`~paramcorrupt.train.fit`),
+``faults``, ``probe``, ``experiments``, ``parallel`` — are reached as attributes
+(``paramcorrupt.tasks.get_task``), loaded on first use: the core never imports them.
 """
 
 from __future__ import annotations
@@ -38,15 +39,6 @@ from .losses import BatchLoss, accuracy, classification_loss, sequence_loss
 
 #: packages above the core, imported on first use (``paramcorrupt.tasks``, ...)
 _PACKAGES = ("experiments", "faults", "parallel", "probe", "tasks", "train")
-#: names of the ``train`` package re-exported here, imported on first use
-_TRAIN_NAMES = (
-    "CorruptionResistant",
-    "RegularizedLoss",
-    "finite_difference_gradient",
-    "fit",
-    "gradient_norm",
-    "regularized_loss",
-)
 
 __version__ = "0.1.0"
 
@@ -56,14 +48,12 @@ __all__ = [
     "BatchLoss",
     "Constraint",
     "Corruption",
-    "CorruptionResistant",
     "IndicatorResult",
     "InputTypeError",
     "MissingFileError",
     "ParamCorruptError",
     "ParameterGroup",
     "RandomStats",
-    "RegularizedLoss",
     "ZeroVectorWarning",
     "accuracy",
     "classification_loss",
@@ -72,12 +62,9 @@ __all__ = [
     "dataset_gradient",
     "dual_norm",
     "evaluate",
-    "finite_difference_gradient",
-    "fit",
     "frozen_norm_stats",
     "global_top_n",
     "gradient_corruption",
-    "gradient_norm",
     "indicator",
     "iterative_corruption",
     "losses",
@@ -87,7 +74,6 @@ __all__ = [
     "random_values",
     "relative_gradient_corruption",
     "relative_random_corruption",
-    "regularized_loss",
     "select",
     "sequence_loss",
     "tasks",
@@ -98,10 +84,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _PACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in _TRAIN_NAMES:
-        return getattr(importlib.import_module(f"{__name__}.train"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_PACKAGES, *_TRAIN_NAMES})
+    return sorted({*globals(), *_PACKAGES})
