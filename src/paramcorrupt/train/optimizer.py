@@ -19,13 +19,18 @@ Proposition 1), held constant. One step:
 
 alpha = 1, p = 2, n = None (and the default ``scope="all"``) is SAM's update (Foret et al.,
 2021) with rho = eps, for any number of optimiser groups.
+
+The settings kept in the parameter groups are read and checked by
+:mod:`paramcorrupt.train.settings`; steps 2-4 (a_hat, the climb and the way back, the
+combined gradient) are :mod:`paramcorrupt.train.twopass`, shared with the finite-difference
+regulariser. This module holds the wrapper: its groups, its state dict and the step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from typing import Any
 
@@ -34,115 +39,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .._state import frozen_norm_stats
-from ..constraint import Constraint, sparse_closed_form
-from ..corruption.apply import restore_in_place, write_in_place
-from ..corruption.relative import times_scale
 from ..errors import InputTypeError, ParamCorruptError
+from .settings import GROUP_KEYS, SCOPES, check_groups, group_settings, scale_of, shared_constraint
+from .twopass import Part, check_loss, climb, climb_plan, combine_gradients, descend, held_bytes
 
 __all__ = ["CorruptionResistant"]
 
 logger = logging.getLogger(__name__)
-
-#: The keys a parameter group holds this wrapper's hyperparameters under. They carry a
-#: prefix because the groups are shared with the base optimiser, whose own keys would
-#: collide ("eps" in Adam, "alpha" in RMSprop).
-GROUP_KEYS = {
-    "eps": "corruption_eps",
-    "p": "corruption_p",
-    "n": "corruption_n",
-    "alpha": "corruption_alpha",
-    "relative": "corruption_relative",
-    "eta": "corruption_eta",
-}
-
-#: Where the constraint S applies: "all" (one S over every perturbed parameter across the
-#: optimiser groups, as SAM) or "group" (one S per optimiser group).
-SCOPES = ("all", "group")
-
-
-# --------------------------------------------------------------------------------------
-# The two-pass machinery, shared with the finite-difference regulariser
-# --------------------------------------------------------------------------------------
-
-
-def perturbation(
-    grads: Sequence[Tensor], constraint: Constraint, *, max_abs: float | None = None
-) -> tuple[list[Tensor | None], list[Tensor]] | None:
-    """a_hat = argmax_{a in S} a.g on one group (Definition 4), as (indices, values).
-
-    Top-n is global across the group's tensors; ``indices[j] is None`` marks a dense entry.
-    An n larger than the group counts as n = k. Returns ``None`` when g = 0 on the whole group
-    (every point of S is then a maximiser; training takes no perturbation there).
-    ``max_abs`` is max |g_i| when the caller already has it.
-    """
-    k = sum(g.numel() for g in grads)
-    if constraint.n is not None and constraint.n >= k:
-        constraint = Constraint(constraint.p, constraint.eps, None)
-    if max_abs is None:
-        max_abs = max(float(g.detach().abs().max()) for g in grads)
-    if max_abs == 0.0:
-        return None
-    return sparse_closed_form([g.detach() for g in grads], constraint)
-
-
-def check_loss(value: Any, which: str) -> Any:
-    """The closure's return value, which must be the loss (a one-element tensor or a number)."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise InputTypeError(f"the closure must return the loss as a scalar tensor; the {which} pass returned a tensor of shape {tuple(value.shape)}")
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    raise InputTypeError(
-        f"the closure must return the loss (a scalar tensor); the {which} pass returned {value!r:.80}. "
-        "Write it as: def closure(): optimizer.zero_grad(); loss = ...; loss.backward(); return loss"
-    )
-
-
-def _group_settings(group: dict[str, Any]) -> tuple[Constraint, float]:
-    """Validate one group's eps, p, n and alpha; return (constraint, alpha)."""
-    alpha = group[GROUP_KEYS["alpha"]]
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ParamCorruptError(f"alpha must be a number in [0, 1], got alpha={alpha!r}")
-    constraint = Constraint(group[GROUP_KEYS["p"]], group[GROUP_KEYS["eps"]], group[GROUP_KEYS["n"]])
-    relative, eta = group.get(GROUP_KEYS["relative"], False), group.get(GROUP_KEYS["eta"], 0.0)
-    if not isinstance(relative, bool):
-        raise InputTypeError(f"relative must be True or False, got relative={relative!r}")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ParamCorruptError(f"eta must be a finite number >= 0, got eta={eta!r}")
-    return constraint, float(alpha)
-
-
-def _scale(group: dict[str, Any], param: Tensor) -> Tensor | None:
-    """T = |w| + eta for a relative group (ASAM's T_w), None for an absolute one."""
-    if not group.get(GROUP_KEYS["relative"], False):
-        return None
-    return param.detach().abs().add_(group.get(GROUP_KEYS["eta"], 0.0))
-
-
-def _shared_constraint(groups: Sequence[dict[str, Any]]) -> Constraint | None:
-    """The one constraint of ``scope="all"``: every perturbed group (alpha > 0) must give the
-    same eps, p and n. ``None`` when no group is perturbed.
-
-    Raises:
-        ValueError: naming the first two groups whose settings differ.
-    """
-    shared: tuple[int, Constraint] | None = None
-    for i, group in enumerate(groups):
-        constraint, alpha = _group_settings(group)
-        if alpha == 0:
-            continue
-        if shared is None:
-            shared = (i, constraint)
-        elif constraint != shared[1]:
-            j, first = shared
-            raise ParamCorruptError(
-                f"parameter groups {j} and {i} set different corruption settings "
-                f"(p={first.p}, eps={first.eps}, n={first.n} vs p={constraint.p}, eps={constraint.eps}, n={constraint.n}); "
-                "with scope='all' one constraint covers every perturbed parameter: give the groups the same "
-                "corruption_eps/_p/_n, or pass scope='group' for one constraint per group"
-            )
-    return None if shared is None else shared[1]
 
 
 class CorruptionResistant(Optimizer):
@@ -272,7 +175,7 @@ class CorruptionResistant(Optimizer):
         defaults = {GROUP_KEYS["eps"]: eps, GROUP_KEYS["p"]: p, GROUP_KEYS["n"]: n, GROUP_KEYS["alpha"]: alpha}
         if relative or eta:  # only then: the groups of an absolute wrapper stay as they were
             defaults.update({GROUP_KEYS["relative"]: relative, GROUP_KEYS["eta"]: eta})
-        _group_settings(defaults)
+        group_settings(defaults)
         self._base: Optimizer | None = None
         super().__init__(params, defaults)
         base = base_optimizer(self.param_groups, **base_kwargs)
@@ -284,7 +187,7 @@ class CorruptionResistant(Optimizer):
         #: "all" (one constraint over every perturbed parameter) or "group" (one per group)
         self.scope = scope
         if scope == "all":
-            _shared_constraint(self.param_groups)
+            shared_constraint(self.param_groups)
         self.interval = interval
         self.model = model
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -315,12 +218,12 @@ class CorruptionResistant(Optimizer):
         for key, value in self.defaults.items():
             if key in GROUP_KEYS.values():
                 param_group.setdefault(key, value)
-        _group_settings(param_group)
+        group_settings(param_group)
         if self._base is None:
             super().add_param_group(param_group)
             return
         if self.scope == "all":
-            _shared_constraint([*self.param_groups, param_group])
+            shared_constraint([*self.param_groups, param_group])
         self._base.add_param_group(param_group)
 
     # -- state -------------------------------------------------------------------------
@@ -348,10 +251,7 @@ class CorruptionResistant(Optimizer):
             raise ParamCorruptError("load_state_dict() was called between first_step() and second_step()")
         state_dict = dict(state_dict)
         extra = state_dict.pop("corruption_resistant")
-        for group in state_dict["param_groups"]:
-            _group_settings(group)
-        if self.scope == "all":
-            _shared_constraint(state_dict["param_groups"])
+        check_groups(state_dict["param_groups"], self.scope)
         self.base_optimizer.load_state_dict(state_dict)
         self._link()
         self.steps = int(extra["steps"])
@@ -431,13 +331,12 @@ class CorruptionResistant(Optimizer):
         if self._pending is not None:
             raise ParamCorruptError("first_step() was called twice; call second_step() or restore() in between")
         saved_grads: dict[Tensor, Tensor | None] = {}
-        shared = _shared_constraint(self.param_groups) if self.scope == "all" else None
-        # (constraint, params, T per param or None, max |g|) per constraint: one per perturbed
-        # group, or one in all
-        parts: list[tuple[Constraint, list[Tensor], list[Tensor | None], float]] = []
+        shared = shared_constraint(self.param_groups) if self.scope == "all" else None
+        # one part per constraint: one per perturbed group, or one in all
+        parts: list[Part] = []
         finite = True
         for i, group in enumerate(self.param_groups):
-            constraint, alpha = _group_settings(group)
+            constraint, alpha = group_settings(group)
             params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not params:
                 continue
@@ -451,7 +350,7 @@ class CorruptionResistant(Optimizer):
                 finite = False
             if alpha == 0:
                 continue
-            scales = [_scale(group, p) for p in params]
+            scales = [scale_of(group, p) for p in params]
             if shared is not None and parts:
                 _, together, together_scales, top_so_far = parts[0]
                 parts[0] = (shared, together + params, together_scales + scales, max(top_so_far, top))
@@ -459,18 +358,7 @@ class CorruptionResistant(Optimizer):
                 parts.append((constraint if shared is None else shared, params, scales, top))
         if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
             raise ParamCorruptError("first_step() found no gradient at w: back-propagate the loss at w first")
-        plan = []  # (params, indices, values) per constraint
-        if finite:
-            for constraint, params, scales, top in parts:
-                if all(t is None for t in scales):
-                    found = perturbation([p.grad for p in params], constraint, max_abs=top)
-                else:  # relative: a = T b, b the closed form for T g (change of variables)
-                    weighted = [p.grad if t is None else p.grad * t for p, t in zip(params, scales)]
-                    found = perturbation(weighted, constraint)
-                    if found is not None:
-                        found = (found[0], [v if t is None else times_scale(v, t, i) for v, t, i in zip(found[1], scales, found[0])])
-                if found is not None:
-                    plan.append((params, found[0], found[1]))
+        plan = climb_plan(parts) if finite else []
         # set the gradient at w aside: the pass at w + a_hat fills fresh .grad buffers
         for group in self.param_groups:
             alpha = group[GROUP_KEYS["alpha"]]
@@ -481,14 +369,9 @@ class CorruptionResistant(Optimizer):
         stack = ExitStack()
         if self.model is not None and finite:
             stack.enter_context(frozen_norm_stats(self.model))
-        climbed = []  # what write_in_place saved, per constraint
         try:
-            # climb to w + a_hat (in place; what is overwritten is saved)
-            for params, indices, values in plan:
-                climbed.append(write_in_place(params, indices, values))
+            climbed = climb(plan)  # to w + a_hat, in place; what is overwritten is saved
         except BaseException:
-            for saved in reversed(climbed):
-                restore_in_place(saved)
             stack.close()
             for p, g in saved_grads.items():
                 p.grad = g
@@ -514,8 +397,7 @@ class CorruptionResistant(Optimizer):
     def _return_to_w(pending: dict[str, Any]) -> None:
         """Back from w + a_hat to w bit-exactly; release the batch-norm statistics."""
         try:
-            for saved in reversed(pending["climbed"]):
-                restore_in_place(saved)
+            descend(pending["climbed"])
         finally:
             pending["stack"].close()
 
@@ -546,21 +428,7 @@ class CorruptionResistant(Optimizer):
             for p, g in saved_grads.items():
                 p.grad = g
         else:
-            # combine (1 - alpha) g(w) + alpha g(w + a_hat)
-            for group in self.param_groups:
-                alpha = group[GROUP_KEYS["alpha"]]
-                for p in group["params"]:
-                    if p not in saved_grads:
-                        continue
-                    g_w, g_a = saved_grads[p], p.grad
-                    if alpha == 0:
-                        p.grad = g_w
-                    elif alpha == 1:
-                        p.grad = g_a if g_a is not None else torch.zeros_like(p)
-                    elif g_a is None:
-                        p.grad = g_w.mul_(1 - alpha)
-                    else:
-                        p.grad = g_a.mul_(alpha).add_(g_w, alpha=1 - alpha)
+            combine_gradients(self.param_groups, saved_grads)  # (1 - alpha) g(w) + alpha g(w + a_hat)
         self._base_step()
         self.steps += 1
 
@@ -617,12 +485,7 @@ class CorruptionResistant(Optimizer):
         pending = self._pending
         if pending is None:
             return 0
-        total = 0
-        for saved in pending["climbed"]:
-            total += sum(s.numel() * s.element_size() for _, _, s in saved)
-            total += sum(i.numel() * i.element_size() for _, i, _ in saved if i is not None)
-        total += sum(g.numel() * g.element_size() for g in pending["grads"].values() if g is not None)
-        return total
+        return held_bytes(pending["climbed"], pending["grads"])
 
     def __repr__(self) -> str:
         return f"CorruptionResistant(scope={self.scope!r}, interval={self.interval}, base={self.base_optimizer!r})"

@@ -9,7 +9,7 @@ To first order it equals L* of Eq. 13 with lambda = alpha * eps (Eq. 14-15: L(w 
 
 - exactly, by double back-propagation: :func:`regularized_loss` builds L_a with the graph
   of g, and ``backward()`` differentiates through it;
-- by finite differences, with the two-pass machinery of
+- by finite differences, with the two-pass machinery (:mod:`paramcorrupt.train.twopass`) of
   :class:`~paramcorrupt.train.CorruptionResistant`: the gradient of lambda ||g||_q is
   (lambda / h)(g(w + a_h) - g(w)) + O(h), a_h the closed-form corruption of radius h
   (:func:`finite_difference_gradient`; to train with it,
@@ -26,9 +26,8 @@ import torch
 from torch import Tensor
 
 from ..constraint import Constraint, dual_exponent, global_top_n
-from ..corruption.apply import restore_in_place, write_in_place
 from ..errors import ParamCorruptError
-from .optimizer import check_loss, perturbation
+from .twopass import check_loss, climb, descend, perturbation
 
 __all__ = ["RegularizedLoss", "finite_difference_gradient", "gradient_norm", "regularized_loss"]
 
@@ -185,11 +184,11 @@ def finite_difference_gradient(
         if found is None or lam == 0:
             return [g.clone() for g in g_w]
         indices, values = found
-        saved = write_in_place(params, indices, values)
+        climbed = climb([(params, indices, values)])  # to w + a_h, in place
         try:
             g_a = gradient()
         finally:
-            restore_in_place(saved)
+            descend(climbed)  # back to w, bit-exactly
         return [gw + (lam / h) * (ga - gw) for gw, ga in zip(g_w, g_a)]
     finally:
         for w, g in zip(params, before):
