@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,150 @@ def _generator_of(loader: Any) -> torch.Generator | None:
     return None
 
 
+def _check_fit(optimizer: Any, epochs: Any, scheduler_interval: str, grad_scaler: Any, max_grad_norm: Any) -> bool:
+    """Check fit's arguments; return whether ``optimizer`` is a CorruptionResistant."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ParamCorruptError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ParamCorruptError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+    resistant = isinstance(optimizer, CorruptionResistant)
+    if resistant and optimizer.grad_scaler is not grad_scaler:
+        raise ParamCorruptError("give the same GradScaler to CorruptionResistant(grad_scaler=...) and to fit(grad_scaler=...)")
+    if resistant and max_grad_norm is not None:
+        raise ParamCorruptError("CorruptionResistant clips the combined gradient itself: set its max_grad_norm instead")
+    return resistant
+
+
+def _identity_text(identity: Mapping[str, Any] | None) -> str | None:
+    """A run's identity as a checkpoint keeps it: JSON with sorted keys (``None`` without one)."""
+    return None if identity is None else json.dumps(identity, sort_keys=True, default=str)
+
+
+@dataclass
+class _States:
+    """What a checkpoint of :func:`fit` holds, and how it is written and resumed."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    grad_scaler: Any
+    generator: torch.Generator | None
+    identity: str | None
+
+    def resume(self, path: str | os.PathLike[str], distributed: bool) -> tuple[list[dict[str, float]], int]:
+        """Load the checkpoint at ``path`` if it exists (read by rank 0, handed to every rank);
+        return the history so far and the number of epochs done (``[], 0`` without one)."""
+        state = D.on_main(lambda: load_checkpoint(path) if Path(path).exists() else None, distributed=distributed)
+        if state is None:
+            return [], 0
+        _check_resumable(state, path, self.identity)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.grad_scaler is not None and state.get("grad_scaler") is not None:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if self.generator is not None and state.get("loader_generator") is not None:
+            self.generator.set_state(state["loader_generator"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        logger.info("resumed from %s after epoch %d", path, start_epoch)
+        return [dict(r) for r in state["history"]], start_epoch
+
+    def save(self, path: str | os.PathLike[str], epoch: int, history: list[dict[str, float]]) -> None:
+        """Write the checkpoint after ``epoch`` epochs (:func:`save_checkpoint`)."""
+        save_checkpoint(
+            path,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
+            grad_scaler=None if self.grad_scaler is None else self.grad_scaler.state_dict(),
+            loader_generator=None if self.generator is None else self.generator.get_state(),
+            rng=torch.get_rng_state(),
+            epoch=epoch,
+            identity=self.identity,
+            history=history,
+        )
+
+
+@dataclass
+class _Epochs:
+    """The epochs of :func:`fit`: an optimiser step per batch, with fit's settings."""
+
+    net: nn.Module  # the model, or its DDP wrapper: the passes run through it
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    params: list[Tensor]  # the parameters clipped by max_grad_norm
+    resistant: bool
+    penalty: Penalty | None
+    micro_batches: int
+    autocast_dtype: torch.dtype | None
+    grad_scaler: Any
+    max_grad_norm: float | None
+    scheduler: Any
+    scheduler_interval: str
+    distributed: bool
+
+    def step(self, batch: Any) -> tuple[Any, int]:
+        """One optimiser step on ``batch``; returns its loss and 1 if the step was skipped."""
+        optimizer, grad_scaler, skipped = self.optimizer, self.grad_scaler, 0
+        if self.distributed:
+            batch = D.batch_part(batch)  # this rank's rows of the global batch
+        closure = training_closure(
+            self.net,
+            self.loss_fn,
+            split_batch(batch, self.micro_batches),
+            penalty=self.penalty,
+            autocast_dtype=self.autocast_dtype,
+            grad_scaler=grad_scaler,
+            distributed=self.distributed,
+        )
+        if self.resistant:
+            loss = optimizer.step(closure)
+            skipped += int(optimizer.skipped)
+        else:
+            with torch.enable_grad():
+                loss = closure()
+            if grad_scaler is not None:
+                grad_scaler.unscale_(optimizer)
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            if grad_scaler is not None:
+                scale = grad_scaler.get_scale()
+                grad_scaler.step(optimizer)
+            else:
+                optimizer.step()
+        if grad_scaler is not None:
+            grad_scaler.update()
+            if not self.resistant and grad_scaler.get_scale() < scale:
+                skipped += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        return loss, skipped
+
+    def epoch(self, batches: Iterable[Any], epoch: int) -> dict[str, float]:
+        """Train on every batch of epoch ``epoch`` (from 0); return the epoch's record."""
+        started = time.perf_counter()
+        loss_sum, count, skipped = 0.0, 0, 0
+        for batch in batches:
+            loss, skip = self.step(batch)
+            skipped += skip
+            loss_sum += float(loss)
+            count += 1
+        if count == 0:
+            raise ParamCorruptError("the loader yielded no batch")
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        lr = self.optimizer.param_groups[0]
+        return {
+            "epoch": float(epoch + 1),
+            "loss": loss_sum / count,
+            "seconds": time.perf_counter() - started,
+            "lr": float(lr["lr"]) if "lr" in lr else math.nan,
+            "skipped": float(skipped),
+        }
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -278,109 +423,22 @@ def fit(
         >>> [round(r["epoch"]) for r in fit(model, opt, data, classification_loss, epochs=2)]
         [1, 2]
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ParamCorruptError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if scheduler_interval not in ("step", "epoch"):
-        raise ParamCorruptError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-    step_scheduler = scheduler if scheduler_interval == "step" else None
-    resistant = isinstance(optimizer, CorruptionResistant)
-    if resistant and optimizer.grad_scaler is not grad_scaler:
-        raise ParamCorruptError("give the same GradScaler to CorruptionResistant(grad_scaler=...) and to fit(grad_scaler=...)")
-    if resistant and max_grad_norm is not None:
-        raise ParamCorruptError("CorruptionResistant clips the combined gradient itself: set its max_grad_norm instead")
-    generator = _generator_of(loader)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
+    resistant = _check_fit(optimizer, epochs, scheduler_interval, grad_scaler, max_grad_norm)
     distributed = D.use_distributed(distributed)
-    state = None
-    if checkpoint is not None and resume:  # read by rank 0, handed to every rank
-        state = D.on_main(
-            lambda: load_checkpoint(checkpoint) if Path(checkpoint).exists() else None, distributed=distributed
-        )
-    ident = None if identity is None else json.dumps(identity, sort_keys=True, default=str)
-    if state is not None:
-        _check_resumable(state, checkpoint, ident)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if grad_scaler is not None and state.get("grad_scaler") is not None:
-            grad_scaler.load_state_dict(state["grad_scaler"])
-        if generator is not None and state.get("loader_generator") is not None:
-            generator.set_state(state["loader_generator"])
-        torch.set_rng_state(state["rng"])
-        history = [dict(r) for r in state["history"]]
-        start_epoch = int(state["epoch"])
-        logger.info("resumed from %s after epoch %d", checkpoint, start_epoch)
-    params = [p for p in model.parameters() if p.requires_grad]
+    states = _States(model, optimizer, scheduler, grad_scaler, _generator_of(loader), _identity_text(identity))
+    history, start_epoch = states.resume(checkpoint, distributed) if checkpoint is not None and resume else ([], 0)
     net = D.ddp(model) if distributed else model  # the passes run through DDP; the rest sees the model
+    params = [p for p in model.parameters() if p.requires_grad]
+    training = _Epochs(net, optimizer, loss_fn, params, resistant, penalty, micro_batches, autocast_dtype,
+                       grad_scaler, max_grad_norm, scheduler, scheduler_interval, distributed)
     progress = progress and D.is_main_process()
     with mode(net, True):
         for epoch in range(start_epoch, epochs):
-            started = time.perf_counter()
-            loss_sum, count, skipped = 0.0, 0, 0
-            batches = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}")
-            for batch in batches:
-                if distributed:
-                    batch = D.batch_part(batch)  # this rank's rows of the global batch
-                closure = training_closure(
-                    net,
-                    loss_fn,
-                    split_batch(batch, micro_batches),
-                    penalty=penalty,
-                    autocast_dtype=autocast_dtype,
-                    grad_scaler=grad_scaler,
-                    distributed=distributed,
-                )
-                if resistant:
-                    loss = optimizer.step(closure)
-                    skipped += int(optimizer.skipped)
-                else:
-                    with torch.enable_grad():
-                        loss = closure()
-                    if grad_scaler is not None:
-                        grad_scaler.unscale_(optimizer)
-                    if max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                    if grad_scaler is not None:
-                        scale = grad_scaler.get_scale()
-                        grad_scaler.step(optimizer)
-                    else:
-                        optimizer.step()
-                if grad_scaler is not None:
-                    grad_scaler.update()
-                    if not resistant and grad_scaler.get_scale() < scale:
-                        skipped += 1
-                if step_scheduler is not None:
-                    step_scheduler.step()
-                loss_sum += float(loss)
-                count += 1
-            if count == 0:
-                raise ParamCorruptError("the loader yielded no batch")
-            if scheduler is not None and step_scheduler is None:
-                scheduler.step()
-            record = {
-                "epoch": float(epoch + 1),
-                "loss": loss_sum / count,
-                "seconds": time.perf_counter() - started,
-                "lr": float(optimizer.param_groups[0]["lr"]) if "lr" in optimizer.param_groups[0] else math.nan,
-                "skipped": float(skipped),
-            }
+            record = training.epoch(progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}"), epoch)
             history.append(record)
             logger.info("epoch %d: loss %.4f (%.1f s)", epoch + 1, record["loss"], record["seconds"])
             if checkpoint is not None and D.is_main_process():
-                save_checkpoint(
-                    checkpoint,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    scheduler=None if scheduler is None else scheduler.state_dict(),
-                    grad_scaler=None if grad_scaler is None else grad_scaler.state_dict(),
-                    loader_generator=None if generator is None else generator.get_state(),
-                    rng=torch.get_rng_state(),
-                    epoch=epoch + 1,
-                    identity=ident,
-                    history=history,
-                )
+                states.save(checkpoint, epoch + 1, history)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     return history
