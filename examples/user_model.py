@@ -72,7 +72,13 @@ def make_data():
 
 
 def make_task() -> Task:
-    """The same as a Task: model, loaders, loss, metrics and the metric to lead with."""
+    """The same as a Task: model, loaders, loss, metrics and the metric to lead with.
+
+    A metric says its own direction and display: the built-in ``accuracy`` is higher-is-better,
+    shown in percent. Give your own metric its direction with
+    ``paramcorrupt.losses.describe_metric(my_metric, higher_is_better=False, display_name="Error")``
+    (or class attributes ``higher_is_better``, ``display_name``, ``scale``, ``unit``); results
+    headers and reports read it from there."""
     gradient_loader, eval_loader, loss_fn, metrics = make_data()
     return Task(
         name="spirals",
@@ -81,8 +87,7 @@ def make_task() -> Task:
         eval_loader=eval_loader,
         loss_fn=loss_fn,
         metrics=metrics,
-        primary_metric="accuracy",
-        higher_is_better=True,
+        primary_metric="accuracy",  # its direction and display are the metric's own (below)
     )
 
 

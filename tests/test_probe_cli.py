@@ -14,9 +14,9 @@ import torch
 
 from paramcorrupt.cli import main
 from paramcorrupt.probe import read_results
-from paramcorrupt.tasks._options import load_weights as load_checkpoint
 from paramcorrupt.tasks.digits import DigitsResNet
 from paramcorrupt.tasks.user import resolve
+from paramcorrupt.tasks.weights import load_weights as load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "user_model.py"

@@ -23,6 +23,7 @@ from paramcorrupt import (
     random_corruption,
     select,
 )
+from paramcorrupt.cli.values import task_option_values
 from paramcorrupt.tasks import TASKS, get_task
 from paramcorrupt.tasks.ptb_lm import CarriedStateLoss, LMWindow, Perplexity, WindowLoader
 
@@ -277,17 +278,11 @@ class TestCifar10:
             )
 
     def test_options_as_strings(self, cache_dir, data_dir):
-        task = get_task(
-            "cifar10",
-            data_dir=data_dir,
-            cache_dir=cache_dir,
-            model="tiny",
-            depths="1,1",
-            widths="8,16",
-            limit_train="16",
-            limit_test="16",
-            augment="false",
-        )
+        given = {"model": "tiny", "depths": "1,1", "widths": "8,16", "limit_train": "16", "limit_test": "16",
+                 "augment": "false"}
+        options = task_option_values(TASKS["cifar10"], given, "cifar10")  # as --task-option gives them
+        assert options["depths"] == (1, 1) and options["limit_train"] == 16 and options["augment"] is False
+        task = get_task("cifar10", data_dir=data_dir, cache_dir=cache_dir, **options)
         assert task.info["depths"] == [1, 1] and not task.train_loader.dataset.augment
 
 

@@ -154,8 +154,8 @@ def test_groups_cover_the_layers():
 @needs_multi30k
 def test_task_end_to_end_on_a_slice(data_dir):
     task = get_task(
-        "multi30k", data_dir=str(data_dir), model="tiny", limit_train_sentences="300",
-        limit_eval_sentences="24", epochs="1", warmup="10", max_tokens="1024",
+        "multi30k", data_dir=str(data_dir), model="tiny", limit_train_sentences=300,
+        limit_eval_sentences=24, epochs=1, warmup=10, max_tokens=1024,
     )
     model = task.model
     assert task.info["trained"] and task.info["eval_pairs"] == 24

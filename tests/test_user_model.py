@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from paramcorrupt.losses import MetricInfo, metric_info, metric_infos
 from paramcorrupt.tasks import Task
 from paramcorrupt.tasks.user import (
     USER_RECIPE,
     load_checkpoint_into,
+    resolve,
     task_identity,
     user_identity,
     user_task,
@@ -24,7 +26,8 @@ EXAMPLE = ROOT / "examples" / "user_model.py"
 def test_a_task_from_a_user_file():
     task = user_task(f"{EXAMPLE}:make_model", f"{EXAMPLE}:make_data")
     assert isinstance(task, Task) and isinstance(task.model, torch.nn.Module)
-    assert task.name == "custom" and task.primary_metric == "accuracy" and task.higher_is_better
+    assert task.name == "custom" and task.primary_metric == "accuracy"
+    assert metric_info(task.metrics["accuracy"]).higher_is_better
     assert task.info["declared_metric"] is False  # the tuple form declares none
     assert task.info["recipe"] == USER_RECIPE and task.train_loader is task.gradient_loader
     assert task.info["identity"] == f"model={EXAMPLE}:make_model;data={EXAMPLE}:make_data"
@@ -64,7 +67,7 @@ def test_seed_and_a_relative_spec_are_the_same_task(tmp_path, monkeypatch):
     a = user_task("mine.py:make_model", "mine.py:make_data", seed=5)
     b = user_task(f"{tmp_path / 'mine.py'}:make_model", f"{tmp_path / 'mine.py'}:make_data", seed=5)
     assert torch.equal(a.model.weight, b.model.weight) and a.info["identity"] == b.info["identity"]
-    assert a.primary_metric == "loss" and not a.higher_is_better
+    assert a.primary_metric == "loss" and metric_infos(a.metrics, a.primary_metric)["loss"].higher_is_better is False
     with pytest.raises(TypeError, match="--model 'mine.py:not_a_model' gave a int, expected a torch.nn.Module"):
         user_task("mine.py:not_a_model", "mine.py:make_data")
     with pytest.raises(TypeError, match="returned a tuple of 2"):
@@ -95,3 +98,38 @@ def test_task_identity(tmp_path):
     digest = "sha256:" + __import__("hashlib").sha256(b"weights").hexdigest()[:16]
     assert task_identity("digits", [("seed", 0)], checkpoint=path, checkpoint_key="k") == f"digits(seed=0,checkpoint={digest}[k])"
     assert task_identity(None, [("model", "-"), ("data", "m:d")], checkpoint=path) == f"model=-;data=m:d;checkpoint={digest}"
+
+
+def test_a_declared_direction_reaches_the_metric(tmp_path, monkeypatch):
+    """A Task-like object's ``higher_is_better`` gives its primary metric a direction when the
+    metric declares none (the metric is wrapped, not changed); a metric's own one wins."""
+    (tmp_path / "scored.py").write_text(textwrap.dedent("""
+        import torch
+        from types import SimpleNamespace
+        from paramcorrupt import classification_loss
+        from paramcorrupt.losses import describe_metric
+        def misses(output, batch):
+            return (output.argmax(1) != batch[1]).sum(), len(batch[1])
+        def error(output, batch):
+            return misses(output, batch)
+        describe_metric(error, higher_is_better=False, display_name="Error", scale=100.0)
+        batches = [(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))]
+        def plain():
+            return SimpleNamespace(model=torch.nn.Linear(2, 3), gradient_loader=batches, eval_loader=batches,
+                                   loss_fn=classification_loss, metrics={"misses": misses}, primary_metric="misses",
+                                   higher_is_better=False)
+        def declared():
+            return SimpleNamespace(model=torch.nn.Linear(2, 3), gradient_loader=batches, eval_loader=batches,
+                                   loss_fn=classification_loss, metrics={"error": error}, primary_metric="error",
+                                   higher_is_better=True)
+    """))
+    monkeypatch.chdir(tmp_path)
+    task = user_task(None, "scored.py:plain")
+    metric = task.metrics["misses"]
+    assert metric_info(metric).higher_is_better is False
+    assert metric_infos(task.metrics, task.primary_metric)["misses"].higher_is_better is False
+    batch = task.eval_loader[0]
+    assert metric(torch.zeros(4, 3), batch) == (0, 4)  # still the user's metric
+    assert not hasattr(resolve("scored.py:misses"), "higher_is_better")  # the user's function is unchanged
+    own = user_task(None, "scored.py:declared").metrics["error"]
+    assert metric_info(own) == MetricInfo(False, "Error", 100.0, "%")  # the metric's own direction wins

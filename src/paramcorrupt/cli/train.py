@@ -69,6 +69,7 @@ from .values import (
     parse_method,
     parse_n,
     parse_p,
+    task_option_values,
     task_options,
 )
 
@@ -192,8 +193,12 @@ def _base_config(args: argparse.Namespace, seed: int = 0) -> tuple[TaskSetup, Me
     else:
         if getattr(args, "checkpoint", None) is not None:
             raise ParamCorruptError("--checkpoint goes with --model/--data (a built-in task trains from its own initialisation)")
+        from ..tasks import TASKS
+
+        given = task_options(args)
+        options = task_option_values(TASKS[args.task], given, args.task) if args.task in TASKS else given
         setup, base = task_setup(
-            args.task, task_options(args), seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size
+            args.task, options, given=given, seed=seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size
         )
     return setup, replace(base, eps=args.eps, p=args.p, n=args.n, alpha=args.alpha, interval=args.interval, lam=args.lam)
 

@@ -16,6 +16,7 @@ argparse ``type=`` (argparse's own one-line error, exit code 2).
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import types
@@ -307,7 +308,7 @@ def _parameters(factory: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
     except (TypeError, ValueError):
         return {}, True
     try:
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target.func if isinstance(target, functools.partial) else target)
     except Exception:  # an annotation that does not resolve: read every value as a string
         hints = {}
     named = {}

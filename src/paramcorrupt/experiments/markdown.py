@@ -5,40 +5,61 @@ reproduction scripts (``benchmarks/reproduce_*.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..losses import metric_info_by_name
+from ..losses import LOSS_INFO, MetricInfo, accuracy, metric_info, metric_info_by_name
 
-__all__ = ["KNOWN_METRICS", "damage", "display", "fmt", "goal_check", "mean", "paper_cell", "table", "table2_markdown"]
-
-
-#: metric -> (what the tables call it, value -> shown value); the direction is the metric's
-#: own, asked of :func:`paramcorrupt.losses.metric_info_by_name` (a results file holds names)
-_TITLES: dict[str, tuple[str, Any]] = {
-    "accuracy": ("Accuracy (%)", lambda v: v * 100),
-    "uas": ("UAS (%)", lambda v: v * 100),
-    "las": ("LAS (%)", lambda v: v * 100),
-    "log_ppl": ("Perplexity (lower is better)", math.exp),
-    "perplexity": ("Perplexity (lower is better)", lambda v: v),
-    "loss": ("Loss (lower is better)", lambda v: v),
-    "bleu": ("BLEU", lambda v: v),
-}
+__all__ = ["damage", "display", "fmt", "goal_check", "known_metric", "mean", "paper_cell", "table", "table2_markdown"]
 
 
-#: the metrics whose title :func:`display` knows
-KNOWN_METRICS = frozenset(_TITLES)
+#: what Table 2 shows another metric as: PTB's log-perplexity as perplexity (the paper's "PPL")
+_SHOWN_AS: dict[str, tuple[str, Any]] = {"log_ppl": ("perplexity", math.exp)}
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_infos() -> dict[str, MetricInfo]:
+    """name -> :class:`MetricInfo` of the built-in tasks' metrics, asked of the metrics
+    themselves (:func:`paramcorrupt.losses.metric_info`): a training record holds the
+    metric's name only."""
+    from ..tasks.lm import LogPerplexity, Perplexity
+    from ..tasks.parser import attachment_metric
+    from ..tasks.translation import BLEU
+
+    metrics = {"accuracy": accuracy, "uas": attachment_metric(False), "las": attachment_metric(True),
+               "log_ppl": LogPerplexity(), "perplexity": Perplexity(), "bleu": BLEU()}
+    return {"loss": LOSS_INFO, **{name: metric_info(metric) for name, metric in metrics.items()}}
+
+
+def known_metric(metric: str) -> bool:
+    """Whether :func:`display` knows ``metric`` by its name (a built-in task's metric)."""
+    return metric in _builtin_infos()
+
+
+def _title(info: MetricInfo) -> str:
+    name = info.display_name or "metric"
+    if info.unit == "%":
+        return f"{name} (%)"
+    if not info.higher_is_better:
+        return f"{name} (lower is better)"
+    return name if not info.unit or info.unit in name else f"{name} ({info.unit})"
 
 
 def display(metric: str, higher_is_better: bool = True) -> tuple[str, Any, bool]:
-    """How a metric is shown: (title, value -> shown value, higher is better). Accuracy in %,
-    PTB's log-perplexity as perplexity, anything else as it is (with ``higher_is_better``)."""
-    if metric in _TITLES:
-        title, shown = _TITLES[metric]
-        return title, shown, metric_info_by_name(metric).higher_is_better
+    """How a metric is shown: (title, value -> shown value, higher is better), from the
+    metric's own :class:`MetricInfo` for a built-in task's metric: accuracy in %, PTB's
+    log-perplexity as perplexity; anything else as it is (with ``higher_is_better``)."""
+    infos = _builtin_infos()
+    if metric in infos:
+        shown_name, convert = _SHOWN_AS.get(metric, (metric, None))
+        info = infos[shown_name]
+        if convert is None:
+            convert = (lambda v: v * 100) if info.percent else (lambda v: v)
+        return _title(info), convert, bool(infos[metric].higher_is_better)
     return (f"{metric} ({'higher' if higher_is_better else 'lower'} is better)", lambda v: v, higher_is_better)
 
 

@@ -16,8 +16,9 @@ from ..corruption.base import Corruption
 from ..corruption.random import random_corruption
 from ..faults import FaultContext, FaultModel, LpFault, register_fault
 from ..groups import select
+from ..losses import metric_info, metric_info_by_name
 from ..probe.sweep import SweepConfig, sweep
-from .markdown import KNOWN_METRICS
+from .markdown import known_metric
 
 __all__ = ["DEFAULT_EVAL_EPS", "SequentialRandomLp", "table2_metrics"]
 
@@ -109,6 +110,7 @@ def table2_metrics(task: Any, eval_eps: tuple[float, ...], *, random_trials: int
         "random": random_rows,
         "k": group.numel(model),
     }
-    if metric not in KNOWN_METRICS:  # the known metrics' direction is known
-        out["higher_is_better"] = bool(getattr(task, "higher_is_better", True))
+    if not known_metric(metric):  # a built-in metric's direction is known by its name
+        higher = metric_info(task.metrics[metric]).higher_is_better if metric in task.metrics else None
+        out["higher_is_better"] = metric_info_by_name(metric).higher_is_better if higher is None else higher
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,10 @@ def validate(config: MethodConfig) -> None:
 
 @dataclass(frozen=True)
 class TaskSetup:
-    """The task a command trains: its name, factory options (strings, as ``--task-option``
-    gives them; ``data_dir`` included), its training recipe and the identity that finished
-    runs are matched by (the name, plus the options but ``data_dir`` and ``cache_dir``)."""
+    """The task a command trains: its name, factory options (typed values, as the factory's
+    annotations say: the command line converts ``--task-option`` strings;
+    ``data_dir`` included), its training recipe and the identity that finished runs are
+    matched by (the name, plus the options as given but ``data_dir`` and ``cache_dir``)."""
 
     name: str = "digits"
     options: dict[str, Any] = field(default_factory=dict)
@@ -106,25 +108,24 @@ class TaskSetup:
 
 
 def build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
-    """The task for ``seed``, its model untrained."""
+    """The task for ``seed``, its model untrained.
+
+    Raises:
+        ValueError: for an option the task's factory does not take (checked before the
+            call: :func:`paramcorrupt.tasks.get_task`).
+        FileNotFoundError: when the task's data is not found (the message says where to give it).
+    """
     if setup.factory is not None:
         return setup.factory(seed)
+    options = dict(setup.options)
     if setup.name == "digits":
         from ..tasks.digits import DIGITS_RECIPE
 
-        options: dict[str, Any] = {k: _number(v) for k, v in setup.options.items()}
         options.update(batch_size=DIGITS_RECIPE.batch_size if batch_size is None else batch_size, train=False)
-    else:
-        options = dict(setup.options)
     from ..tasks import get_task
 
     try:
         return get_task(setup.name, seed=seed, **options)
-    except TypeError as error:
-        if "unexpected keyword argument" in str(error):
-            key = str(error).rpartition("argument")[2].strip(" '\"")
-            raise ParamCorruptError(f"unknown --task-option {key!r} for the {setup.name} task") from None
-        raise
     except FileNotFoundError as error:
         text = error.args[-1] if error.args else str(error)
         raise MissingFileError(
@@ -132,22 +133,11 @@ def build_task(setup: TaskSetup, seed: int, batch_size: int | None) -> Any:
         ) from None
 
 
-def _number(text: Any) -> Any:
-    """A digits option from the command line: an int or float when it reads as one."""
-    if not isinstance(text, str):
-        return text
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
-
-
 def task_setup(
     name: str,
     options: dict[str, Any] | None = None,
     *,
+    given: Mapping[str, Any] | None = None,
     seed: int = 0,
     epochs: int | None = None,
     lr: float | None = None,
@@ -157,8 +147,11 @@ def task_setup(
 ) -> tuple[TaskSetup, MethodConfig]:
     """Check the task and its options (building it once, untrained) and read its recipe:
     the setup and the base MethodConfig (epochs, lr, batch size: the arguments, else the
-    recipe's). With ``factory`` (``factory(seed)`` -> a Task) the task is the user's own,
-    named ``name`` and matched by ``identity``."""
+    recipe's). ``options`` are typed values (the factory's annotations); ``given``, the same
+    options as the command line gave them (strings; default: ``options``), make the identity,
+    byte for byte as before the options were typed, so that finished runs are found again.
+    With ``factory`` (``factory(seed)`` -> a Task) the task is the user's own, named ``name``
+    and matched by ``identity``."""
     from ..tasks import TASKS
     from ..tasks.user import task_identity
 
@@ -177,6 +170,7 @@ def task_setup(
     if name not in TASKS:
         raise ParamCorruptError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     options = dict(options or {})
+    given = dict(options if given is None else given)
     for key in ("seed", "train", "checkpoint", "state_dict", "epochs"):
         if key in options:
             raise ParamCorruptError(f"--task-option {key} is set by the train command; use its own options instead")
@@ -185,8 +179,9 @@ def task_setup(
     if name != "digits" and batch_size is not None:
         if "batch_size" in options:
             raise ParamCorruptError("give the batch size once: --batch-size or --task-option batch_size")
-        options["batch_size"] = str(batch_size)
-    identity = task_identity(name, [(k, v) for k, v in sorted(options.items()) if k not in ("data_dir", "cache_dir")])
+        options["batch_size"] = batch_size
+        given["batch_size"] = str(batch_size)
+    identity = task_identity(name, [(k, v) for k, v in sorted(given.items()) if k not in ("data_dir", "cache_dir")])
     setup = TaskSetup(name, options, None, identity)
     task = build_task(setup, seed, batch_size)
     if task.train_loader is None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,8 +44,8 @@ from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from ..train.recipe import Recipe
-from ._options import as_bool, as_int, int_tuple, load_into, load_weights, resolve_device
-from .base import Task
+from .base import Task, check_int
+from .weights import load_into, load_weights, resolve_device
 
 __all__ = [
     "CIFAR10_RECIPE",
@@ -138,7 +138,7 @@ class ImageBatches:
             raise ParamCorruptError(
                 f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
             )
-        self.batch_size = as_int(batch_size, "batch_size")
+        self.batch_size = check_int(batch_size, "batch_size")
         device = torch.device(device or "cpu")
         self.images, self.labels = images.to(device), labels.long().to(device)
         std = torch.tensor(CIFAR10_STD, device=device).view(1, -1, 1, 1)
@@ -158,7 +158,10 @@ class ImageBatches:
 
 
 def build_resnet(
-    model: str = "resnet20", depths: Any = None, widths: Any = None, num_classes: int = 10
+    model: str = "resnet20",
+    depths: Sequence[int] | None = None,
+    widths: Sequence[int] | None = None,
+    num_classes: int = 10,
 ) -> nn.Module:
     """A :class:`~paramcorrupt.models.CifarResNet` by name (see :data:`MODELS`), or with explicit
     ``depths`` and ``widths`` (which override the named model's).
@@ -174,9 +177,16 @@ def build_resnet(
             f"unknown model {model!r}; expected one of {', '.join(MODELS)} (or give depths and widths)"
         )
     base_depths, base_widths = MODELS[model]
-    depths = base_depths if depths is None else int_tuple(depths, "depths")
-    widths = base_widths if widths is None else int_tuple(widths, "widths")
+    depths = base_depths if depths is None else _ints(depths, "depths")
+    widths = base_widths if widths is None else _ints(widths, "widths")
     return CifarResNet(depths, widths, num_classes)
+
+
+def _ints(values: Sequence[int], what: str) -> tuple[int, ...]:
+    """A non-empty sequence of integers >= 1 as a tuple."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ParamCorruptError(f"{what} must be a non-empty sequence of integers such as (3, 3, 3), got {values!r}")
+    return tuple(check_int(v, what) for v in values)
 
 
 def _stages(model: nn.Module) -> tuple[str, ...]:
@@ -214,37 +224,95 @@ def resnet_groups_by_position_type(model: nn.Module) -> dict[str, ParameterGroup
     return groups
 
 
+#: the task's groupings (see the module's docstring)
+_GROUPINGS = {
+    "type": resnet_groups_by_type,
+    "position": resnet_groups_by_position,
+    "position_type": resnet_groups_by_position_type,
+}
+
+
+def _limit(value: int | None, what: str, minimum: int = 1) -> int | None:
+    return None if value is None else check_int(value, what, minimum)
+
+
+def _cifar_model(
+    model: str,
+    depths: Sequence[int] | None,
+    widths: Sequence[int] | None,
+    checkpoint: str | os.PathLike[str] | None,
+    state_dict: Mapping[str, Tensor] | None,
+    seed: int,
+) -> tuple[nn.Module, bool]:
+    """The ResNet initialised from ``seed``, the weights loaded when given; and whether they were."""
+    torch.manual_seed(seed)
+    net = build_resnet(model, depths, widths)
+    if checkpoint is not None:
+        state_dict = load_weights(checkpoint)
+    if state_dict is None:
+        logger.info("cifar10: no checkpoint given, the %s model is untrained", model)
+        return net, False
+    load_into(net, state_dict, f"the {model} model (depths {net.depths}, widths {net.widths})")
+    return net, True
+
+
+def _train_loader(
+    images: Tensor, labels: Tensor, *, batch_size: int, augment: bool, num_workers: int, seed: int, device: torch.device
+) -> tuple[Any, int]:
+    """The shuffled, augmented training loader (on ``device``) and its number of images."""
+    from ..data.cifar10 import AugmentedImages
+
+    train_set = AugmentedImages(images, labels, augment=augment, generator=torch.Generator().manual_seed(seed + 1))
+    worker_init = None
+    if num_workers > 0:
+        from ..data.cifar10 import seed_augmentation_worker
+
+        worker_init = seed_augmentation_worker
+    loader: Any = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        worker_init_fn=worker_init,
+    )
+    if device.type != "cpu":
+        loader = DeviceLoader(loader, device)
+    return loader, len(train_set)
+
+
 def cifar10_task(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     model: str = "resnet20",
-    depths: Any = None,
-    widths: Any = None,
+    depths: tuple[int, ...] | None = None,
+    widths: tuple[int, ...] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     state_dict: Mapping[str, Tensor] | None = None,
-    limit_train: Any = None,
-    limit_test: Any = None,
-    limit_gradient: Any = None,
-    batch_size: Any = 128,
-    eval_batch_size: Any = 500,
-    augment: Any = True,
-    num_workers: Any = 0,
-    seed: Any = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    limit_gradient: int | None = None,
+    batch_size: int = 128,
+    eval_batch_size: int = 500,
+    augment: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
     device: str | torch.device | None = None,
-    progress: Any = False,
+    progress: bool = False,
 ) -> Task:
     """The CIFAR-10 task (see the module's docstring).
 
-    Every option may be given as a string (as ``--task-option KEY=VALUE`` passes it).
+    The options are typed values; ``paramcorrupt probe/train --task-option KEY=VALUE``
+    converts its strings by these annotations (``depths=3,4,6,3``, ``augment=no``, ...).
 
     Args:
         data_dir: the folder containing ``cifar10_jpg/`` (default: ``$PARAMCORRUPT_DATA``).
         cache_dir: where decoded images are cached (default: ``$PARAMCORRUPT_CACHE`` or
             ``~/.cache/paramcorrupt``).
         model: "resnet20" (default), "resnet34", "resnet14", "resnet8" or "tiny".
-        depths: blocks per stage (e.g. "3,4,6,3"), overriding the named model's.
-        widths: channels per stage (e.g. "16,32,64"), overriding the named model's.
+        depths: blocks per stage (e.g. (3, 4, 6, 3)), overriding the named model's.
+        widths: channels per stage (e.g. (16, 32, 64)), overriding the named model's.
         checkpoint: a file with the weights (a state dict or a training checkpoint).
         state_dict: the weights themselves (instead of ``checkpoint``).
         limit_train: train on the first ``limit_train`` training images only (class-balanced).
@@ -263,83 +331,38 @@ def cifar10_task(
         FileNotFoundError: when the data (or the checkpoint) is not found.
         ValueError: for bad options or weights that do not fit the model.
     """
-    from ..data.cifar10 import AugmentedImages, load_cifar10
+    from ..data.cifar10 import load_cifar10
 
     if checkpoint is not None and state_dict is not None:
         raise ParamCorruptError("give checkpoint or state_dict, not both")
-    seed = as_int(seed, "seed", minimum=0)
-    limit_train = as_int(limit_train, "limit_train", optional=True)
-    limit_test = as_int(limit_test, "limit_test", optional=True)
-    limit_gradient = as_int(limit_gradient, "limit_gradient", optional=True)
-    if limit_gradient is None:
-        limit_gradient = limit_train
-    batch_size = as_int(batch_size, "batch_size")
-    eval_batch_size = as_int(eval_batch_size, "eval_batch_size")
-    num_workers = as_int(num_workers, "num_workers", minimum=0)
-    augment, progress = as_bool(augment, "augment"), as_bool(progress, "progress")
-    device = resolve_device(device)
+    seed = check_int(seed, "seed", minimum=0)
+    limit_train, limit_test = _limit(limit_train, "limit_train"), _limit(limit_test, "limit_test")
+    limit_gradient = limit_train if limit_gradient is None else _limit(limit_gradient, "limit_gradient")
+    batch_size, eval_batch_size = check_int(batch_size, "batch_size"), check_int(eval_batch_size, "eval_batch_size")
+    num_workers = check_int(num_workers, "num_workers", minimum=0)
+    resolved = resolve_device(device)
 
-    # one decode of the training images serves the training and the gradient loaders
-    needed = (
-        None if limit_train is None or limit_gradient is None else max(limit_train, limit_gradient)
-    )
-    train_images, train_labels = load_cifar10(
-        "train", data_dir, limit=needed, cache_dir=cache_dir, progress=progress
-    )
-    test_images, test_labels = load_cifar10(
-        "test", data_dir, limit=limit_test, cache_dir=cache_dir, progress=progress
-    )
+    needed = None if limit_train is None or limit_gradient is None else max(limit_train, limit_gradient)  # one decode
+    train_images, train_labels = load_cifar10("train", data_dir, limit=needed, cache_dir=cache_dir, progress=progress)
+    test_images, test_labels = load_cifar10("test", data_dir, limit=limit_test, cache_dir=cache_dir, progress=progress)
 
-    torch.manual_seed(seed)
-    net = build_resnet(model, depths, widths)
-    trained = False
-    if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-    if state_dict is not None:
-        load_into(net, state_dict, f"the {model} model (depths {net.depths}, widths {net.widths})")
-        trained = True
-    else:
-        logger.info("cifar10: no checkpoint given, the %s model is untrained", model)
-    net.to(device).eval()
-
-    train_set = AugmentedImages(
-        train_images[:limit_train] if limit_train else train_images,
-        train_labels[:limit_train] if limit_train else train_labels,
-        augment=augment,
-        generator=torch.Generator().manual_seed(seed + 1),
+    net, trained = _cifar_model(model, depths, widths, checkpoint, state_dict, seed)
+    net.to(resolved).eval()
+    train_loader, train_size = _train_loader(
+        train_images[:limit_train], train_labels[:limit_train],
+        batch_size=batch_size, augment=augment, num_workers=num_workers, seed=seed, device=resolved,
     )
-    worker_init = None
-    if num_workers > 0:
-        from ..data.cifar10 import seed_augmentation_worker
-
-        worker_init = seed_augmentation_worker
-    train_loader: Any = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=num_workers,
-        worker_init_fn=worker_init,
-    )
-    if device.type != "cpu":
-        train_loader = DeviceLoader(train_loader, device)
-    g_images = train_images[:limit_gradient] if limit_gradient else train_images
-    g_labels = train_labels[:limit_gradient] if limit_gradient else train_labels
+    g_images, g_labels = train_images[:limit_gradient], train_labels[:limit_gradient]
     return Task(
         name="cifar10",
         model=net,
-        gradient_loader=ImageBatches(g_images, g_labels, eval_batch_size, device),
-        eval_loader=ImageBatches(test_images, test_labels, eval_batch_size, device),
+        gradient_loader=ImageBatches(g_images, g_labels, eval_batch_size, resolved),
+        eval_loader=ImageBatches(test_images, test_labels, eval_batch_size, resolved),
         loss_fn=classification_loss,
         metrics={"accuracy": accuracy},
         primary_metric="accuracy",
-        higher_is_better=True,
         chance=0.1,  # ten classes
-        groupings={
-            "type": resnet_groups_by_type,
-            "position": resnet_groups_by_position,
-            "position_type": resnet_groups_by_position_type,
-        },
+        groupings=_GROUPINGS,
         train_loader=train_loader,
         info={
             "seed": seed,
@@ -349,11 +372,11 @@ def cifar10_task(
             "parameters": sum(p.numel() for p in net.parameters()),
             "trained": trained,
             "checkpoint": None if checkpoint is None else str(checkpoint),
-            "train_size": len(train_set),
+            "train_size": train_size,
             "gradient_size": int(g_labels.numel()),
             "test_size": int(test_labels.numel()),
             "batch_size": batch_size,
-            "device": str(device),
+            "device": str(resolved),
             "recipe": CIFAR10_RECIPE,
         },
     )

@@ -155,7 +155,6 @@ def digits_task(
         loss_fn=classification_loss,
         metrics={"accuracy": accuracy},
         primary_metric="accuracy",
-        higher_is_better=True,
         chance=0.1,  # ten classes
         groupings={"type": groups_by_type, "position": groups_by_position},
         train_loader=train_loader,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputTypeError, ParamCorruptError
+from ..groups import groups_by_component, groups_by_layer
 from ..losses import BatchLoss, describe_metric
 from ..train.recipe import Recipe
+from .base import Task, check_int
+from .hf_data import DataFiles, DictBatches, require_transformers, split_rows, synthetic_data
 
 __all__ = [
     "HEADS",
@@ -69,16 +72,6 @@ _HEAD_ALIASES = {
 
 #: what a training run of an HF task uses (``paramcorrupt train``): Adam at 1e-3, clipping 1.0
 HF_RECIPE = Recipe(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule=None, max_grad_norm=1.0, epochs=1)
-
-
-def _require_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Hugging Face models need the transformers package: pip install 'paramcorrupt[hf]'"
-        ) from error
-    return transformers
 
 
 # -- loss and metrics ---------------------------------------------------------------------------
@@ -187,100 +180,6 @@ class HFPerplexity(HFLogPerplexity):
         return math.exp(log_ppl) if log_ppl < 709.0 else math.inf
 
 
-# -- data ---------------------------------------------------------------------------------------
-
-
-class DictBatches:
-    """A re-iterable loader of dict batches cut from tensors of equal first dimension.
-
-    Args:
-        data: name -> tensor [N, ...] (``input_ids``, ``attention_mask``, ``labels``).
-        batch_size: rows per batch (the last one may be smaller).
-        shuffle: a seeded permutation per pass (training); ``False``: in order.
-        seed: the permutation's seed.
-    """
-
-    def __init__(self, data: Mapping[str, Tensor], batch_size: int, *, shuffle: bool = False, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ParamCorruptError(f"batch_size must be >= 1, got {batch_size}")
-        sizes = {int(t.shape[0]) for t in data.values()}
-        if len(sizes) != 1:
-            raise ParamCorruptError(f"the data's tensors have different numbers of rows: {sorted(sizes)}")
-        self.data, self.batch_size, self.shuffle = dict(data), batch_size, shuffle
-        self.rows = sizes.pop()
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-self.rows // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        order = torch.randperm(self.rows, generator=self.generator) if self.shuffle else torch.arange(self.rows)
-        for start in range(0, self.rows, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield {k: v[idx] for k, v in self.data.items()}
-
-
-def _synthetic(head: str, vocab_size: int, num_labels: int, rows: int, seq_len: int, seed: int) -> dict[str, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab_size, (rows, seq_len), generator=g)
-    if head == "causal-lm":
-        # a learnable pattern: every other token repeats its predecessor
-        ids[:, 1::2] = ids[:, 0::2][:, : ids[:, 1::2].shape[1]]
-        labels = ids.clone()
-    else:
-        labels = ids[:, 0] % num_labels  # the label is readable from the first token
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        blob: Any = load_file(str(path))
-    else:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, Mapping) or "input_ids" not in blob:
-        raise ParamCorruptError(f"data file {path} must hold a mapping with 'input_ids' (and optionally attention_mask, labels)")
-    return {k: v for k, v in blob.items() if isinstance(v, Tensor)}
-
-
-def _tokenise(path: Path, head: str, tokenizer_dir: Path | None, seq_len: int) -> dict[str, Tensor]:
-    if tokenizer_dir is None:
-        raise ParamCorruptError(f"a text data file ({path}) needs a tokenizer: load the model from a folder that has one")
-    transformers = _require_transformers()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ParamCorruptError(f"cannot load a tokenizer from {tokenizer_dir}: {str(error).splitlines()[0]}") from None
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if head == "causal-lm":
-        ids = tokenizer("\n".join(lines))["input_ids"]
-        blocks = len(ids) // seq_len
-        if blocks < 2:
-            raise ParamCorruptError(f"{path} gives {len(ids)} tokens: fewer than two blocks of seq_len={seq_len}")
-        ids_t = torch.tensor(ids[: blocks * seq_len]).view(blocks, seq_len)
-        return {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t), "labels": ids_t.clone()}
-    labels, texts = [], []
-    for number, line in enumerate(lines, 1):
-        label, sep, text = line.partition("\t")
-        if not sep:
-            raise ParamCorruptError(f"{path}:{number}: expected LABEL<TAB>TEXT")
-        labels.append(int(label))
-        texts.append(text)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": torch.tensor(labels)}
-
-
-def _split(data: dict[str, Tensor], eval_fraction: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    rows = int(next(iter(data.values())).shape[0])
-    cut = rows - max(1, int(round(rows * eval_fraction)))
-    if cut < 1:
-        raise ParamCorruptError(f"the data has {rows} rows: too few to split into gradient and evaluation sets")
-    return {k: v[:cut] for k, v in data.items()}, {k: v[cut:] for k, v in data.items()}
-
-
 # -- models -------------------------------------------------------------------------------------
 
 
@@ -310,7 +209,7 @@ def _head(head: str | None) -> str | None:
 
 
 def _auto_class(head: str) -> Any:
-    transformers = _require_transformers()
+    transformers = require_transformers()
     return transformers.AutoModelForCausalLM if head == "causal-lm" else transformers.AutoModelForSequenceClassification
 
 
@@ -342,7 +241,7 @@ def load_hf_model(path: str | os.PathLike[str], head: str | None = None, *, dtyp
     folder = Path(path).expanduser()
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise ParamCorruptError(f"{folder} is not a Hugging Face checkpoint folder (no config.json in it)")
-    transformers = _require_transformers()
+    transformers = require_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
@@ -371,69 +270,16 @@ def build_from_config(config: Any, head: str | None = None, *, seed: int = 0) ->
 # -- the task -----------------------------------------------------------------------------------
 
 
-def _as_int(value: Any, what: str) -> int:
-    from ._options import as_int
-
-    number = as_int(value, what)
-    assert number is not None
-    return number
-
-
-def hf_task(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    head: str | None = None,
-    model: nn.Module | None = None,
-    config: Any = None,
-    data: str | os.PathLike[str] | None = None,
-    eval_data: str | os.PathLike[str] | None = None,
-    seq_len: Any = 32,
-    examples: Any = 64,
-    eval_examples: Any = 32,
-    batch_size: Any = 8,
-    eval_batch_size: Any = None,
-    dtype: Any = None,
-    lr: Any = None,
-    epochs: Any = None,
-    seed: Any = 0,
-    data_dir: Any = None,
-) -> Any:
-    """A task around a Hugging Face model: a local checkpoint folder, a config or a model.
-
-    Exactly one of ``path`` (a folder ``save_pretrained`` wrote; loaded offline, safetensors
-    only), ``config`` (a ``transformers`` config: a seeded random model) or ``model`` (an HF
-    model object) gives the model. Options may be strings (``--task-option KEY=VALUE``).
-
-    Args:
-        path: the checkpoint folder.
-        head: "causal-lm", "sequence-classification", or None/"auto" (from the config's
-            ``architectures``, or the model's class).
-        model, config: the model, or a config to build one from.
-        data: token data: a ``.safetensors``/``.pt`` file with ``input_ids`` [N, L] (and
-            ``attention_mask``, ``labels``; a causal LM's labels default to its inputs), a
-            text file tokenised with the folder's tokenizer (``.txt``: running text for a
-            causal LM, cut into ``seq_len`` blocks; ``.tsv``: ``LABEL<TAB>TEXT`` lines for
-            classification), or None/"synthetic": seeded random tokens (a learnable pattern).
-        eval_data: the evaluation data (default: the last 20% of ``data``; synthetic: a
-            second seeded draw of ``eval_examples`` rows).
-        seq_len, examples, eval_examples: synthetic data's shape (and the text block length).
-        batch_size, eval_batch_size: training and gradient/evaluation batch sizes.
-        dtype: the parameters' dtype ("float32", "bfloat16"; default: as loaded).
-        lr, epochs: override :data:`HF_RECIPE` for ``paramcorrupt train``.
-        seed: seeds the synthetic data, a config's initialisation and the training order.
-        data_dir: accepted (the CLI passes ``--data-dir``), unused unless ``data`` is relative.
-
-    Raises:
-        ValueError: for no or several model sources, a folder that is not a checkpoint, an
-            unknown head type or dtype, or unreadable data.
-    """
-    from ..groups import groups_by_component, groups_by_layer
-    from .base import Task
-
-    seed = _as_int(seed, "seed") if not isinstance(seed, int) else seed
-    seq_len = _as_int(seq_len, "seq_len")
-    batch_size = _as_int(batch_size, "batch_size")
-    eval_batch_size = batch_size if eval_batch_size is None else _as_int(eval_batch_size, "eval_batch_size")
+def _hf_model(
+    path: str | os.PathLike[str] | None,
+    head: str | None,
+    model: nn.Module | None,
+    config: object | None,
+    dtype: str | torch.dtype | None,
+    seed: int,
+) -> tuple[nn.Module, str, Path | None]:
+    """(the model in evaluation mode, its head, the folder of its tokenizer or None) from
+    exactly one of ``path``, ``config`` and ``model``."""
     given = [name for name, value in (("path", path), ("config", config), ("model", model)) if value is not None]
     if len(given) != 1:
         raise ParamCorruptError(f"give exactly one of path, config or model for a Hugging Face task (got {', '.join(given) or 'none'})")
@@ -453,53 +299,93 @@ def hf_task(
     cfg = net.config
     if getattr(cfg, "use_cache", None):
         cfg.use_cache = False  # no key/value caches kept in outputs
-    vocab = int(cfg.vocab_size)
-    num_labels = int(getattr(cfg, "num_labels", 2))
+    return net, chosen, tokenizer_dir
 
-    def resolve_file(value: Any) -> Path:
-        file = Path(value).expanduser()
-        if not file.is_absolute() and data_dir is not None and not file.exists():
-            file = Path(data_dir) / file
-        if not file.is_file():
-            raise ParamCorruptError(f"data file {file} does not exist")
-        return file
 
-    def read(value: Any) -> dict[str, Tensor]:
-        file = resolve_file(value)
-        if file.suffix in (".txt", ".tsv"):
-            return _tokenise(file, chosen, tokenizer_dir, seq_len)
-        tensors = _read_tensors(file)
-        if "labels" not in tensors:
-            if chosen != "causal-lm":
-                raise ParamCorruptError(f"data file {file} has no 'labels' for sequence classification")
-            tensors["labels"] = tensors["input_ids"].clone()
-        tensors.setdefault("attention_mask", torch.ones_like(tensors["input_ids"]))
-        return tensors
+def _metrics(head: str, num_labels: int) -> tuple[dict[str, Any], str, float | None]:
+    """(metrics, the primary one, its chance level) of a head: a k-class classifier's chance
+    accuracy is 1 / k (the report's dotted line); a language model has none."""
+    if head == "causal-lm":
+        return {"log_ppl": HFLogPerplexity(), "perplexity": HFPerplexity(), "token_accuracy": hf_token_accuracy}, "log_ppl", None
+    return {"accuracy": hf_accuracy}, "accuracy", 1.0 / num_labels if num_labels > 1 else None
 
+
+def hf_task(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    head: str | None = None,
+    model: nn.Module | None = None,
+    config: object | None = None,
+    data: str | os.PathLike[str] | None = None,
+    eval_data: str | os.PathLike[str] | None = None,
+    seq_len: int = 32,
+    examples: int = 64,
+    eval_examples: int = 32,
+    batch_size: int = 8,
+    eval_batch_size: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> Task:
+    """A task around a Hugging Face model: a local checkpoint folder, a config or a model.
+
+    Exactly one of ``path`` (a folder ``save_pretrained`` wrote; loaded offline, safetensors
+    only), ``config`` (a ``transformers`` config: a seeded random model) or ``model`` (an HF
+    model object) gives the model. The options are typed values; ``--task-option KEY=VALUE``
+    converts its strings by these annotations.
+
+    Args:
+        path: the checkpoint folder.
+        head: "causal-lm", "sequence-classification", or None/"auto" (from the config's
+            ``architectures``, or the model's class).
+        model, config: the model, or a ``transformers`` config (``PretrainedConfig``) to
+            build one from.
+        data: token data: a ``.safetensors``/``.pt`` file with ``input_ids`` [N, L] (and
+            ``attention_mask``, ``labels``; a causal LM's labels default to its inputs), a
+            text file tokenised with the folder's tokenizer (``.txt``: running text for a
+            causal LM, cut into ``seq_len`` blocks; ``.tsv``: ``LABEL<TAB>TEXT`` lines for
+            classification), or None/"synthetic": seeded random tokens (a learnable pattern).
+        eval_data: the evaluation data (default: the last 20% of ``data``; synthetic: a
+            second seeded draw of ``eval_examples`` rows).
+        seq_len, examples, eval_examples: synthetic data's shape (and the text block length).
+        batch_size, eval_batch_size: training and gradient/evaluation batch sizes.
+        dtype: the parameters' dtype ("float32", "bfloat16"; default: as loaded).
+        lr, epochs: override :data:`HF_RECIPE` for ``paramcorrupt train``.
+        seed: seeds the synthetic data, a config's initialisation and the training order.
+        data_dir: accepted (the CLI passes ``--data-dir``), unused unless ``data`` is relative.
+
+    Raises:
+        ValueError: for no or several model sources, a folder that is not a checkpoint, an
+            unknown head type or dtype, or unreadable data.
+    """
+    seed = check_int(seed, "seed", minimum=0)
+    seq_len = check_int(seq_len, "seq_len")
+    batch_size = check_int(batch_size, "batch_size")
+    eval_batch_size = batch_size if eval_batch_size is None else check_int(eval_batch_size, "eval_batch_size")
+    net, chosen, tokenizer_dir = _hf_model(path, head, model, config, dtype, seed)
+    vocab = int(net.config.vocab_size)
+    num_labels = int(getattr(net.config, "num_labels", 2))
     if data is None or str(data) == "synthetic":
-        rows = _as_int(examples, "examples")
-        train_data = _synthetic(chosen, vocab, num_labels, rows, seq_len, seed)
-        test_data = _synthetic(chosen, vocab, num_labels, _as_int(eval_examples, "eval_examples"), seq_len, seed + 1)
+        rows = check_int(examples, "examples")
+        train_data = synthetic_data(chosen, vocab, num_labels, rows, seq_len, seed)
+        test_data = synthetic_data(chosen, vocab, num_labels, check_int(eval_examples, "eval_examples"), seq_len, seed + 1)
         source = f"synthetic({rows}x{seq_len})"
     else:
-        train_data = read(data)
+        files = DataFiles(chosen, tokenizer_dir, seq_len, data_dir)
+        train_data = files.read(data)
         if eval_data is None:
-            train_data, test_data = _split(train_data, 0.2)
+            train_data, test_data = split_rows(train_data, 0.2)
         else:
-            test_data = read(eval_data)
+            test_data = files.read(eval_data)
         source = str(data)
-    if chosen == "causal-lm":
-        metrics: dict[str, Any] = {"log_ppl": HFLogPerplexity(), "perplexity": HFPerplexity(), "token_accuracy": hf_token_accuracy}
-        primary, higher = "log_ppl", False
-    else:
-        metrics, primary, higher = {"accuracy": hf_accuracy}, "accuracy", True
-    # a k-class classifier's chance accuracy (the report's dotted line); none for a language model
-    chance = 1.0 / num_labels if chosen != "causal-lm" and num_labels > 1 else None
+    metrics, primary, chance = _metrics(chosen, num_labels)
     recipe = HF_RECIPE.replace(batch_size=batch_size)
     if lr is not None:
         recipe = recipe.replace(lr=float(lr))
     if epochs is not None:
-        recipe = recipe.replace(epochs=_as_int(epochs, "epochs"))
+        recipe = recipe.replace(epochs=check_int(epochs, "epochs"))
     params = sum(p.numel() for p in net.parameters())
     return Task(
         name=f"hf-{chosen}",
@@ -509,7 +395,6 @@ def hf_task(
         loss_fn=hf_loss,
         metrics=metrics,
         primary_metric=primary,
-        higher_is_better=higher,
         groupings={"type": groups_by_component, "position": groups_by_layer, "layer": groups_by_layer,
                    "component": groups_by_component},
         train_loader=DictBatches(train_data, batch_size, shuffle=True, seed=seed),

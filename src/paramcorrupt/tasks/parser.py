@@ -33,6 +33,7 @@ Groupings: ``"type"`` — ``embeddings`` (word, POS, label), ``hidden``, ``outpu
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
@@ -55,8 +56,8 @@ from ..models.mlp_parser import (
     parse,
 )
 from ..train.recipe import Recipe, fit_recipe
-from ._options import as_int, load_into, load_weights, resolve_device
-from .base import Task
+from .base import Task, check_int
+from .weights import load_into, load_weights, resolve_device
 
 __all__ = [
     "PARSER_RECIPE",
@@ -98,7 +99,7 @@ class TransitionBatches:
 
     def __init__(self, features: Tensor, target: Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> None:
         self.features, self.target = features, target
-        self.batch_size, self.shuffle = as_int(batch_size, "batch_size"), shuffle
+        self.batch_size, self.shuffle = check_int(batch_size, "batch_size"), shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -127,7 +128,7 @@ class SentenceBatches:
 
     def __init__(self, sentences: Sequence[EncodedSentence], batch_size: int, num_labels: int, labelled: bool) -> None:
         self.sentences = list(sentences)
-        self.batch_size = as_int(batch_size, "batch_size")
+        self.batch_size = check_int(batch_size, "batch_size")
         self.batches = []
         self.non_projective = 0
         for start in range(0, len(self.sentences), self.batch_size):
@@ -218,14 +219,30 @@ def ptb_dep_task(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    held_out: Any = 0.1,
+    held_out: float = 0.1,
     split_by: str = "sentence",
-    split_seed: Any = 0,
-    **options: Any,
+    split_seed: int = 0,
+    checkpoint: str | os.PathLike[str] | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+    min_count: int = 2,
+    emb_size: int = 50,
+    hidden_size: int = 200,
+    activation: str = "cube",
+    dropout: float = 0.5,
+    epochs: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    gradient_batch_size: int = 4096,
+    eval_batch_size: int = 512,
+    limit_train_sentences: int | None = None,
+    limit_eval_sentences: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> Task:
     """The PTB dependency-parsing task (see the module's docstring).
 
-    Every option may be given as a string (as ``--task-option KEY=VALUE`` passes it).
+    The options are typed values; ``paramcorrupt probe/train --task-option KEY=VALUE``
+    converts its strings by these annotations.
 
     Args:
         data_dir: the folder containing ``ptb_dep_nltk/dependency_treebank.zip``.
@@ -233,34 +250,28 @@ def ptb_dep_task(
         held_out: the share of sentences (or files) held out for evaluation.
         split_by: "sentence" or "file".
         split_seed: seeds the split.
-        **options: the model, its training and the slices, as keywords:
-
-            - ``min_count`` (2): words seen fewer times in training map to UNK;
-            - ``emb_size`` (50), ``hidden_size`` (200), ``activation`` ("cube" or "relu"),
-              ``dropout`` (0.5): the model;
-            - ``checkpoint`` / ``state_dict``: trained weights;
-            - ``epochs`` (0: the model stays untrained): train this many epochs in the task
-              when no weights are given;
-            - ``lr`` (1e-3): Adam's learning rate when training here (:data:`PARSER_RECIPE`,
-              x 0.9 per epoch);
-            - ``batch_size`` (1024), ``gradient_batch_size`` (4096), ``eval_batch_size``
-              (512): transitions per training and gradient batch; sentences per evaluation
-              batch;
-            - ``limit_train_sentences``, ``limit_eval_sentences``: keep only the first
-              sentences of each part (tiny slices for tests);
-            - ``seed`` (0): seeds the initialisation and the batch order;
-            - ``device``: "cpu" (default), "cuda", "auto", ...
+        checkpoint, state_dict: trained weights (a file, or the weights themselves).
+        min_count: words seen fewer times in training map to UNK.
+        emb_size, hidden_size, activation ("cube" or "relu"), dropout: the model.
+        epochs: (0: the model stays untrained) train this many epochs in the task when no
+            weights are given.
+        lr: Adam's learning rate when training here (:data:`PARSER_RECIPE`, x 0.9 per epoch).
+        batch_size, gradient_batch_size, eval_batch_size: transitions per training and
+            gradient batch; sentences per evaluation batch.
+        limit_train_sentences, limit_eval_sentences: keep only the first sentences of each
+            part (tiny slices for tests).
+        seed: seeds the initialisation and the batch order.
+        device: "cpu" (default), "cuda", "auto", ...
 
     Raises:
         FileNotFoundError: when the archive (or the checkpoint) is not found.
         ValueError: for bad options or weights that do not fit the model.
-        TypeError: for an unknown option.
     """
     from ..data.dependency import split_sentences
 
-    del cache_dir
+    options = {k: v for k, v in locals().items() if k in _MODEL_OPTIONS}
     sentences = _sentences(None if data_dir is None else str(data_dir))
-    train, test = split_sentences(sentences, float(held_out), as_int(split_seed, "split_seed", minimum=0), split_by)
+    train, test = split_sentences(sentences, float(held_out), check_int(split_seed, "split_seed", minimum=0), split_by)
     return _parser_task("ptb-dep", train, test, **options)
 
 
@@ -276,7 +287,22 @@ def ud_ewt_task(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     eval_split: str = "test",
-    **options: Any,
+    checkpoint: str | os.PathLike[str] | None = None,
+    state_dict: Mapping[str, Tensor] | None = None,
+    min_count: int = 2,
+    emb_size: int = 50,
+    hidden_size: int = 200,
+    activation: str = "cube",
+    dropout: float = 0.5,
+    epochs: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    gradient_batch_size: int = 4096,
+    eval_batch_size: int = 512,
+    limit_train_sentences: int | None = None,
+    limit_eval_sentences: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> Task:
     """The labelled parsing task ``ud-ewt``: the same parser on UD English-EWT (12,544
     training trees, the official dev and test splits), with 48 features (18 words, 18 PTB
@@ -289,12 +315,16 @@ def ud_ewt_task(
         FileNotFoundError: when the data (or the checkpoint) is not found.
         ValueError: for bad options or weights that do not fit the model.
     """
-    del cache_dir
+    options = {k: v for k, v in locals().items() if k in _MODEL_OPTIONS}
     if eval_split not in ("dev", "test"):
         raise ParamCorruptError(f"eval_split must be 'dev' or 'test', got {eval_split!r}")
     key = None if data_dir is None else str(data_dir)
     train, test = list(_ud_split(key, "train")), list(_ud_split(key, eval_split))
     return _parser_task("ud-ewt", train, test, extra_info={"eval_split": eval_split}, **options)
+
+
+def _limit(value: int | None, what: str) -> int | None:
+    return None if value is None else check_int(value, what)
 
 
 def _parser_task(
@@ -304,49 +334,49 @@ def _parser_task(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     state_dict: Mapping[str, Tensor] | None = None,
-    min_count: Any = 2,
-    emb_size: Any = 50,
-    hidden_size: Any = 200,
+    min_count: int = 2,
+    emb_size: int = 50,
+    hidden_size: int = 200,
     activation: str = "cube",
-    dropout: Any = 0.5,
-    epochs: Any = 0,
-    lr: Any = 1e-3,
-    batch_size: Any = 1024,
-    gradient_batch_size: Any = 4096,
-    eval_batch_size: Any = 512,
-    limit_train_sentences: Any = None,
-    limit_eval_sentences: Any = None,
-    seed: Any = 0,
+    dropout: float = 0.5,
+    epochs: int = 0,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    gradient_batch_size: int = 4096,
+    eval_batch_size: int = 512,
+    limit_train_sentences: int | None = None,
+    limit_eval_sentences: int | None = None,
+    seed: int = 0,
     device: str | torch.device | None = None,
     extra_info: Mapping[str, Any] | None = None,
 ) -> Task:
     """The parser task on these training and evaluation trees (see :func:`ptb_dep_task`)."""
     if checkpoint is not None and state_dict is not None:
         raise ParamCorruptError("give checkpoint or state_dict, not both")
-    seed = as_int(seed, "seed", minimum=0)
-    epochs = as_int(epochs, "epochs", minimum=0)
-    limit_train = as_int(limit_train_sentences, "limit_train_sentences", optional=True)
-    limit_eval = as_int(limit_eval_sentences, "limit_eval_sentences", optional=True)
-    device = resolve_device(device)
+    seed = check_int(seed, "seed", minimum=0)
+    epochs = check_int(epochs, "epochs", minimum=0)
+    limit_train = _limit(limit_train_sentences, "limit_train_sentences")
+    limit_eval = _limit(limit_eval_sentences, "limit_eval_sentences")
+    resolved = resolve_device(device)
     train, test = train[:limit_train], test[:limit_eval]
-    vocab = ParserVocab(train, as_int(min_count, "min_count"))
+    vocab = ParserVocab(train, check_int(min_count, "min_count"))
     num_labels = max(1, len(vocab.labels))
     train_enc = [vocab.encode(s) for s in train]
     test_enc = [vocab.encode(s) for s in test]
     x, y, non_projective = oracle_tensors(train_enc, num_labels, vocab.labelled)
-    x, y = x.to(device), y.to(device)
+    x, y = x.to(resolved), y.to(resolved)
 
     torch.manual_seed(seed)
     net = MLPParser(
         len(vocab.words), len(vocab.pos), len(vocab.labels),
-        emb_size=as_int(emb_size, "emb_size"), hidden_size=as_int(hidden_size, "hidden_size"),
+        emb_size=check_int(emb_size, "emb_size"), hidden_size=check_int(hidden_size, "hidden_size"),
         activation=activation, dropout=float(dropout),
     )
     train_loader = TransitionBatches(x, y, batch_size, shuffle=True, seed=seed)
     eval_loader = SentenceBatches(test_enc, eval_batch_size, num_labels, vocab.labelled)
-    if device.type != "cpu":
+    if resolved.type != "cpu":
         for batch in eval_loader.batches:
-            batch["features"], batch["target"] = batch["features"].to(device), batch["target"].to(device)
+            batch["features"], batch["target"] = batch["features"].to(resolved), batch["target"].to(resolved)
     trained = False
     history: list[dict[str, float]] = []
     if checkpoint is not None:
@@ -354,8 +384,8 @@ def _parser_task(
     if state_dict is not None:
         load_into(net, state_dict, "the MLP parser")
         trained = True
-    net.to(device)
-    recipe = PARSER_RECIPE.replace(lr=float(lr), batch_size=int(batch_size))
+    net.to(resolved)
+    recipe = PARSER_RECIPE.replace(lr=float(lr), batch_size=check_int(batch_size, "batch_size"))
     if state_dict is None and epochs > 0:
         history = fit_recipe(net, train_loader, ParserLoss(), recipe, epochs=epochs)
         trained = True
@@ -374,7 +404,6 @@ def _parser_task(
         loss_fn=ParserLoss(),
         metrics=metrics,
         primary_metric="uas",
-        higher_is_better=True,
         groupings={"type": parser_groups, "position": parser_groups},
         train_loader=train_loader,
         info={
@@ -390,8 +419,12 @@ def _parser_task(
             "vocab": {"words": len(vocab.words), "pos": len(vocab.pos), "labels": len(vocab.labels)},
             "labelled": vocab.labelled,
             "parameters": sum(p.numel() for p in net.parameters()),
-            "device": str(device),
+            "device": str(resolved),
             "recipe": recipe,
             **(extra_info or {}),
         },
     )
+
+
+#: the options of the model, its training and the slices, shared by both parser tasks
+_MODEL_OPTIONS = tuple(inspect.signature(_parser_task).parameters)[3:-1]

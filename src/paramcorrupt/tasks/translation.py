@@ -43,8 +43,8 @@ from ..errors import ParamCorruptError
 from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
 from ..train.recipe import Recipe, fit_recipe
-from ._options import as_bool, as_int, load_into, load_weights, resolve_device
-from .base import Task
+from .base import Task, check_int
+from .weights import load_into, load_weights, resolve_device
 
 __all__ = [
     "BLEU",
@@ -233,35 +233,126 @@ def _split(data_dir: str | None, split: str) -> tuple:
     return tuple(map(tuple, de)), tuple(map(tuple, en))
 
 
+def _limit(value: int | None, what: str) -> int | None:
+    return None if value is None else check_int(value, what)
+
+
+def _transformer(
+    model: str,
+    sizes: Mapping[str, int | None],
+    dropout: float | None,
+    normalize_before: bool,
+    vocab_sizes: tuple[int, int],
+    seed: int,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The named transformer with its sizes overridden, initialised from ``seed``; and its options."""
+    from ..models.transformer import TRANSFORMERS, TransformerModel
+
+    options = dict(TRANSFORMERS[model])
+    for name, value in sizes.items():
+        if value is not None:
+            options[name] = check_int(value, name)
+    if dropout is not None:
+        options["dropout"] = float(dropout)
+    torch.manual_seed(seed)
+    return TransformerModel(*vocab_sizes, normalize_before=bool(normalize_before), **options), options
+
+
+def _pairs(
+    data_dir: str | os.PathLike[str] | None, eval_split: str, limit_train: int | None, limit_eval: int | None, min_freq: int
+) -> tuple[tuple[list, list, list, list], tuple[Any, Any]]:
+    """((train De, train En, eval De, eval En) tokenised sentences, the first ones only with a
+    limit; (De, En) vocabularies of the training sentences)."""
+    from ..data.multi30k import Vocab
+
+    key = None if data_dir is None else str(data_dir)
+    train_de, train_en = (list(x[:limit_train]) for x in _split(key, "train"))
+    eval_de, eval_en = (list(x[:limit_eval]) for x in _split(key, eval_split))
+    min_freq = check_int(min_freq, "min_freq")
+    return (train_de, train_en, eval_de, eval_en), (Vocab(train_de, min_freq), Vocab(train_en, min_freq))
+
+
+def _loaders(
+    vocabs: tuple[Any, Any],
+    train: tuple[list, list],
+    evaluation: tuple[list, list],
+    *,
+    max_tokens: int,
+    eval_max_tokens: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[Any, Any, Any]:
+    """The training (shuffled), gradient and evaluation loaders of token-budget batches."""
+    from ..data.multi30k import TranslationBatches
+
+    src_vocab, tgt_vocab = vocabs
+    src_ids = [src_vocab.encode(s) for s in train[0]]
+    tgt_ids = [tgt_vocab.encode(s) for s in train[1]]
+    train_loader = TranslationBatches(src_ids, tgt_ids, max_tokens=max_tokens, shuffle=True, seed=seed, device=device)
+    gradient_loader = TranslationBatches(src_ids, tgt_ids, max_tokens=max_tokens, device=device)
+    eval_loader = TranslationBatches(
+        [src_vocab.encode(s) for s in evaluation[0]], [tgt_vocab.encode(s) for s in evaluation[1]],
+        max_tokens=eval_max_tokens, refs=evaluation[1], device=device,
+    )
+    return train_loader, gradient_loader, eval_loader
+
+
+def _load_or_fit(
+    net: nn.Module,
+    what: str,
+    checkpoint: str | os.PathLike[str] | None,
+    state_dict: Mapping[str, Tensor] | None,
+    device: torch.device,
+    training: tuple[Any, Any, Recipe, int],
+) -> tuple[bool, list[dict[str, float]]]:
+    """Load the given weights, else train ``epochs`` epochs here (none: the model stays
+    untrained); the model ends on ``device`` in evaluation mode. (Whether it is trained, the
+    training history.)"""
+    if checkpoint is not None:
+        state_dict = load_weights(checkpoint)
+    if state_dict is not None:
+        load_into(net, state_dict, what)
+    net.to(device)
+    train_loader, loss_fn, recipe, epochs = training
+    history: list[dict[str, float]] = []
+    if state_dict is None and epochs > 0:
+        history = fit_recipe(net, train_loader, loss_fn, recipe, epochs=epochs)
+    elif state_dict is None:
+        logger.info("multi30k: no checkpoint given, the transformer is untrained")
+    net.eval()
+    return state_dict is not None or epochs > 0, history
+
+
 def multi30k_task(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     model: str = "small",
-    d_model: Any = None,
-    ffn_dim: Any = None,
-    heads: Any = None,
-    layers: Any = None,
-    dropout: Any = None,
-    normalize_before: Any = False,
-    label_smoothing: Any = 0.1,
-    min_freq: Any = 2,
+    d_model: int | None = None,
+    ffn_dim: int | None = None,
+    heads: int | None = None,
+    layers: int | None = None,
+    dropout: float | None = None,
+    normalize_before: bool = False,
+    label_smoothing: float = 0.1,
+    min_freq: int = 2,
     checkpoint: str | os.PathLike[str] | None = None,
     state_dict: Mapping[str, Tensor] | None = None,
     eval_split: str = "test2016",
-    epochs: Any = 0,
-    lr: Any = 1e-3,
-    warmup: Any = 500,
-    max_tokens: Any = 2048,
-    eval_max_tokens: Any = 8192,
-    limit_train_sentences: Any = None,
-    limit_eval_sentences: Any = None,
-    seed: Any = 0,
+    epochs: int = 0,
+    lr: float = 1e-3,
+    warmup: int = 500,
+    max_tokens: int = 2048,
+    eval_max_tokens: int = 8192,
+    limit_train_sentences: int | None = None,
+    limit_eval_sentences: int | None = None,
+    seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Task:
     """The Multi30k De-En translation task (see the module's docstring).
 
-    Every option may be given as a string (as ``--task-option KEY=VALUE`` passes it).
+    The options are typed values; ``paramcorrupt probe/train --task-option KEY=VALUE``
+    converts its strings by these annotations.
 
     Args:
         data_dir: the folder containing ``multi30k/tok/`` (default: ``$PARAMCORRUPT_DATA``).
@@ -274,10 +365,9 @@ def multi30k_task(
         checkpoint / state_dict: trained weights.
         eval_split: "test2016" (default), "val", "test2017", "test2018", "mscoco".
         epochs: train this many epochs here when no weights are given (default 0: untrained).
-        lr, warmup: Adam's peak learning rate and warm-up steps when training here (the
-            defaults, with 2,048-token batches, reach 37.4 and 38.5 BLEU on test2016 (seeds 0
-            and 1, greedy) in 12 epochs with the "small" model:
-            ``benchmarks/reproduce_transformer.py``).
+        lr, warmup: Adam's peak learning rate and warm-up steps when training here (the defaults,
+            with 2,048-token batches, reach 37.4 and 38.5 BLEU on test2016 (seeds 0 and 1,
+            greedy) in 12 epochs with the "small" model: ``benchmarks/reproduce_transformer.py``).
         max_tokens, eval_max_tokens: token budgets of training / gradient and eval batches.
         limit_train_sentences, limit_eval_sentences: keep only the first pairs (tiny slices).
         seed: seeds the initialisation and the batch order.
@@ -287,74 +377,36 @@ def multi30k_task(
         FileNotFoundError: when the data (or the checkpoint) is not found.
         ValueError: for bad options or weights that do not fit the model.
     """
-    from ..data.multi30k import TranslationBatches, Vocab
-    from ..models.transformer import TRANSFORMERS, TransformerModel
+    from ..models.transformer import TRANSFORMERS
 
     del cache_dir
     if checkpoint is not None and state_dict is not None:
         raise ParamCorruptError("give checkpoint or state_dict, not both")
     if model not in TRANSFORMERS:
         raise ParamCorruptError(f"unknown model {model!r}; expected one of {', '.join(TRANSFORMERS)}")
-    seed = as_int(seed, "seed", minimum=0)
-    epochs = as_int(epochs, "epochs", minimum=0)
-    limit_train = as_int(limit_train_sentences, "limit_train_sentences", optional=True)
-    limit_eval = as_int(limit_eval_sentences, "limit_eval_sentences", optional=True)
-    device = resolve_device(device)
-    key = None if data_dir is None else str(data_dir)
-    train_de, train_en = (list(x[:limit_train]) for x in _split(key, "train"))
-    eval_de, eval_en = (list(x[:limit_eval]) for x in _split(key, eval_split))
-    src_vocab = Vocab(train_de, as_int(min_freq, "min_freq"))
-    tgt_vocab = Vocab(train_en, as_int(min_freq, "min_freq"))
-
-    options = dict(TRANSFORMERS[model])
-    for name, value in (("d_model", d_model), ("ffn_dim", ffn_dim), ("heads", heads), ("layers", layers)):
-        if value is not None:
-            options[name] = as_int(value, name)
-    if dropout is not None:
-        options["dropout"] = float(dropout)
-    torch.manual_seed(seed)
-    net = TransformerModel(len(src_vocab), len(tgt_vocab), normalize_before=as_bool(normalize_before, "normalize_before"), **options)
-
-    src_ids = [src_vocab.encode(s) for s in train_de]
-    tgt_ids = [tgt_vocab.encode(s) for s in train_en]
-    budget = as_int(max_tokens, "max_tokens")
-    train_loader = TranslationBatches(src_ids, tgt_ids, max_tokens=budget, shuffle=True, seed=seed, device=device)
-    gradient_loader = TranslationBatches(src_ids, tgt_ids, max_tokens=budget, device=device)
-    eval_loader = TranslationBatches(
-        [src_vocab.encode(s) for s in eval_de], [tgt_vocab.encode(s) for s in eval_en],
-        max_tokens=as_int(eval_max_tokens, "eval_max_tokens"), refs=eval_en, device=device,
+    seed, epochs = check_int(seed, "seed", minimum=0), check_int(epochs, "epochs", minimum=0)
+    limits = _limit(limit_train_sentences, "limit_train_sentences"), _limit(limit_eval_sentences, "limit_eval_sentences")
+    resolved = resolve_device(device)
+    (train_de, train_en, eval_de, eval_en), (src_vocab, tgt_vocab) = _pairs(data_dir, eval_split, *limits, min_freq)
+    sizes = {"d_model": d_model, "ffn_dim": ffn_dim, "heads": heads, "layers": layers}
+    net, options = _transformer(model, sizes, dropout, normalize_before, (len(src_vocab), len(tgt_vocab)), seed)
+    train_loader, gradient_loader, eval_loader = _loaders(
+        (src_vocab, tgt_vocab), (train_de, train_en), (eval_de, eval_en), max_tokens=check_int(max_tokens, "max_tokens"),
+        eval_max_tokens=check_int(eval_max_tokens, "eval_max_tokens"), seed=seed, device=resolved,
     )
     loss_fn = TranslationLoss(tgt_vocab, float(label_smoothing))
-    trained = False
-    history: list[dict[str, float]] = []
-    if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-    if state_dict is not None:
-        load_into(net, state_dict, f"the {model} transformer")
-        trained = True
-    net.to(device)
-    recipe = MULTI30K_RECIPE.replace(lr=float(lr), warmup=as_int(warmup, "warmup"))
-    if state_dict is None and epochs > 0:
-        history = fit_recipe(net, train_loader, loss_fn, recipe, epochs=epochs)
-        trained = True
-    elif state_dict is None:
-        logger.info("multi30k: no checkpoint given, the transformer is untrained")
-    net.eval()
+    recipe = MULTI30K_RECIPE.replace(lr=float(lr), warmup=check_int(warmup, "warmup"))
+    trained, history = _load_or_fit(net, f"the {model} transformer", checkpoint, state_dict, resolved,
+                                    (train_loader, loss_fn, recipe, epochs))
     return Task(
-        name="multi30k",
-        model=net,
-        gradient_loader=gradient_loader,
-        eval_loader=eval_loader,
-        loss_fn=loss_fn,
-        metrics={"bleu": BLEU()},
-        primary_metric="bleu",
-        higher_is_better=True,
+        name="multi30k", model=net, gradient_loader=gradient_loader, eval_loader=eval_loader, loss_fn=loss_fn,
+        metrics={"bleu": BLEU()}, primary_metric="bleu",
         groupings={"type": transformer_groups_by_type, "position": transformer_groups_by_position},
         train_loader=train_loader,
         info={
             "seed": seed,
             "model": model,
-            "architecture": {**options, "normalize_before": as_bool(normalize_before, "normalize_before")},
+            "architecture": {**options, "normalize_before": bool(normalize_before)},
             "parameters": sum(p.numel() for p in net.parameters()),
             "trained": trained,
             "history": history,
@@ -363,7 +415,7 @@ def multi30k_task(
             "train_pairs": len(train_de),
             "eval_split": eval_split,
             "eval_pairs": len(eval_de),
-            "device": str(device),
+            "device": str(resolved),
             "micro_batches": 1,  # eval batches carry references: do not split them
             "recipe": recipe,
         },

@@ -10,9 +10,14 @@ the one place a task's identity (what results and finished runs are matched by) 
   Its keys and shapes must match the model's exactly.
 - ``--data SPEC``: ``factory()`` returns either a Task-like object with the attributes
   ``gradient_loader``, ``eval_loader``, ``loss_fn`` and optionally ``metrics``,
-  ``primary_metric``, ``higher_is_better``, ``model`` (used when ``--model`` is not given),
-  ``name``, ``groupings``, ``train_loader``, ``info`` and ``chance``; or a tuple
+  ``primary_metric``, ``model`` (used when ``--model`` is not given), ``name``,
+  ``groupings``, ``train_loader``, ``info`` and ``chance``; or a tuple
   ``(gradient_loader, eval_loader, loss_fn[, metrics])``.
+
+A metric's direction and display are its own (:func:`paramcorrupt.losses.describe_metric`,
+read with :func:`~paramcorrupt.losses.metric_info`). A Task-like object that also says
+``higher_is_better`` gives that direction to its primary metric when the metric does not
+declare one (the metric is wrapped, not changed).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import torch
 from torch import nn
 
 from ..errors import InputTypeError, MissingFileError, ParamCorruptError
-from ._options import load_into, load_weights
+from ..losses import describe_metric, metric_info
 from .base import Task
+from .weights import load_into, load_weights
 
 __all__ = ["USER_RECIPE", "load_checkpoint_into", "resolve", "task_identity", "user_identity", "user_task"]
 
@@ -193,6 +199,32 @@ def _fields(result: Any, spec: str) -> dict[str, Any]:
     return fields
 
 
+class _DirectedMetric:
+    """A user's metric with the direction its Task-like object declares (``higher_is_better``)
+    when the metric itself declares none; everything else is the metric's."""
+
+    def __init__(self, metric: Any, higher_is_better: bool) -> None:
+        self.metric = metric
+        describe_metric(self, higher_is_better=higher_is_better, display_name=getattr(metric, "display_name", None),
+                        scale=getattr(metric, "scale", 1.0), unit=getattr(metric, "unit", None))
+
+    def __call__(self, output: Any, batch: Any) -> Any:
+        return self.metric(output, batch)
+
+    def __getattr__(self, name: str) -> Any:  # finalize, ... (only called for what is not set here)
+        if name == "metric":
+            raise AttributeError(name)
+        return getattr(self.metric, name)
+
+
+def _directed(metrics: Mapping[str, Any], primary: str, higher: Any) -> dict[str, Any]:
+    """The metrics, the primary one given the declared direction when it has none of its own."""
+    out = dict(metrics)
+    if higher is not None and primary in out and metric_info(out[primary]).higher_is_better is None:
+        out[primary] = _DirectedMetric(out[primary], bool(higher))
+    return out
+
+
 def user_task(
     model_spec: str | None,
     data_spec: str,
@@ -247,7 +279,6 @@ def user_task(
         load_checkpoint_into(model, checkpoint, checkpoint_key)
     declared = fields.get("primary_metric")
     metric = declared if declared in metrics else next(iter(metrics), "loss")
-    higher = fields.get("higher_is_better")
     info = dict(fields.get("info") or {})
     recipe = info.get("recipe") or USER_RECIPE  # a Recipe or a mapping of its keys
     info.update(
@@ -261,9 +292,8 @@ def user_task(
         gradient_loader=fields["gradient_loader"],
         eval_loader=fields["eval_loader"],
         loss_fn=fields["loss_fn"],
-        metrics=dict(metrics),
+        metrics=_directed(metrics, metric, fields.get("higher_is_better")),
         primary_metric=metric,
-        higher_is_better=metric != "loss" if higher is None else higher,
         groupings=dict(fields.get("groupings") or {}),
         train_loader=fields.get("train_loader") or fields["gradient_loader"],
         info=info,

@@ -1,12 +1,13 @@
-"""Reading task options (as ``--task-option KEY=VALUE`` passes them: often strings) and
-loading weights without unpickling code; shared by every task."""
+"""Loading a task's weights without unpickling code (:func:`load_weights`), into a model
+after checking keys and shapes (:func:`load_into`), and a task's ``device`` option
+(:func:`resolve_device`); shared by every task and by ``paramcorrupt probe --checkpoint``."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,61 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import MissingFileError, ParamCorruptError
 
-__all__ = ["as_bool", "as_int", "int_tuple", "load_into", "load_weights", "resolve_device"]
-
-
-def int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    """``"3,3,3"``, ``"3x3x3"``, ``[3, 3, 3]`` -> ``(3, 3, 3)`` (options may come from a CLI).
-
-    Example:
-        >>> int_tuple("16,32,64", "widths")
-        (16, 32, 64)
-    """
-    if isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").replace(" ", ",").split(",") if p]
-    elif isinstance(value, Sequence):
-        parts = list(value)
-    else:
-        parts = [value]
-    try:
-        out = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ParamCorruptError(
-            f"{what} must be a list of integers such as 3,3,3; got {value!r}"
-        ) from None
-    if not out:
-        raise ParamCorruptError(f"{what} must hold at least one integer, got {value!r}")
-    return out
-
-
-def as_int(value: Any, what: str, *, minimum: int = 1, optional: bool = False) -> int | None:
-    """An integer option (a CLI may pass strings); ``None``/"none" allowed when ``optional``."""
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "all", "")):
-        if optional:
-            return None
-        raise ParamCorruptError(f"{what} is required")
-    if isinstance(value, bool):
-        raise ParamCorruptError(f"{what} must be an integer, got {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ParamCorruptError(f"{what} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ParamCorruptError(f"{what} must be >= {minimum}, got {number}")
-    return number
-
-
-def as_bool(value: Any, what: str) -> bool:
-    """A boolean option: True/False or the strings 1/0, true/false, yes/no, on/off."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ParamCorruptError(f"{what} must be true or false, got {value!r}")
+__all__ = ["load_into", "load_weights", "resolve_device"]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
