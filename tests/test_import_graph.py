@@ -25,9 +25,10 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "paramcorrupt"
 
-#: the core: the root modules, the groups and corruption packages, and of parallel only the
-#: lazy package file and ``comm`` (the root's ``__main__`` runs the CLI: it is no core module)
-CORE_PACKAGES = ("paramcorrupt.groups", "paramcorrupt.corruption")
+#: the core: the root modules, the groups, corruption and formats packages, and of parallel
+#: only the lazy package file and ``comm`` (the root's ``__main__`` runs the CLI: it is no
+#: core module)
+CORE_PACKAGES = ("paramcorrupt.groups", "paramcorrupt.corruption", "paramcorrupt.formats")
 CORE_MODULES = ("paramcorrupt.parallel", "paramcorrupt.parallel.comm")
 #: the floors, lowest first: a module may import its own floor and those below it
 FLOORS: tuple[tuple[str, ...], ...] = (
@@ -252,6 +253,7 @@ def test_the_core_imports_only_the_core():
     graph = import_graph()
     assert is_core("paramcorrupt.constraint") and is_core("paramcorrupt.corruption.random")
     assert is_core("paramcorrupt.parallel.comm") and not is_core("paramcorrupt.parallel.launch")
+    assert is_core("paramcorrupt.formats.numbers") and not is_core("paramcorrupt.faults.bits")
     found = core_violations(graph)
     assert found == [], report("core modules importing outside the core", found)
 

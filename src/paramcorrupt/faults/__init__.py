@@ -8,8 +8,9 @@
   swept over one grid of (p, n, eps). (Table 2's legacy ``random-sequential`` stream is
   registered by :mod:`paramcorrupt.experiments.table2`.)
 - :mod:`~paramcorrupt.faults.values`: ``random-values`` (values written, not added).
-- :mod:`~paramcorrupt.faults.formats`: stored number formats (float32, float16,
-  bfloat16, int8 per tensor and per channel) and their bit classes.
+- the stored number formats (float32, float16, bfloat16, int8 per tensor and per channel)
+  and their bit classes live in the core package :mod:`paramcorrupt.formats`; their names
+  are re-exported here.
 - :mod:`~paramcorrupt.faults.bits`: ``bitflip`` and ``stuck-at`` at a bit error rate or
   a number of faulty bits.
 - :mod:`~paramcorrupt.faults.search`: ``bit-search``, the gradient-guided progressive
@@ -21,7 +22,7 @@
 from .base import FAULTS, FaultContext, FaultModel, get_fault, key_text, register_fault
 from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp
 from .values import RandomValues
-from .formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
+from ..formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
 from .search import BitSearch, BitSearchFault, bit_search
 

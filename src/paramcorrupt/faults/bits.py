@@ -1,6 +1,6 @@
 """Random faults in the stored bits: flips at a bit error rate or of a fixed number, and
 stuck-at-0/1 bits, in float32, float16, bfloat16 or int8 storage (see
-:mod:`~paramcorrupt.faults.formats`).
+:mod:`~paramcorrupt.formats.numbers`).
 
 Faults are drawn sparsely: the number of faulty bits m among the N = k x |bits| candidate
 (coordinate, bit) pairs is Binomial(N, ber) (or given), then m distinct pairs are drawn
@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from ..corruption.base import Corruption, split_flat
 from ..errors import InputTypeError, ParamCorruptError
+from ..formats import NumberFormat, bits_setting, get_format
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, key_text, register_fault
-from .formats import NumberFormat, bits_setting, get_format
 
 __all__ = ["BitFlip", "StuckAt", "random_bit_faults"]
 
@@ -136,7 +136,7 @@ def _write_bits(
         param = params[name]
         local = local.to(param.device)
         values = (param.view(-1) if param.is_contiguous() else param.reshape(-1))[local]
-        scale = None if fmt.is_float else fmt._scale_at(param, local, fmt.scales(param))
+        scale = None if fmt.is_float else fmt.scale_at(param, local, fmt.scales(param))
         pieces.append((name, local, values, scale))
     indices: dict[str, Tensor | None] = {}
     values: dict[str, Tensor] = {}

@@ -31,10 +31,10 @@ from ..corruption.apply import corrupted
 from ..corruption.base import Corruption
 from ..errors import ParamCorruptError
 from ..evaluate import evaluate
+from ..formats import bits_setting, get_format
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, register_fault
-from .formats import bits_setting, get_format
 
 __all__ = ["BitSearch", "BitSearchFault", "bit_search"]
 
@@ -162,7 +162,7 @@ def bit_search(
         group: the parameters whose stored bits may flip (default: all trainable).
         flips: the budget, >= 1.
         format: the stored format (int8 by default, as the paper; any of
-            :data:`~paramcorrupt.faults.formats.FORMATS`).
+            :data:`~paramcorrupt.formats.FORMATS`).
         bits: the bits that may flip (any, sign, exponent, mantissa, msb, or an index).
         candidates: flips per tensor evaluated exactly each iteration (1: the paper's).
         batches: how many batches of ``loader`` form the attack data.

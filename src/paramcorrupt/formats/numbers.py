@@ -85,7 +85,8 @@ class NumberFormat:
             top = w.abs().max().reshape(1)
         return torch.where(top > 0, top / 127.0, torch.ones_like(top))
 
-    def _scale_at(self, param: Tensor, idx: Tensor, scales: Tensor) -> Tensor:
+    def scale_at(self, param: Tensor, idx: Tensor, scales: Tensor) -> Tensor:
+        """int8: the scale of each of ``param``'s flat ``idx`` (``scales`` from :meth:`scales`)."""
         if scales.numel() == 1:
             return scales.expand(idx.shape)
         return scales[idx // (param.numel() // param.shape[0])]
@@ -96,14 +97,14 @@ class NumberFormat:
         if self.is_float:
             return self.encode_values(values)
         scales = self.scales(param) if scales is None else scales
-        return self.encode_values(values, self._scale_at(param, idx, scales))
+        return self.encode_values(values, self.scale_at(param, idx, scales))
 
     def decode(self, param: Tensor, idx: Tensor, codes: Tensor, scales: Tensor | None = None) -> Tensor:
         """Values (in ``param``'s dtype) of codes at ``param``'s flat ``idx``."""
         if self.is_float:
             return self.decode_values(codes).to(param.dtype)
         scales = self.scales(param) if scales is None else scales
-        return self.decode_values(codes, self._scale_at(param, idx, scales)).to(param.dtype)
+        return self.decode_values(codes, self.scale_at(param, idx, scales)).to(param.dtype)
 
     def encode_values(self, values: Tensor, scale: Tensor | None = None) -> Tensor:
         """Codes of the values themselves (int8: with each value's scale)."""
