@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...errors import ParamCorruptError
-from .display import MetricDisplay, _n_sort, _ordered, metric_display
+from .display import MetricDisplay, _n_sort, _ordered, metric_display, short_name
 from .rows import _Notes, _Row
 
 
@@ -21,6 +21,8 @@ class ReportBase:
         self.tasks = _ordered(r.task for r in rows)
         self.displays = {t: self._display(t) for t in self.tasks}
         self.chance = {t: self._chance(t) for t in self.tasks}
+        #: a task's short name for titles and file names (the header shows the identity)
+        self.names = {t: next((r.display for r in rows if r.task == t and r.display), None) or short_name(t) for t in self.tasks}
         self._index: dict[tuple[str, str, str, float, str], list[_Row]] = defaultdict(list)
         for r in rows:
             self._index[(r.task, r.grouping, r.group, r.p, r.n_key)].append(r)
@@ -80,7 +82,7 @@ class ReportBase:
     def _title(self, task: str, grouping: str, group: str | None = None) -> str:
         parts = []
         if len(self.tasks) > 1 or task:
-            parts.append(f"task `{task or '?'}`")
+            parts.append(f"task `{self.names.get(task, task) or '?'}`")
         parts.append(f"grouping `{grouping}`" if grouping else "no grouping")
         if group is not None:
             k = self.k_of.get((task, grouping, group))

@@ -78,7 +78,7 @@ class CurvesSection(ReportBase):
                         ax.set_xlabel("eps")
                 figure_legend(fig, panels, spare)
                 fig.suptitle(
-                    (f"task {task}\n" if task else "")
+                    (f"task {self.names[task]}\n" if task else "")
                     + f"{'grouping ' + grouping if grouping else 'no grouping'}: {_p_label(p)}, {_n_label(nk)}",
                     fontsize=10,
                 )
@@ -88,7 +88,7 @@ class CurvesSection(ReportBase):
                     else f"part{start // _CURVES_PER_FIGURE + 1}"
                 )
                 path = self._save(
-                    fig, _slug("curves", task, grouping or "nogrouping", _p_label(p), "n", nk, part)
+                    fig, _slug("curves", self.names[task], grouping or "nogrouping", _p_label(p), "n", nk, part)
                 )
                 lines.append(f"**{title}**" + (f" ({part})" if part else ""))
                 lines.append("")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...losses import MetricInfo, metric_info_by_name
 
-__all__ = ["STAR_THRESHOLD", "MetricDisplay", "metric_display", "star"]
+__all__ = ["STAR_THRESHOLD", "MetricDisplay", "metric_display", "short_name", "star"]
 
 #: the ``*`` convention's threshold, in display units (percentage points for accuracy)
 STAR_THRESHOLD = 0.1
@@ -113,6 +113,34 @@ def _n_sort(n_key: str) -> tuple[int, float]:
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+#: a display name longer than this keeps the task's name alone
+_SHORT_MAX = 40
+
+
+def short_name(identity: str | None) -> str:
+    """A task's display name for titles and file names, from its identity (the full identity
+    stays in the report's header): a user's task ``model=PATH:factory;data=...;checkpoint=...``
+    is its model factory's name, a built-in task keeps its settings with paths cut to their
+    file names, and only its name when that is still long.
+
+    >>> short_name("model=/tmp/a/bc.py:make_model;data=/tmp/a/bc.py:make_data;checkpoint=sha256:0123456789abcdef")
+    'make_model'
+    >>> short_name("digits(seed=0,epochs=30)")
+    'digits(seed=0,epochs=30)'
+    >>> short_name("hf(path=/home/me/models/gpt2-tiny,seed=0)")
+    'hf(path=gpt2-tiny,seed=0)'
+    """
+    text = str(identity or "")
+    parts = dict(part.partition("=")[::2] for part in text.split(";")) if text.startswith("model=") else {}
+    if parts:
+        spec = parts.get("model") or parts.get("data") or text
+        return re.split(r"[:/\\]", spec.rstrip(":"))[-1] or spec
+    text = re.sub(r"(?<==)[^,()]*[/\\]([^,()/\\]+)", r"\1", text)  # a path setting: its file name
+    if len(text) > _SHORT_MAX and "(" in text:
+        text = text.split("(", 1)[0]
+    return text
 
 
 def _slug(*parts: Any) -> str:

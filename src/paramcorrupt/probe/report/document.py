@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .curves import CurvesSection
-from .display import _ordered, _p_label
+from .display import _ordered, _p_label, short_name
 from .faults import FaultSection, is_fault_row
 from .heatmaps import HeatmapSection
 from .methods import method_sort
@@ -45,6 +45,7 @@ def write_report(
     """
     paths = _as_paths(results)
     raw = load_rows(paths)
+    counts = {str(p): sum(1 for r in raw if r.get("_source") == str(p)) for p in paths}
     notes = _Notes()
     fault_rows = [r for r in raw if is_fault_row(r)]
     lp_rows = [r for r in raw if not is_fault_row(r)]
@@ -62,15 +63,28 @@ def write_report(
     faults = FaultSection(fault_rows, out, notes, report._figure, report._save, report._link) if fault_rows else None
 
     sweeps = _ordered(r.get("sweep_id") for r in raw if r.get("sweep_id"))
+    fault_body = faults.section() if faults is not None else []  # counts the fault rows it shows
+    shown = len(rows) + (faults.shown if faults is not None else 0)
     lines = [f"# {title or 'Parameter corruption report'}", ""]
-    lines.append("Results: " + ", ".join(f"`{p}`" for p in paths) + f" ({len(rows) + len(fault_rows)} rows).")
+    lines.append(
+        "Results: " + ", ".join(f"`{p}` ({counts[str(p)]} rows)" for p in paths) + f": {len(raw)} rows read, "
+        + (f"all {shown} shown." if shown == len(raw) else f"{shown} shown; the Notes say which were left out and why.")
+    )
     if sweeps:
         lines.append("Sweeps: " + ", ".join(f"`{s}`" for s in sweeps) + ".")
-    for t in report.tasks:
+    for t in _ordered([*(r.get("task") for r in raw if r.get("task")), *report.tasks]):
+        if t not in report.tasks or short_name(t) != t:  # the full identity, and the name figures use
+            lines.append(f"Task `{t}`" + (f" (`{report.names.get(t, short_name(t))}` in titles and file names)" if short_name(t) != t else "") + ".")
+        synthetic = _ordered(r.get("_data") for r in raw if r.get("task") == t and str(r.get("_data") or "").startswith("synthetic"))
+        if synthetic:
+            lines.append(f"**Synthetic data**: the task `{report.names.get(t, short_name(t))}` was probed on "
+                         f"seeded random data ({synthetic[0]}), not on real data.")
+        if t not in report.tasks:
+            continue
         d = report.displays[t]
         sel = [r for r in rows if r.task == t]
         lines.append(
-            (f"Task `{t}`: " if t else "")
+            (f"Task `{report.names[t]}`: " if t else "")
             + f"metric **{d.name}**{' (shown in percent)' if d.scale == 100.0 else ''}, "
             + ("higher is better" if d.higher_is_better else "lower is better")
             + (f", chance level {d.fmt(d.show(c))}{' %' if d.scale == 100.0 else ''}"
@@ -92,9 +106,13 @@ def write_report(
         body += report.heatmaps()
         body += report.curves()
         body += report.theorem1()
-    if faults is not None:
-        body += faults.section()
+    body += fault_body
     lines += body
+    stale = sorted(set((out / "figures").glob("*.png")) - set(report.figures))
+    for old in stale:  # an earlier report's figures: gone, so the folder holds this report alone
+        old.unlink()
+    if stale:
+        notes.add(f"{len(stale)} figure(s) of an earlier report in {out / 'figures'} were deleted.")
     lines.append("## Notes")
     lines.append("")
     if notes.items:

@@ -19,7 +19,7 @@ import numpy as np
 from ...faults import FAULTS
 from ..sweep import ROW_FIELDS
 from .base import figure_legend, grid_shape
-from .display import MetricDisplay, _mean_std, _median, _ordered, _slug, metric_display
+from .display import MetricDisplay, _mean_std, _median, _ordered, _slug, metric_display, short_name
 from .rows import _Notes, _num
 
 __all__ = ["FaultSection", "is_fault_row"]
@@ -35,10 +35,12 @@ def is_fault_row(row: dict[str, Any]) -> bool:
     return isinstance(row.get("method"), str) and _num(row.get("eps")) is None
 
 
-def _axis(method: str, rows: list[dict[str, Any]]) -> str | None:
+def _axis(method: str, row: dict[str, Any]) -> str | None:
+    """The setting ``row`` is drawn along: the first of its fault model's axes it sets (a
+    bitflip row sets ``ber`` or ``flips``: two kinds of table, never pooled)."""
     cls = FAULTS.get(method)
     for name in (cls.axes if cls is not None and cls.axes else _FALLBACK_AXES):
-        if any(_num(r.get(name)) is not None for r in rows):
+        if _num(row.get(name)) is not None:
             return name
     return None
 
@@ -50,6 +52,13 @@ def _setting_names(method: str, row: dict[str, Any]) -> list[str]:
     return [k for k in row if k not in ROW_FIELDS and k not in _NOT_SETTING]
 
 
+def _wrapped(title: str, inches: float) -> str:
+    """A figure title broken into lines that fit ``inches`` (about 11 characters an inch at 9-10 pt)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title.replace("`", ""), max(24, int(inches * 11)), break_on_hyphens=False))
+
+
 class FaultSection:
     """Curves, heatmaps and a table for the fault rows of a report."""
 
@@ -57,8 +66,13 @@ class FaultSection:
         self.rows, self.out, self.notes = rows, out_dir, notes
         self._figure, self._save, self._link = figure, save, link
         self.displays: dict[str, MetricDisplay] = {}
+        self.names: dict[str, str] = {}  # a task's short name for titles and file names
+        #: rows drawn, and (method, why) -> rows left out, for the report's header and notes
+        self.shown = 0
+        self.left_out: dict[tuple[str, str], int] = defaultdict(int)
         for task in _ordered(str(r.get("task") or "") for r in rows):
             sel = [r for r in rows if str(r.get("task") or "") == task]
+            self.names[task] = next((r["_display"] for r in sel if isinstance(r.get("_display"), str)), None) or short_name(task)
             names = _ordered(r.get("metric") for r in sel if r.get("metric"))
             values = [v for r in sel for v in (_num(r.get("metric_before")), _num(r.get("metric_after"))) if v is not None]
             directions = [r["higher_is_better"] for r in sel if isinstance(r.get("higher_is_better"), bool)]
@@ -79,26 +93,32 @@ class FaultSection:
         figures: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for r in self.rows:
             method = r["method"]
-            figures[(str(r.get("task") or ""), str(r.get("grouping") or ""), method)].append(r)
-        for (task, grouping, method), sel in figures.items():
-            axis = _axis(method, sel)
+            axis = _axis(method, r)
             if axis is None:
-                self.notes.add(f"Fault rows of `{method}` set none of {', '.join(_FALLBACK_AXES)}: not drawn.")
+                self._leave_out(r, f"sets none of {', '.join(_FALLBACK_AXES)}")
                 continue
+            if _num(r.get("metric_after")) is None:
+                self._leave_out(r, "has no `metric_after`")
+                continue
+            figures[(str(r.get("task") or ""), str(r.get("grouping") or ""), method, axis)].append(r)
+        for (task, grouping, method, axis), sel in figures.items():
             names = [n for n in _setting_names(method, sel[0]) if n != axis]
             # the settings other than the axis (and other than what varies with it) split the figures
             splits = _ordered(tuple((n, sel_r.get(n)) for n in names) for sel_r in sel)
             for fixed in splits:
                 part = [r for r in sel if tuple((n, r.get(n)) for n in names) == fixed]
-                part = [r for r in part if _num(r.get(axis)) is not None and _num(r.get("metric_after")) is not None]
-                if not part:
-                    continue
                 label = ", ".join(f"{n}={v}" for n, v in fixed if v is not None)
-                title = f"{method}" + (f" ({label})" if label else "") + (f"; grouping `{grouping}`" if grouping else "")
+                title = f"{method} by {axis}" + (f" ({label})" if label else "") + (f"; grouping `{grouping}`" if grouping else "")
                 if task:
-                    title = f"task `{task}`, " + title
+                    title = f"task `{self.names[task]}`, " + title
+                self.shown += len(part)
                 lines += self._one(task, grouping, method, axis, part, title, label)
+        for (method, reason), count in self.left_out.items():
+            self.notes.add(f"{count} fault row(s) of `{method}` not shown: each {reason}.")
         return lines
+
+    def _leave_out(self, row: dict[str, Any], reason: str) -> None:
+        self.left_out[(str(row.get("method")), reason)] += 1
 
     def _one(self, task, grouping, method, axis, rows, title, label) -> list[str]:
         disp = self.displays[task]
@@ -120,9 +140,10 @@ class FaultSection:
                 bits = [_num(r.get("bit_errors")) for r in members if _num(r.get("bit_errors")) is not None]
                 bits_text = f"{np.mean(bits):.3g}" if bits else "–"
                 bad = sum(1 for r in members if r.get("loss_nonfinite"))
-                lines.append(f"| {g} | {v:g} | {disp.fmt(mu)} ± {disp.fmt(sd)} | {len(members)} | {bits_text} | {bad} |")
+                spread = f" ± {disp.fmt(sd)}" if len(members) > 1 else " (one run: no std)"
+                lines.append(f"| {g} | {v:g} | {disp.fmt(mu)}{spread} | {len(members)} | {bits_text} | {bad} |")
         lines.append("")
-        slug = _slug("faults", task, grouping or "nogrouping", method, label)
+        slug = _slug("faults", self.names[task], grouping or "nogrouping", method, axis, label)
         lines.append(self._link(self._curves(rows, groups, values, axis, disp, title, slug), f"curves: {title}"))
         lines.append("")
         if len(groups) > 1:
@@ -169,7 +190,7 @@ class FaultSection:
                 ax.tick_params(labelbottom=True)
                 ax.set_xlabel(axis)
         figure_legend(fig, list(axes.flat[: len(chunk)]), spare, loc="outside lower center")
-        fig.suptitle(title.replace("`", ""), fontsize=10)
+        fig.suptitle(_wrapped(title, max(5.0, 3.4 * cols)), fontsize=10)
         return self._save(fig, slug + "_curves")
 
     def _heatmap(self, cells, groups, values, axis, disp, title, slug) -> Path:
@@ -182,14 +203,15 @@ class FaultSection:
                     mat[i, j] = float(np.mean(damage))
         finite = mat[np.isfinite(mat)]
         # diverging, centred on 0 as the L_p heatmaps: red = damage, blue = an improvement
-        vmax = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-12)
+        vmax = float(np.abs(finite).max()) if finite.size else 0.0
+        vmax = vmax if vmax > 1e-12 else 1.0  # no damage anywhere: a plain -1..1 bar, not ±1e-12
         fig = self._figure(2.2 + 0.9 * len(values), max(2.2, 1.4 + 0.42 * len(groups)))
         ax = fig.add_subplot()
         im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
         ax.set_yticks(range(len(groups)), groups)
         ax.set_xlabel(axis)
-        ax.set_title(title.replace("`", ""), fontsize=9)
+        ax.set_title(_wrapped(title, 2.2 + 0.9 * len(values)), fontsize=9)
         for i in range(mat.shape[0]):
             for j in range(mat.shape[1]):
                 if np.isfinite(mat[i, j]):

@@ -64,11 +64,11 @@ class HeatmapSection(ReportBase):
                     [self._group_label(task, grouping, g) for g in groups[rows_]],
                     eps_values,
                     (vmin, vmax),
-                    (f"{task}: " if task else "") + f"{method}, {_p_label(p)}, {_n_label(nk)}",
+                    (f"{self.names[task]}: " if task else "") + f"{method}, {_p_label(p)}, {_n_label(nk)}",
                     disp.damage_label,
                     _slug(
                         "heatmap",
-                        task,
+                        self.names[task],
                         grouping or "nogrouping",
                         method,
                         _p_label(p),

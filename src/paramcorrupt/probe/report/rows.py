@@ -86,7 +86,9 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     left as stored, ``"_source"`` names the file, ``"_chance"`` is the row's metric's chance
     level where the file's header gives one (``"chance": {metric: value}``) and
     ``"_metric_info"`` its :class:`~paramcorrupt.losses.MetricInfo` where the header records
-    it (``"metrics"``; files written before it did have none). A row repeated
+    it (``"metrics"``; files written before it did have none); ``"_display"`` and ``"_data"``
+    the task's short name and data source where the header gives them (``task_display``,
+    ``task_data``). A row repeated
     with the same (``sweep_id``, ``key``) keeps its last copy.
 
     Raises:
@@ -100,15 +102,20 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     for path in files:
         chance: dict[str, float] = {}
         infos: dict[str, MetricInfo] = {}
+        described: dict[str, str] = {}  # the header's task_display / task_data -> _display / _data
         for obj in read_jsonl(path):
             if isinstance(obj, dict) and "method" not in obj:
                 chance = _chance_levels(obj.get("chance")) or chance  # a header's chance levels
                 infos = _metric_infos(obj.get("metrics")) or infos  # and its metrics' infos
+                for entry in ("task_display", "task_data"):  # the task's short name, where its data came from
+                    if isinstance(obj.get(entry), str):
+                        described["_" + entry[5:]] = obj[entry]
                 continue
             if not isinstance(obj, dict):
                 continue
             row = dict(obj)
             row["_source"] = str(path)
+            row.update(described)
             if isinstance(row.get("metric"), str) and row["metric"] in chance:
                 row["_chance"] = chance[row["metric"]]
             if isinstance(row.get("metric"), str) and row["metric"] in infos:
@@ -149,6 +156,7 @@ class _Row:
     higher_is_better: bool | None = None  # the metric's direction: the row's, else the header's
     chance: float | None = None  # the metric's chance level, where the file's header gives it
     info: MetricInfo | None = None  # the metric's direction and display, from the header
+    display: str | None = None  # the task's short name, where the header gives one
 
     @property
     def dloss_theory(self) -> float | None:
@@ -234,6 +242,7 @@ def _normalise(raw: list[dict[str, Any]], notes: _Notes) -> tuple[list[_Row], st
                 higher_is_better=higher,
                 chance=_num(r.get("_chance")),
                 info=info,
+                display=r["_display"] if isinstance(r.get("_display"), str) else None,
             )
         )
     if dropped:

@@ -229,13 +229,15 @@ class Theorem1Section(ReportBase):
         fig = self._figure(max(4.2 * cols, 7.0), 3.4 * rows + (0.6 if spare else 1.4))
         grid = fig.subplots(rows, cols, squeeze=False)
         shades = ("tab:blue", "tab:purple", "tab:orange", "tab:red")
+        marks = ("o", "s", "^", "D")  # one shape per quantile: close quantiles stay told apart
         for ax in grid.flat[len(panels):]:
             ax.remove()
         for ax, ((task, grouping, group, p, nk), entries) in zip(grid.flat, panels):
             entries = sorted(entries, key=lambda e: e["eps"])
             eps = np.array([e["eps"] for e in entries])
             for i, pr in enumerate(PROBS):
-                ax.scatter(eps, [max(e["emp"][i], 1e-300) for e in entries], s=22, color=shades[i],
+                ax.scatter(eps, [max(e["emp"][i], 1e-300) for e in entries], s=26, marker=marks[i],
+                           facecolors="none", edgecolors=shades[i], linewidths=1.2,
                            label=f"random α({pr:g}), measured", zorder=3)
                 th = [(e["eps"], e["theory"][i]) for e in entries if e["theory"] is not None]
                 if th:
@@ -252,9 +254,10 @@ class Theorem1Section(ReportBase):
             ax.set_xlabel("eps")
             ax.set_ylabel("|Δloss|")
             premise = p == 2.0 and nk == "k"
-            head = f"{task}: " if task else ""
+            head = f"{self.names[task]}: " if task and len(self.tasks) > 1 else ""
+            where = group if grouping in ("", group) else f"{group} ({grouping})"
             ax.set_title(
-                f"{head}{group} ({grouping}), {_p_label(p)}, {_n_label(nk)}"
+                f"{head}{where}, {_p_label(p)}, {_n_label(nk)}"
                 + ("" if premise else "\noff Theorem 1's premise: no theory"),
                 fontsize=9, color="black" if premise else "tab:red",
             )
@@ -281,6 +284,6 @@ class Theorem1Section(ReportBase):
         ax.plot(xs, eta_pdf(xs, int(e["k"])), color="tab:green", label="Theorem 1 density")
         ax.set_xlabel("η = |Δloss| / (eps·G)")
         ax.set_ylabel("density")
-        ax.set_title((f"{e['task']}: " if e.get("task") else "") + e["label"], fontsize=9)
+        ax.set_title((f"{self.names[e['task']]}: " if e.get("task") and len(self.tasks) > 1 else "") + e["label"], fontsize=9)
         ax.legend(fontsize=7)
         return self._save(fig, _slug("theorem1-eta", e["group"]))
