@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["InputTypeError", "MissingFileError", "ParamCorruptError"]
+__all__ = ["FileAccessError", "InputTypeError", "MissingFileError", "ParamCorruptError", "os_error_text"]
 
 
 class ParamCorruptError(ValueError):
@@ -32,3 +32,20 @@ class InputTypeError(ParamCorruptError, TypeError):
 
 class MissingFileError(ParamCorruptError, FileNotFoundError):
     """A file or folder the user named does not exist (also a ``FileNotFoundError``)."""
+
+
+class FileAccessError(ParamCorruptError):
+    """A file the user named cannot be read or written: no space left, a read-only file
+    system, no permission, a parent path that is a file (what the system said, and the path)."""
+
+
+def os_error_text(error: OSError, path: object = None) -> str:
+    """One line for an ``OSError``: the path and the system's cause.
+
+    >>> import errno
+    >>> os_error_text(OSError(errno.ENOSPC, "No space left on device", "out/results.jsonl"))
+    'out/results.jsonl: No space left on device'
+    """
+    where = path if path is not None else error.filename
+    cause = error.strerror or str(error) or type(error).__name__
+    return f"{where}: {cause}" if where is not None else cause

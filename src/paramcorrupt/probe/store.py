@@ -22,11 +22,20 @@ import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParamCorruptError
+from ..errors import FileAccessError, ParamCorruptError, os_error_text
+from .schema import (
+    MAX_LINE_BYTES,
+    check_regular,
+    config_differences,
+    extension_problems,
+    same_sweep,
+    verified_rows,
+)
 
 __all__ = [
     "FORMAT",
@@ -88,27 +97,47 @@ def _is_header(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def _scan(data: bytes, path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
-    """Parse a results file's bytes: (header, rows, length of the intact prefix).
+def _lines(handle: Any, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, line with its newline) of an open binary file, each read with a bound: a line
+    longer than :data:`~paramcorrupt.probe.schema.MAX_LINE_BYTES` is refused, never held whole."""
+    number = 0
+    while True:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise ParamCorruptError(
+                f"{path}: line {number} is longer than {MAX_LINE_BYTES >> 20} MiB: not a probe results file"
+            )
+        yield number, line
+
+
+def _scan(handle: Any, path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, dict[str, Any]]], int]:
+    """Read a results file from the start: (header, (line number, row) pairs, length of the
+    intact prefix).
 
     Only the last line may be torn (a row cut mid-write, or garbage after it); a bad line
     anywhere else means the file is not one we wrote, and is an error.
     """
+    handle.seek(0)
     header = None
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     good = 0
-    lines = data.split(b"\n")
-    complete = lines[:-1]  # the piece after the last newline is torn or empty
-    for number, line in enumerate(complete, start=1):
+    bad: tuple[int, bytes] | None = None
+    for number, line in _lines(handle, path):
+        if bad is not None:  # a bad line with another after it
+            raise ParamCorruptError(f"{path} is not a probe results file: line {bad[0]} is not a JSON object")
+        if not line.endswith(b"\n"):  # the piece after the last newline: torn
+            logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(line))
+            break
         try:
             obj = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             obj = None
         if not isinstance(obj, dict):
-            if number == len(complete) and not lines[-1]:
-                logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(line))
-                break
-            raise ParamCorruptError(f"{path} is not a probe results file: line {number} is not a JSON object")
+            bad = (number, line)
+            continue
         if number == 1:
             if not _is_header(obj):
                 raise ParamCorruptError(
@@ -117,10 +146,10 @@ def _scan(data: bytes, path: Path) -> tuple[dict[str, Any] | None, list[dict[str
                 )
             header = _decode_value(obj)
         else:
-            rows.append(decode_row(obj))
-        good += len(line) + 1
-    if lines[-1]:
-        logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(lines[-1]))
+            rows.append((number, decode_row(obj)))
+        good += len(line)
+    if bad is not None:
+        logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(bad[1]) - 1)
     return header, rows, good
 
 
@@ -138,28 +167,43 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
             is not JSON.
     """
     path = Path(path)
+    out: list[Any] = []
+    pending: tuple[int, int] | None = None  # a line that did not parse: an error unless it is the last
+    with _open_regular(path, "results file") as handle:
+        for number, raw in _lines(handle, path):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ParamCorruptError(f"{path} is not a UTF-8 text (JSONL) file: {error.reason}") from None
+            if not line.strip():
+                continue
+            if pending is not None:
+                raise ParamCorruptError(f"{path}:{pending[0]}: not a JSON line")
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pending = (number, len(line.rstrip("\n")))
+    if pending is not None:
+        logger.warning("%s: ignoring a torn last line (%d characters)", path, pending[1])
+    return out
+
+
+def _open_regular(path: Path, what: str) -> Any:
+    """``path`` opened for reading, refused unless it is a regular file (a named pipe would
+    block, a device never end); an OS error is one line with the path."""
+    check_regular(path, what)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise
-    except UnicodeDecodeError as error:
-        raise ParamCorruptError(f"{path} is not a UTF-8 text (JSONL) file: {error.reason}") from None
     except OSError as error:
-        raise ParamCorruptError(f"cannot read {path}: {error.strerror or error}") from None
-    lines = text.split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == last:
-                logger.warning("%s: ignoring a torn last line (%d characters)", path, len(line))
-                continue
-            raise ParamCorruptError(f"{path}:{i + 1}: not a JSON line") from None
-    return out
+        raise FileAccessError(f"cannot read {what} {os_error_text(error, path)}") from None
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the check
+        handle.close()
+        check_regular(path, what)
+        raise ParamCorruptError(f"{what} {path} is not a regular file")
+    return handle
 
 
 def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -173,21 +217,21 @@ def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dic
         ValueError: when a line other than the last is not a JSON object.
     """
     path = Path(path)
-    data = path.read_bytes()
-    first = data.split(b"\n", 1)[0]
-    try:
-        headerless = not _is_header(json.loads(first)) if first.strip() else False
-    except ValueError:
-        headerless = False
-    if headerless:
-        rows = []
-        for number, obj in enumerate(read_jsonl(path), start=1):
-            if not isinstance(obj, dict):
-                raise ParamCorruptError(f"{path}: value {number} is not a JSON object")
-            rows.append(decode_row(obj))
-        return {}, rows
-    header, rows, _ = _scan(data, path)
-    return header or {}, rows
+    with _open_regular(path, "results file") as handle:
+        first = next(_lines(handle, path), (0, b""))[1]
+        try:
+            headerless = not _is_header(json.loads(first)) if first.strip() else False
+        except ValueError:
+            headerless = False
+        if not headerless:
+            header, rows, _ = _scan(handle, path)
+            return header or {}, [row for _, row in rows]
+    out = []
+    for number, obj in enumerate(read_jsonl(path), start=1):
+        if not isinstance(obj, dict):
+            raise ParamCorruptError(f"{path}: value {number} is not a JSON object")
+        out.append(decode_row(obj))
+    return {}, out
 
 
 class ResultsStore:
@@ -228,6 +272,7 @@ class ResultsStore:
         self.metadata = metadata
         self.header: dict[str, Any] | None = None
         self._file: Any = None
+        self._held: Any = None  # the file, locked by lock() before open()
 
     def open(self, sweep_id: str, config: Mapping[str, Any], **extra: Any) -> list[dict[str, Any]]:
         """Open the file for the sweep ``sweep_id``; return the rows it already holds.
@@ -244,18 +289,12 @@ class ResultsStore:
         if self._file is not None:
             raise ParamCorruptError(f"{self.path} is already open")
         extra = self._with_metadata(extra)
-        if self.path.is_dir():
-            raise ParamCorruptError(f"{self.path} is a folder; give a file path for the results")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+b")  # noqa: SIM115 - kept open for appending, closed in close()
+        new_header = {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
+        handle, self._held = self._held or self._open_locked(), None
         try:
-            _lock(handle, self.path)
-            handle.seek(0)
-            header, rows, good = _scan(handle.read(), self.path)
+            header, numbered, good = _scan(handle, self.path)
+            rows = verified_rows(header, new_header, numbered, self.path, extend=self.extend)
             if header is not None and header.get("sweep_id") != sweep_id:
-                new_header = {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
-                if not self.extend or extension_problems(header, new_header):
-                    _same_sweep(header, sweep_id, self.path, new_header, extend=self.extend)
                 header = _rewrite_header(handle, header, new_header, good, self.path)
                 good = handle.seek(0, os.SEEK_END)
             if rows and not self.resume:
@@ -269,8 +308,11 @@ class ResultsStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             if header is None:
-                header = {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
+                header = new_header
                 self._write(handle, json.dumps(_encode_value(header), allow_nan=False))
+        except OSError as error:
+            handle.close()
+            raise FileAccessError(f"cannot write the results file {os_error_text(error, self.path)}") from None
         except BaseException:
             handle.close()
             raise
@@ -280,26 +322,55 @@ class ResultsStore:
             logger.info("%s: resuming after %d finished rows", self.path, len(rows))
         return rows
 
+    def lock(self) -> None:
+        """Take the file's lock now (creating the file and its folder when missing), before any
+        long work: a file another process writes, a path that cannot be written, or one that
+        is no regular file is refused at once. :meth:`open` then uses the file as locked."""
+        if self._held is None and self._file is None:
+            self._held = self._open_locked()
+
+    def _open_locked(self) -> Any:
+        """The file opened for reading and appending, locked; only a regular file or a new one."""
+        check_regular(self.path, "results file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0), 0o666)
+        except OSError as error:
+            raise FileAccessError(f"cannot write the results file {os_error_text(error, self.path)}") from None
+        handle = os.fdopen(fd, "a+b")
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the check
+                raise ParamCorruptError(f"results file {self.path} is not a regular file")
+            _lock(handle, self.path)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
     def check(self, sweep_id: str, config: Mapping[str, Any] | None = None, **extra: Any) -> None:
         """Refuse early, without writing anything, a file that :meth:`open` would refuse
         (given ``config`` and ``extra`` as :meth:`open` gets them, the error names the
-        settings that differ, and an extension is accepted when ``extend`` is on).
+        settings that differ, and an extension is accepted when ``extend`` is on; with
+        ``config`` its rows are verified as :meth:`open` verifies them).
 
         Raises:
-            ValueError: when the file belongs to another sweep or is not a results file.
+            ValueError: when the file belongs to another sweep, is not a results file, or
+                holds a damaged, foreign or repeated row.
         """
-        if self.path.is_dir():
-            raise ParamCorruptError(f"{self.path} is a folder; give a file path for the results")
+        check_regular(self.path, "results file")
         if not self.path.exists():
             return
         extra = self._with_metadata(extra)
-        data = self.path.read_bytes()
-        header, _, good = _scan(data, self.path)
-        if header is not None and header.get("sweep_id") != sweep_id:
-            new_header = None if config is None else {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
-            if new_header is None or not self.extend or extension_problems(header, new_header):
-                _same_sweep(header, sweep_id, self.path, new_header, extend=self.extend)
-        elif data and good == 0 and not _only_torn_header(data):
+        new_header = None if config is None else {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
+        with _open_regular(self.path, "results file") as handle:
+            header, numbered, good = _scan(handle, self.path)
+            torn = header is None and _torn_header(handle)
+            size = handle.seek(0, os.SEEK_END)
+        if header is not None and header.get("sweep_id") != sweep_id and new_header is None:
+            same_sweep(header, sweep_id, self.path, None, extend=self.extend)
+        elif header is not None and new_header is not None:
+            verified_rows(header, new_header, numbered, self.path, extend=self.extend)
+        elif size and good == 0 and not torn:
             raise ParamCorruptError(f"{self.path} is not a probe results file; choose another output path")
 
     def _with_metadata(self, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -325,9 +396,10 @@ class ResultsStore:
 
     def close(self) -> None:
         """Close the file (and release its lock); safe to call twice."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for handle in (self._file, self._held):
+            if handle is not None:
+                handle.close()
+        self._file = self._held = None
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -368,10 +440,13 @@ def chance_metadata(
 
 
 def _torn_header(handle: Any) -> bool:
+    """Whether the file is nothing but a torn header (its first line, read with a bound, is
+    all of it)."""
     handle.seek(0)
-    data = handle.read()
+    first = handle.readline(MAX_LINE_BYTES + 1)
+    whole = handle.read(1) == b""
     handle.seek(0, os.SEEK_END)
-    return _only_torn_header(data)
+    return whole and _only_torn_header(first)
 
 
 def _only_torn_header(data: bytes) -> bool:
@@ -379,59 +454,6 @@ def _only_torn_header(data: bytes) -> bool:
     data = data.rstrip(b"\n")
     start = _HEADER_START
     return b"\n" not in data and (data.startswith(start) or start.startswith(data))
-
-
-#: configuration entries an extension may add values to (lists: a superset; trials: more)
-_GROWING = ("methods", "p_values", "n_values", "eps_values", "groups")
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(_encode_value(value), allow_nan=False))
-
-
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """The settings two headers differ in, as "name: file X, this sweep Y" texts (the config
-    entries, then the groups' parameters)."""
-    a, b = _jsonable(old.get("config") or {}), _jsonable(new.get("config") or {})
-    out = [f"{key}: file {a.get(key)!r}, this sweep {b.get(key)!r}" for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
-    groups_a, groups_b = _jsonable(old.get("groups") or {}), _jsonable(new.get("groups") or {})
-    changed = [g for g in groups_a if g in groups_b and groups_a[g] != groups_b[g]]
-    if changed:
-        out.append(f"the parameters of group {changed[0]!r}")
-    if not out and groups_a != groups_b:
-        out.append(f"groups: file {list(groups_a)}, this sweep {list(groups_b)}")
-    return out
-
-
-def extension_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Why the sweep of header ``new`` does not extend the one of header ``old`` (empty when
-    it does): every setting equal, except that ``methods``, ``p_values``, ``n_values``,
-    ``eps_values`` and ``groups`` may hold more values, ``trials`` may be larger and fault
-    settings may hold more values; groups present in both have the same parameters. Then
-    every row of the old file is a row the new sweep computes the same way (a row's key and
-    seed depend on its own setting only), and the old rows can be kept as they are."""
-    a, b = _jsonable(old.get("config") or {}), _jsonable(new.get("config") or {})
-    problems = []
-    for key in dict.fromkeys([*a, *b]):
-        va, vb = a.get(key), b.get(key)
-        if va == vb:
-            continue
-        if key in _GROWING and va is not None and isinstance(vb, list) and all(v in vb for v in va):
-            continue
-        if key == "groups" and vb is None:  # every group of the grouping
-            continue
-        if key == "trials" and isinstance(va, int) and isinstance(vb, int) and vb >= va:
-            continue
-        if key == "settings" and isinstance(va, dict) and isinstance(vb, dict) and all(
-            m in vb and all(s in vb[m] and all(v in vb[m][s] for v in vs) for s, vs in d.items()) for m, d in va.items()
-        ):
-            continue
-        problems.append(f"{key}: file {va!r}, this sweep {vb!r}")
-    groups_a, groups_b = _jsonable(old.get("groups") or {}), _jsonable(new.get("groups") or {})
-    for label, names in groups_a.items():
-        if groups_b.get(label) != names:
-            problems.append(f"group {label!r}: " + ("not in this sweep" if label not in groups_b else "other parameters"))
-    return problems
 
 
 def _rewrite_header(handle: Any, old: Mapping[str, Any], new: dict[str, Any], good: int, path: Path) -> dict[str, Any]:
@@ -455,26 +477,6 @@ def _rewrite_header(handle: Any, old: Mapping[str, Any], new: dict[str, Any], go
     handle.seek(0, os.SEEK_END)
     logger.info("%s: extending sweep %s with %s", path, old.get("sweep_id"), new["sweep_id"])
     return new
-
-
-def _same_sweep(header: Mapping[str, Any], sweep_id: str, path: Path, new: Mapping[str, Any] | None = None,
-                *, extend: bool = False) -> None:
-    if header.get("sweep_id") != sweep_id:
-        config = header.get("config") or {}
-        what = (
-            f"sweep_id {header.get('sweep_id')}, task {config.get('task')!r}, grouping {config.get('grouping')!r}"
-        )
-        advice = "choose another output file (the existing one is left untouched)"
-        if new is not None:
-            differences = config_differences(header, new)
-            if differences:
-                what = f"sweep_id {header.get('sweep_id')}; it differs in " + "; ".join(differences)
-            problems = extension_problems(header, new)
-            if not problems:
-                advice = "add --extend to add this sweep's new rows to it (its rows are kept), or " + advice
-            elif extend:
-                advice = f"--extend cannot add to it ({problems[0]}): " + advice
-        raise ParamCorruptError(f"{path} holds the results of another sweep ({what}); this sweep is {sweep_id}: {advice}")
 
 
 def _lock(handle: Any, path: Path) -> None:

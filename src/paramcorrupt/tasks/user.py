@@ -38,6 +38,7 @@ from torch import nn
 from ..errors import InputTypeError, MissingFileError, ParamCorruptError
 from ..losses import describe_metric, metric_info
 from .base import Task
+from .user_checks import check_first_batch
 from .weights import load_into, load_weights
 
 __all__ = ["USER_RECIPE", "load_checkpoint_into", "resolve", "task_identity", "user_identity", "user_task"]
@@ -55,14 +56,22 @@ def _load_file(path: Path) -> Any:
     if spec is None or spec.loader is None:
         raise ParamCorruptError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+    # the file may import its neighbours while it is imported: its folder goes at the *end*
+    # of sys.path (a neighbour never shadows an installed package, safetensors.py say) and
+    # is taken off again right after, so nothing beside the file is found later
+    folder = str(path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 
@@ -72,7 +81,8 @@ def _is_file_spec(target: str) -> bool:
 
 def resolve(spec: str, option: str = "spec") -> Any:
     """The object named by ``package.module:attribute`` or ``path/to/file.py:attribute`` (a
-    file is imported once, its folder put on ``sys.path`` so it can import its neighbours).
+    file is imported once, its folder at the end of ``sys.path`` while it is imported, so it
+    can import its neighbours but none of them shadows an installed package).
 
     Raises:
         ValueError: for a malformed spec, a module that cannot be imported or a missing
@@ -88,6 +98,10 @@ def resolve(spec: str, option: str = "spec") -> Any:
         raise ParamCorruptError(f"{option} {spec!r}: expected package.module:attribute or path/to/file.py:attribute")
     if _is_file_spec(target):
         path = Path(target)
+        if path.is_dir():
+            raise ParamCorruptError(f"{option} {spec!r}: {target} is a folder; give a Python file (path/to/file.py:factory)")
+        if path.exists() and not path.is_file():
+            raise ParamCorruptError(f"{option} {spec!r}: {target} is not a regular file")
         if not path.is_file():
             raise MissingFileError(f"{option} {spec!r}: no file {target}")
         module = _load_file(path)
@@ -277,6 +291,7 @@ def user_task(
         raise InputTypeError(f"--data {data_spec!r}: metrics is a {type(metrics).__name__}, expected a mapping name -> metric")
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint, checkpoint_key)
+    check_first_batch(model, fields["loss_fn"], metrics, fields["gradient_loader"], data_spec, fields["eval_loader"])
     declared = fields.get("primary_metric")
     metric = declared if declared in metrics else next(iter(metrics), "loss")
     info = dict(fields.get("info") or {})
