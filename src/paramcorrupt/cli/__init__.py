@@ -16,6 +16,7 @@ How a command ends when something goes wrong:
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -51,12 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
+    for command in sub.choices.values():  # -v after the subcommand too, as the error hint says
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log progress messages; the traceback of an internal error")
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, an unknown option reported by its subcommand's parser (its usage,
+    and the closest option it has)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = _subparsers(parser).get(args.command, parser)
+        unknown = next((e for e in extra if e.startswith("-")), extra[0])
+        options = [o for action in command._actions for o in action.option_strings]
+        close = difflib.get_close_matches(unknown.split("=", 1)[0], options, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; see paramcorrupt {args.command} --help"
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for "the same command resumes: ..."
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     prefix = f"paramcorrupt {args.command}"

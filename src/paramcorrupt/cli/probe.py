@@ -54,7 +54,7 @@ from .values import (
     task_options,
 )
 
-__all__ = ["HF_TASKS", "register", "run", "untrained_warning", "use_hf_flag"]
+__all__ = ["HF_TASKS", "display_name", "register", "run", "synthetic_warning", "untrained_warning", "use_hf_flag"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,10 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     grouping = parser.add_argument_group("groups")
     grouping.add_argument("--by", default="type", help="type, position, module, or a grouping the task defines (default: type)")
     grouping.add_argument("--depth", type=int, default=None, help="--by position: cut module paths at this depth (default: none: top-level modules, repeated blocks split one by one)")
-    grouping.add_argument("--pattern", default=None, help="--by position: regex whose first group labels each parameter")
-    grouping.add_argument("--groups", default=None, metavar="SPEC", help="LABEL=PATTERN[+PATTERN],... (own groups) or LABEL,... (a subset of --by)")
+    grouping.add_argument("--pattern", default=None, help="--by position: a regex (not a glob) whose first group labels each parameter")
+    grouping.add_argument("--groups", default=None, metavar="SPEC",
+                          help="LABEL=PATTERN[+PATTERN],... (own groups; PATTERN is a glob such as 'layer1.*', a module "
+                          "prefix, or re:REGEX: 'all=*' or 'all=re:.*', not 'all=.*') or LABEL,... (a subset of --by)")
     sweep_args = parser.add_argument_group("sweep")
-    sweep_args.add_argument("--methods", default=None, help="among random, gradient, iterative, relative-random, relative-gradient (default: random,gradient; none when --fault is given)")
+    sweep_args.add_argument("--methods", default=None, help="L_p methods among random, gradient, iterative, relative-random, relative-gradient, or any registered "
+                            "fault model (paramcorrupt.faults.FAULTS; see --fault) (default: random,gradient; none when --fault is given)")
     sweep_args.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
     sweep_args.add_argument("--p", default="inf", help="norms, e.g. inf,2 (default: inf)")
     sweep_args.add_argument("--n", "--top-n", default="all", help="numbers of changed parameters, each " + N_HELP + ", e.g. all,100 (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
@@ -171,6 +174,30 @@ def untrained_warning(spec: str) -> None:
         "(untrained, unless the factory loads weights itself); give --checkpoint PATH to load trained ones",
         file=sys.stderr, flush=True,
     )
+
+
+def display_name(args: argparse.Namespace, identity: str) -> str:
+    """The task's short name for a report's titles and file names: a user's model factory's
+    name (and the checkpoint's file name), else the identity shortened."""
+    from ..probe.report.display import short_name
+
+    if getattr(args, "model", None):
+        name = str(args.model).rstrip(":").split(":")[-1]
+    else:
+        name = short_name(identity)
+    return name + (f" ({args.checkpoint.name})" if getattr(args, "checkpoint", None) is not None else "")
+
+
+def synthetic_warning(task: Task) -> None:
+    """Say on stderr that a task runs on seeded random data (an HF task without ``data``)."""
+    data = task.info.get("data")
+    if isinstance(data, str) and data.startswith("synthetic"):
+        print(
+            f"warning: the {task.name} task has no data: it runs on seeded synthetic tokens ({data}), "
+            "not on real text; give --task-option data=FILE (.safetensors with input_ids, or .txt/.tsv "
+            "tokenised with the model folder's tokenizer)",
+            file=sys.stderr, flush=True,
+        )
 
 
 def _groups(args: argparse.Namespace, task: Task) -> tuple[str, dict[str, Any], list[str] | None]:
@@ -295,14 +322,20 @@ def _run(args: argparse.Namespace) -> int:
             shell, identity = _builtin_task(args, train=False)
             grouping, groups, keep = _groups(args, shell)
             _check_store(store, _config(args, shell, identity, grouping, keep), groups)
-            if not args.quiet:
+            if not args.quiet and shell.name == "digits":  # the one task trained here
                 print(f"training the {shell.name} model (seed {args.seed}, {args.epochs} epochs) ...", flush=True)
         task, identity = _builtin_task(args, train=True)
     D.broadcast_module(task.model)  # every rank probes rank 0's weights, to the last bit
     grouping, groups, keep = _groups(args, task)
     config = _config(args, task, identity, grouping, keep)
     _check_store(store, config, groups)
-    store.metadata = chance_metadata(config.metric, task.chance, task.metrics)  # a new header's metric infos
+    store.metadata = {  # a new header's metric infos, and the task's short name and data for the report
+        **chance_metadata(config.metric, task.chance, task.metrics),
+        "task_display": display_name(args, identity),
+        **({"task_data": task.info["data"]} if isinstance(task.info.get("data"), str) else {}),
+    }
+    if D.is_main_process():
+        synthetic_warning(task)
     if user and args.model is not None and args.checkpoint is None and D.is_main_process():
         untrained_warning(args.model)
     done, total = _progress_counts(args.out, config, groups)
