@@ -23,7 +23,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ..errors import ParamCorruptError
+from ..errors import ParamCorruptError, os_error_text
 
 __all__ = ["CLIError", "EXIT_INTERNAL", "EXIT_USAGE", "main"]
 
@@ -90,12 +90,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:
+        if not _is_file_error(error):
+            _fail(f"{prefix}: internal error: {type(error).__name__}: {error}", args.verbose)
+            return EXIT_INTERNAL
+        # no space, a read-only file system, no permission, a parent that is a file: the
+        # user's to fix, one line with the path and the cause
+        print(f"{prefix}: error: {os_error_text(error)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
         _fail(f"{prefix}: internal error: {type(error).__name__}: {error}", args.verbose)
         return EXIT_INTERNAL
+
+
+#: what the system says of a file a user named that cannot be written or read (errno names)
+_FILE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "EEXIST", "EFBIG",
+                "ENAMETOOLONG", "ELOOP", "ENXIO", "ETXTBSY")
+
+
+def _is_file_error(error: OSError) -> bool:
+    """Whether an ``OSError`` is about a file or folder (a user error), not a broken connection."""
+    import errno
+
+    return error.filename is not None or error.errno in {getattr(errno, name, None) for name in _FILE_ERRNOS} - {None}
 
 
 def _fail(line: str, verbose: bool) -> None:
