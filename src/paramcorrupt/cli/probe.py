@@ -313,6 +313,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise ParamCorruptError(f"--out {args.out} is a folder; give a results file path")
     store = ResultsStore(args.out, extend=getattr(args, "extend", False))
+    if D.is_main_process():
+        # cheap checks first: the results file is locked (another process writing it, a path
+        # that cannot be written, a pipe or a device: refused now) before any model is built
+        store.lock()
     if user:
         task, identity = _user_task(args)
     else:

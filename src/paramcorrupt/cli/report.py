@@ -30,11 +30,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _verify(results: list[Path]) -> None:
+    """Refuse a sweep's results file that a resume would refuse (a damaged, foreign or repeated
+    row, a header edited after its rows), naming the file and the line, before any report."""
+    from paramcorrupt.probe.store import verify_results
+
+    for path in results:
+        if path.is_dir() and (path / "results.jsonl").is_file():
+            path = path / "results.jsonl"
+        if path.exists() and not path.is_dir():
+            problems = verify_results(path)
+            if problems:
+                raise CLIError(f"{path}: {problems[0]}; the report shows only files whose rows can be trusted")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         from paramcorrupt.probe.report import write_report
     except ImportError as error:  # pragma: no cover - matplotlib is a declared extra
         raise CLIError(f"cannot load the report module: {error}") from None
+    _verify(args.results)
     try:
         path = write_report(args.results, args.out, title=args.title)
     except ImportError as error:  # pragma: no cover
