@@ -3,16 +3,23 @@
 Per iteration, with the flips found so far applied:
 
 1. the gradient g of the loss on the attack data (the first ``batches`` batches);
-2. in each tensor of the group, every candidate single-bit flip is ranked by its
+2. in each tensor of the group, the candidate single-bit flips are ranked by their
    first-order loss increase g_i * (w'_i - w_i), w'_i the weight after the flip (decoded
-   from the flipped stored code);
+   from the flipped stored code). The candidates are every bit of every weight by default
+   (``k_top=None``), or every bit of the ``k_top`` weights of largest |g_i| in the tensor
+   (``k_top=k``, as the Bit-Flip Attack authors' code ranks: elliothe/BFA's ``flip_bit``,
+   whose class default is ``k_top=10``);
 3. the top ``candidates`` flips of each tensor are evaluated exactly (the loss on the attack
    data with that flip added);
 4. the flip with the largest loss is kept, for good.
 
-With ``candidates=1`` this is the paper's in-layer ranking and cross-layer selection with
-one flip per iteration. Flipped (coordinate, bit) pairs are not flipped back. Memory: the
-stored codes of the group (int64 per weight) and one score vector of the largest tensor.
+With ``candidates=1``, one flip per tensor is evaluated and the best of them kept, the
+paper's in-layer search and cross-layer selection with one flip per iteration. Which flips
+the in-layer step ranks differs: ours ranks every bit of every weight by default, theirs the
+top-``k_top`` weights by |g| (``k_top=10`` here gives their ranking; ties in |g| go by
+``torch.topk``'s order). Flipped (coordinate, bit) pairs are not flipped back. Memory: the
+stored codes of the group (int64 per weight) and one score vector of the largest tensor
+(of ``k_top`` entries with ``k_top``).
 """
 
 from __future__ import annotations
@@ -29,14 +36,14 @@ from torch import Tensor, nn
 from .._progress import progress_bar
 from ..corruption.apply import corrupted
 from ..corruption.base import Corruption
-from ..errors import ParamCorruptError
+from ..errors import InputTypeError, ParamCorruptError
 from ..evaluate import evaluate
 from ..formats import bits_setting, get_format
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, register_fault
 
-__all__ = ["BitSearch", "BitSearchFault", "bit_search"]
+__all__ = ["BitSearch", "BitSearchFault", "bit_search", "k_top_setting"]
 
 
 @dataclass
@@ -56,6 +63,7 @@ class BitSearch:
     bits: str | int = "any"
     candidates: int = 1
     progress: bool = False
+    k_top: int | None = None
     flips: list[tuple[str, int, int]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -64,6 +72,7 @@ class BitSearch:
         self._positions = self._fmt.select(self.bits)
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
             raise ParamCorruptError(f"candidates must be an integer >= 1, got candidates={self.candidates!r}")
+        self.k_top = k_top_setting(self.k_top)
         if not self.data:
             raise ParamCorruptError("the bit search needs at least one batch of attack data")
         params = self.group.tensors(self.model)
@@ -122,22 +131,43 @@ class BitSearch:
         self.losses.append(loss)
 
     def _ranked(self, name: str, param: Tensor, g: Tensor) -> list[tuple[int, int]]:
-        """The tensor's top ``candidates`` single flips by first-order loss increase."""
+        """The tensor's top ``candidates`` single flips by first-order loss increase, among
+        every weight's bits (``k_top=None``) or those of its ``k_top`` weights of largest |g|."""
         flat_g = g.reshape(-1).double()
-        now = param.detach().reshape(-1).double()
         idx = torch.arange(param.numel(), device=param.device)
+        if self.k_top is not None and self.k_top < param.numel():
+            idx = torch.topk(flat_g.abs(), self.k_top).indices
+            flat_g = flat_g[idx]
+        now = param.detach().reshape(-1)[idx].double()
         found: list[tuple[float, int, int]] = []
         for bit in self._positions:
-            flipped = self._fmt.decode(param, idx, self._codes[name] ^ (1 << bit), self._scales[name]).double()
+            flipped = self._fmt.decode(param, idx, self._codes[name][idx] ^ (1 << bit), self._scales[name]).double()
             score = flat_g * (flipped - now)
             score = torch.where(torch.isnan(score), torch.full_like(score, -math.inf), score)
             done = [i for i, b in self._done[name] if b == bit]  # never flip a bit back
             if done:
-                score[torch.tensor(done, device=score.device)] = -math.inf
+                score[torch.isin(idx, torch.tensor(done, device=idx.device))] = -math.inf
             top = torch.topk(score, min(self.candidates, score.numel()))
-            found += [(float(s), int(i), bit) for s, i in zip(top.values, top.indices) if s > -math.inf]
+            found += [(float(s), int(idx[i]), bit) for s, i in zip(top.values, top.indices) if s > -math.inf]
         found.sort(key=lambda t: -t[0])
         return [(i, b) for _, i, b in found[: self.candidates]]
+
+
+def k_top_setting(k_top: Any) -> int | None:
+    """The ``k_top`` setting checked: an integer >= 1, or None (also spelt "all", as a
+    command line gives it) for every weight.
+
+    Example:
+        >>> k_top_setting(10), k_top_setting("all"), k_top_setting(None)
+        (10, None, None)
+    """
+    if k_top is None or (isinstance(k_top, str) and k_top.strip().lower() == "all"):
+        return None
+    if isinstance(k_top, bool) or not isinstance(k_top, int):
+        raise InputTypeError(f"k_top must be an integer >= 1 or 'all' (every weight), got k_top={k_top!r}")
+    if k_top < 1:
+        raise ParamCorruptError(f"k_top must be an integer >= 1 or 'all' (every weight), got k_top={k_top!r}")
+    return k_top
 
 
 def bit_search(
@@ -152,6 +182,7 @@ def bit_search(
     candidates: int = 1,
     batches: int | None = 1,
     progress: bool = False,
+    k_top: int | None = None,
 ) -> BitSearch:
     """Find ``flips`` bit flips by the progressive bit search (see the module's doc).
 
@@ -167,12 +198,16 @@ def bit_search(
         candidates: flips per tensor evaluated exactly each iteration (1: the paper's).
         batches: how many batches of ``loader`` form the attack data.
         progress: show a progress bar.
+        k_top: rank only the bits of each tensor's ``k_top`` weights of largest |g| (the
+            Bit-Flip Attack code's ``k_top``; its default there is 10); None (the default):
+            every weight's. A ``k_top`` above a tensor's size takes all of it.
 
     Returns:
         The :class:`BitSearch`, with ``flips``, ``losses`` and ``corruption(m)``.
 
     Raises:
-        ValueError: for flips < 1, a bad format, bit class or count of candidates/batches.
+        ParamCorruptError: for flips < 1, a bad format, bit class, count of
+            candidates/batches or k_top.
     """
     if isinstance(flips, bool) or not isinstance(flips, int) or flips < 1:
         raise ParamCorruptError(f"flips must be an integer >= 1, got flips={flips!r}")
@@ -180,7 +215,7 @@ def bit_search(
         raise ParamCorruptError(f"batches must be an integer >= 1 or None, got batches={batches!r}")
     group = as_group(model, group)
     data = list(loader if batches is None else itertools.islice(loader, batches))
-    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress)
+    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress, k_top=k_top)
     search.extend(flips)
     return search
 
@@ -188,11 +223,14 @@ def bit_search(
 @register_fault
 class BitSearchFault(FaultModel):
     """The progressive bit search as a fault model: a row at ``flips = m`` holds the first m
-    flips of one search per group (searched once, extended as the rows ask for more)."""
+    flips of one search per group (searched once, extended as the rows ask for more).
+
+    ``k_top`` at its default (None: every weight) is left out of the row key and the row, so
+    rows written before it existed keep their keys."""
 
     name = "bit-search"
-    parameters = ("format", "bits", "flips", "candidates", "batches")
-    defaults = {"format": "int8", "bits": "any", "candidates": 1, "batches": 1}
+    parameters = ("format", "bits", "flips", "candidates", "batches", "k_top")
+    defaults = {"format": "int8", "bits": "any", "candidates": 1, "batches": 1, "k_top": None}
     axes = ("flips",)
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
@@ -201,22 +239,30 @@ class BitSearchFault(FaultModel):
             value = setting[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ParamCorruptError(f"{name} must be an integer >= 1, got {name}={value!r}")
-        return dict(setting, bits=bits)
+        return dict(setting, bits=bits, k_top=k_top_setting(setting["k_top"]))
+
+    def key(self) -> str:
+        key = super().key()
+        return key if self.setting["k_top"] is not None else key.removesuffix("|k_top=all")
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         s = self.setting
-        key = ("bit-search", s["format"], s["bits"], s["candidates"], s["batches"])
+        key = ("bit-search", s["format"], s["bits"], s["candidates"], s["batches"], s["k_top"])
         if key not in ctx.cache:
             if ctx.loader is None:
                 raise ParamCorruptError("the bit search needs attack data: the sweep's gradient loader")
             data = list(itertools.islice(ctx.loader, s["batches"]))
-            ctx.cache[key] = BitSearch(ctx.model, ctx.group, data, ctx.loss_fn, s["format"], s["bits"], s["candidates"])
+            ctx.cache[key] = BitSearch(
+                ctx.model, ctx.group, data, ctx.loss_fn, s["format"], s["bits"], s["candidates"], k_top=s["k_top"]
+            )
         search = ctx.cache[key]
         search.extend(s["flips"])
         return search.corruption(s["flips"])
 
     def row_fields(self, ctx: FaultContext, corruption: Corruption | None = None) -> dict[str, Any]:
         out = dict(self.setting)
+        if out["k_top"] is None:
+            del out["k_top"]  # every weight: the rows as they were before k_top
         if corruption is not None:
             out["bit_errors"] = corruption.info["bit_errors"]
             out["search_loss"] = corruption.info["search_loss"]
