@@ -1,0 +1,154 @@
+"""A new user's first hour, second pass (issue 22), through real processes: a user's data
+mistakes named with their fix, ``-v`` after a subcommand, a typo's closest option, and a
+pooled report of the README's three fault examples that shows every row it read."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--methods", "random,gradient", "--trials", "2", "--eps", "1e-2", "--quiet", "--threads", "1"]
+
+MISTAKES = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+    from paramcorrupt.losses import BatchLoss
+
+    torch.manual_seed(0)
+    X, Y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+
+    def make_model():
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def loss(model, batch):
+        x, y = batch
+        out = model(x)
+        return BatchLoss(F.cross_entropy(out, y), len(x), out)
+
+    def accuracy(out, batch):
+        return (out.argmax(1) == batch[1]).sum(), len(batch[1])
+
+    def loader(x, y):
+        return DataLoader(TensorDataset(x, y), batch_size=16)
+
+    def good():
+        return loader(X, Y), loader(X, Y), loss, {"accuracy": accuracy}
+
+    def datasets():
+        return TensorDataset(X, Y), TensorDataset(X, Y), loss
+
+    def torch_loss():
+        return loader(X, Y), loader(X, Y), nn.CrossEntropyLoss()
+
+    def wrong_width():
+        return loader(torch.randn(64, 5), Y), loader(torch.randn(64, 5), Y), loss
+
+    def one_hot():
+        hot = F.one_hot(Y, 3).float()
+        soft = lambda model, batch: BatchLoss(F.cross_entropy(model(batch[0]), batch[1]), 16, model(batch[0]))
+        return loader(X, hot), loader(X, hot), soft, {"accuracy": accuracy}
+    """
+)
+
+
+def cli(*argv, timeout=300):
+    done = subprocess.run(
+        [sys.executable, "-m", "paramcorrupt", *map(str, argv)], capture_output=True, text=True,
+        timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture()
+def mistakes(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(MISTAKES)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        ("datasets", "is a data set (TensorDataset), not a loader of batches; wrap it: torch.utils.data.DataLoader"),
+        ("torch_loss", "loss_fn is torch's CrossEntropyLoss(), which takes (output, target); the protocol is loss_fn(model, batch)"),
+        ("wrong_width", "fails on the first batch (float32[16, 5], int64[16]): RuntimeError: mat1 and mat2"),
+        ("one_hot", "the labels look one-hot: give class indices, labels.argmax(1)"),
+    ],
+)
+def test_each_data_mistake_is_named_with_its_fix(mistakes, tmp_path, factory, expected):
+    out = tmp_path / "r.jsonl"
+    code, _, err = cli("probe", "--model", f"{mistakes}:make_model", "--data", f"{mistakes}:{factory}", *FAST, "--out", out)
+    assert code == 2, err
+    assert err.startswith("paramcorrupt probe: error: ") and err.count("\n") == 1, err
+    assert expected in err and "internal error" not in err, err
+    assert not out.exists() or len(out.read_text().splitlines()) <= 1  # no row
+    # the corrected command with the same --out takes the row-less file over (issue 22, point 4)
+    code, _, err = cli("probe", "--model", f"{mistakes}:make_model", "--data", f"{mistakes}:good", "--by", "type",
+                       *FAST, "--out", out)
+    assert code == 0, err
+
+
+@pytest.mark.slow
+def test_a_good_factory_passes_and_its_report_names_the_factory(mistakes, tmp_path):
+    out = tmp_path / "r.jsonl"
+    code, _, err = cli("probe", "--model", f"{mistakes}:make_model", "--data", f"{mistakes}:good", "--by", "type",
+                       *FAST, "--out", out)
+    assert code == 0, err
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["task_display"] == "make_model"
+    code, report, err = cli("report", out, "--out", tmp_path / "rep")
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert str(mistakes) in text  # the full identity in the header
+    figures = list((tmp_path / "rep" / "figures").glob("*.png"))
+    assert figures and all(len(f.name) < 80 and str(tmp_path.name) not in f.name for f in figures)
+
+
+@pytest.mark.slow
+def test_verbose_after_the_subcommand_and_a_typo_names_the_closest_option(tmp_path):
+    code, _, err = cli("report", tmp_path / "missing.jsonl", "-v")
+    assert code == 2 and "unrecognized" not in err and "results file not found" in err, err
+    code, _, err = cli("probe", "--esp", "1e-3")
+    assert code == 2
+    assert "usage: paramcorrupt probe" in err and "did you mean --eps?" in err, err
+    code, _, err = cli("train", "--epoch", "1", "--lrr", "0.1")
+    assert code == 2 and "usage: paramcorrupt train" in err and "did you mean --lr?" in err, err
+
+
+@pytest.mark.slow
+def test_a_pooled_report_of_the_three_fault_examples_shows_every_row(tmp_path):
+    common = ["--task", "digits", "--epochs", "1", "--trials", "2", "--quiet", "--threads", "1"]
+    runs = {
+        "ber": ["--by", "type", "--fault", "bitflip", "--format", "int8", "--ber", "1e-5,1e-4"],
+        "flips": ["--fault", "bitflip,bit-search", "--format", "int8", "--flips", "1,2"],
+        "stuck": ["--fault", "stuck-at", "--value", "1", "--bits", "sign", "--flips", "10"],
+    }
+    counts = {}
+    for name, argv in runs.items():
+        code, _, err = cli("probe", *common, *argv, "--out", tmp_path / f"{name}.jsonl", timeout=600)
+        assert code == 0, err
+        counts[name] = len((tmp_path / f"{name}.jsonl").read_text().splitlines()) - 1
+    code, _, err = cli("report", *(tmp_path / f"{n}.jsonl" for n in runs), "--out", tmp_path / "rep")
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    total = sum(counts.values())
+    assert f"{total} rows read, all {total} shown." in text, text[:400]
+    # every row in one table line: count the table rows' trials column
+    shown = sum(int(line.split("|")[4]) for line in text.splitlines() if line.startswith("| ") and "|---" not in line
+                and not line.startswith("| group"))
+    assert shown == total
+    assert "bitflip by ber" in text and "bitflip by flips" in text
+    links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert len(links) == len(set(links)) == 8
+    assert all((tmp_path / "rep" / link).is_file() for link in links)
