@@ -5,7 +5,7 @@ and at random; which parameters are the most vulnerable; and how to train so tha
 network resists it.
 
 The root imports only the core (constraint, groups, losses, theory, corruption, gradient,
-evaluate, indicator) and exports their public names. The packages above it — ``tasks``,
+evaluate, indicator, formats: ``quantize``) and exports their public names. The packages above it — ``tasks``,
 ``train`` (:class:`~paramcorrupt.train.CorruptionResistant`, :func:`~paramcorrupt.train.fit`),
 ``faults``, ``probe``, ``experiments``, ``parallel`` — are reached as attributes
 (``paramcorrupt.tasks.get_task``), loaded on first use: the core never imports them.
@@ -32,6 +32,8 @@ from .corruption import (
 )
 from .errors import InputTypeError, MissingFileError, ParamCorruptError
 from .evaluate import evaluate
+from .formats import StoredTensor, quantize_tensor
+from .formats.model import Quantized, quantize, quantized
 from .gradient import dataset_gradient
 from .groups import PARAMETER_TYPES, ParameterGroup, parameter_types, select
 from .indicator import IndicatorResult, RandomStats, indicator
@@ -45,6 +47,8 @@ __version__ = "0.1.0"
 __all__ = [
     "MODES",
     "PARAMETER_TYPES",
+    "Quantized",
+    "StoredTensor",
     "BatchLoss",
     "Constraint",
     "Corruption",
@@ -70,6 +74,9 @@ __all__ = [
     "losses",
     "lp_norm",
     "parameter_types",
+    "quantize",
+    "quantize_tensor",
+    "quantized",
     "random_corruption",
     "random_values",
     "relative_gradient_corruption",
