@@ -108,11 +108,7 @@ def write_report(
         body += report.theorem1()
     body += fault_body
     lines += body
-    stale = sorted(set((out / "figures").glob("*.png")) - set(report.figures))
-    for old in stale:  # an earlier report's figures: gone, so the folder holds this report alone
-        old.unlink()
-    if stale:
-        notes.add(f"{len(stale)} figure(s) of an earlier report in {out / 'figures'} were deleted.")
+    _delete_stale(out / "figures", report.figures, notes)
     lines.append("## Notes")
     lines.append("")
     if notes.items:
@@ -125,3 +121,12 @@ def write_report(
     tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _delete_stale(folder: Path, written: Sequence[Path], notes: _Notes) -> None:
+    """Delete an earlier report's figures from ``folder``, so it holds this report's alone (noted)."""
+    stale = sorted(set(folder.glob("*.png")) - set(written))
+    for old in stale:
+        old.unlink()
+    if stale:
+        notes.add(f"{len(stale)} figure(s) of an earlier report in {folder} were deleted.")
