@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .._state import frozen_norm_stats
 from ..errors import InputTypeError, ParamCorruptError
+from ..formats.torchao import is_torchao_tensor, stored_writes
 from ..groups import find_parameter
 from .base import Corruption
 
@@ -38,6 +39,12 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
         if id(param) in seen:
             raise ParamCorruptError(f"{name!r} and {seen[id(param)]!r} are the same (tied) parameter; corrupt it once")
         seen[id(param)] = name
+        if is_torchao_tensor(param):  # its stored fields, written as integers (formats/torchao.py)
+            plan.extend(stored_writes(
+                name, param, corruption.indices.get(name), value, mode=corruption.mode, method=corruption.method,
+                layout=corruption.info.get("stored_fields", {}).get(name),
+            ))
+            continue
         if not param.is_floating_point():
             raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
         if not isinstance(value, Tensor):

@@ -21,6 +21,8 @@ from ..errors import InputTypeError, ParamCorruptError
 from ..formats import NumberFormat, bits_setting, get_format
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, key_text, register_fault
+from .torchao import row_fields as torchao_row_fields
+from .torchao import stored_layout
 
 __all__ = ["BitFlip", "StuckAt", "random_bit_faults"]
 
@@ -92,8 +94,10 @@ def random_bit_faults(
     for name, param in params.items():
         if not param.is_floating_point():
             raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
-    sizes = [p.numel() for p in params.values()]
-    total = sum(sizes) * len(positions)
+    layout = stored_layout(params, bits)  # torchao weights: their stored fields (faults/torchao.py)
+    plain = params if layout is None else layout.plain
+    sizes = [p.numel() for p in plain.values()]
+    total = sum(sizes) * len(positions) + (0 if layout is None else layout.total)
     if flips is not None:
         if flips > total:
             raise ParamCorruptError(f"flips={flips} exceeds the {total:,} candidate bits of group {group.name!r}")
@@ -101,8 +105,11 @@ def random_bit_faults(
     else:
         m = int(torch.binomial(torch.tensor([float(total)], dtype=torch.float64), torch.tensor([float(ber)], dtype=torch.float64), generator=generator))
     chosen = _distinct(m, total, generator)
+    if layout is not None:  # the plain parameters' candidates first, then the stored fields'
+        stored, chosen = chosen[chosen >= total - layout.total] - (total - layout.total), chosen[chosen < total - layout.total]
     coords, bit_of = chosen // len(positions), torch.tensor(positions, dtype=torch.long)[chosen % len(positions)]
-    return _write_bits(group, params, fmt, coords, bit_of, op, bit_errors=m)
+    corruption = _write_bits(group, plain, fmt, coords, bit_of, op, bit_errors=m)
+    return corruption if layout is None else layout.add_faults(corruption, stored, op)
 
 
 def _check_rate(ber: Any, flips: Any) -> None:
@@ -216,6 +223,7 @@ class _BitFault(FaultModel):
         if corruption is not None:
             out["bit_errors"] = corruption.info.get("bit_errors")
             out["changed"] = corruption.info.get("changed")
+            out.update(torchao_row_fields(corruption.info))
         return out
 
 

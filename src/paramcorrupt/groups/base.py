@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import InputTypeError, ParamCorruptError
+from ..formats.torchao import is_torchao_tensor
 
 __all__ = [
     "PARAMETER_TYPES",
@@ -225,7 +226,8 @@ def select(
     type_of = parameter_types(model) if type_set is not None else {}
     names = []
     for pname, param in model.named_parameters():
-        if not include_frozen and not param.requires_grad:
+        # a torchao weight is frozen by torchao, yet it is the deployed model's weight: kept
+        if not include_frozen and not param.requires_grad and not is_torchao_tensor(param):
             continue
         if include_p is not None and not _matches(pname, include_p):
             continue

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputTypeError, ParamCorruptError
+from ..formats.torchao import is_torchao_tensor
 from .base import PARAMETER_TYPES, ParameterGroup, parameter_types, select
 
 __all__ = [
@@ -37,7 +38,8 @@ _RNN_LAYER = re.compile(r"_l(\d+)(_reverse)?$")
 
 
 def _trainable_names(model: nn.Module, include_frozen: bool) -> list[str]:
-    return [n for n, p in model.named_parameters() if include_frozen or p.requires_grad]
+    # a torchao weight is frozen by torchao, yet it is the deployed model's weight: kept
+    return [n for n, p in model.named_parameters() if include_frozen or p.requires_grad or is_torchao_tensor(p)]
 
 
 def _build(model: nn.Module, units: Mapping[str, list[str]]) -> dict[str, ParameterGroup]:
