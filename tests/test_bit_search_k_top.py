@@ -4,6 +4,8 @@ in Python integers, the gradient by autograd, each flip's loss by a forward pass
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,3 +151,16 @@ def test_k_top_in_a_sweep_keys_only_the_rows_that_set_it(tmp_path):
     # each row holds its own search's flips: k_top=1's loss is that of the k_top=1 search
     assert rows[2]["search_loss"] == bit_search(model, data, classification_loss, flips=2, k_top=1).losses[2]
     assert rows[3]["search_loss"] == bit_search(model, data, classification_loss, flips=2).losses[2]
+
+
+@pytest.mark.parametrize("value, message", [("0", "got k_top=0"), ("-2", "got k_top=-2"), ("ten", "got k_top='ten'")])
+def test_a_bad_k_top_from_the_cli_is_one_line_exit_2(tmp_path, capsys, value, message):
+    from paramcorrupt.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "user_model.py"
+    path = tmp_path / "k.jsonl"
+    code = main(["probe", "--model", f"{example}:make_model", "--data", f"{example}:make_data", "--quiet",
+                 "--fault", "bit-search", "--flips", "1", "--fault-setting", f"k_top={value}", "--out", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert "k_top must be an integer >= 1" in err

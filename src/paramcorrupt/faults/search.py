@@ -195,7 +195,8 @@ def bit_search(
         format: the stored format (int8 by default, as the paper; any of
             :data:`~paramcorrupt.formats.FORMATS`).
         bits: the bits that may flip (any, sign, exponent, mantissa, msb, or an index).
-        candidates: flips per tensor evaluated exactly each iteration (1: the paper's).
+        candidates: flips per tensor evaluated exactly each iteration (1: one per layer, as the
+            Bit-Flip Attack evaluates).
         batches: how many batches of ``loader`` form the attack data.
         progress: show a progress bar.
         k_top: rank only the bits of each tensor's ``k_top`` weights of largest |g| (the
