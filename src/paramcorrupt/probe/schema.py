@@ -34,16 +34,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParamCorruptError
+from ..errors import FileAccessError, ParamCorruptError, os_error_text
 
 __all__ = [
     "FIELD_KINDS",
     "MAX_LINE_BYTES",
     "RowSchema",
+    "chance_metadata",
     "check_regular",
     "config_differences",
     "extension_problems",
     "header_problems",
+    "lock_file",
+    "open_regular",
     "same_sweep",
     "schema_of",
     "verified_rows",
@@ -82,6 +85,36 @@ def check_regular(path: Path, what: str) -> None:
         kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
             "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
         raise ParamCorruptError(f"{what} {path} is {kind}; give a regular file path")
+
+
+def open_regular(path: Path, what: str) -> Any:
+    """``path`` opened for reading, refused unless it is a regular file (a named pipe would
+    block, a device never end); an OS error is one line with the path."""
+    check_regular(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise FileAccessError(f"cannot read {what} {os_error_text(error, path)}") from None
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the check
+        handle.close()
+        check_regular(path, what)
+        raise ParamCorruptError(f"{what} {path} is not a regular file")
+    return handle
+
+
+def lock_file(handle: Any, path: Path) -> None:
+    """An exclusive advisory lock, so two sweeps never append to one file at once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ParamCorruptError(f"{path} is being written by another process") from None
 
 
 def _number(value: Any) -> bool:
@@ -327,3 +360,31 @@ def _key_problems(row: Mapping[str, Any]) -> list[str]:
     """The check of a row of a file that is no sweep's (no schema): it has a string key."""
     key = row.get("key")
     return [] if isinstance(key, str) else ["it has no key" if key is None else f"its key is {key!r}, not a string"]
+
+
+def chance_metadata(
+    metric: str | None, chance: float | None, metrics: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The header entries of a probe's metrics, for :class:`ResultsStore`'s ``metadata``:
+    ``{"chance": {metric: chance}}`` (``{}`` when either is unknown) and, given the task's
+    ``metrics`` (name -> metric), ``"metrics"``: name -> :class:`~paramcorrupt.losses.MetricInfo`
+    as a dict (direction, display name, scale, unit, chance; ``"loss"`` included), which
+    reports read instead of guessing from a metric's name.
+
+    >>> chance_metadata("accuracy", 0.1), chance_metadata("loss", None)
+    ({'chance': {'accuracy': 0.1}}, {})
+    >>> from paramcorrupt.losses import accuracy
+    >>> chance_metadata("accuracy", 0.1, {"accuracy": accuracy})["metrics"]["accuracy"]["unit"]
+    '%'
+    """
+    out: dict[str, Any] = {}
+    if metric is not None and chance is not None:
+        if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not math.isfinite(chance):
+            raise ParamCorruptError(f"a chance level must be a finite number, got {chance!r}")
+        out["chance"] = {str(metric): float(chance)}
+    if metrics is not None:
+        from ..losses import metric_infos  # here: reading a results file needs no torch
+
+        infos = metric_infos(metrics, metric, out.get("chance", {}).get(str(metric)))
+        out["metrics"] = {name: info.to_dict() for name, info in infos.items()}
+    return out

@@ -4,7 +4,9 @@ The file's first line is a header naming the sweep (its ``sweep_id`` and configu
 every further line is one finished row. Rows are appended, flushed and ``fsync``-ed one by
 one as they finish, so a process killed at any moment (SIGKILL included) loses at most the
 row in progress. On reopening, a torn last line (a row cut mid-write) is cut away, finished
-rows are read back, and the sweep skips their keys. A file that belongs to another sweep is
+rows are read back and verified (every row against the sweep's schema and keys, the header
+against its id: :mod:`paramcorrupt.probe.schema`; a damaged, foreign or repeated row is refused,
+naming its line), and the sweep skips their keys. A file that belongs to another sweep is
 refused and never written to (the error names the settings that differ) — unless the store
 *extends* it (``extend=True``, ``paramcorrupt probe --extend``): a sweep whose configuration
 only adds values (eps, p, n, methods, groups, more trials) to the file's, everything else
@@ -30,9 +32,13 @@ from typing import Any
 from ..errors import FileAccessError, ParamCorruptError, os_error_text
 from .schema import (
     MAX_LINE_BYTES,
+    chance_metadata,
     check_regular,
     config_differences,
     extension_problems,
+    header_problems,
+    lock_file,
+    open_regular,
     same_sweep,
     verified_rows,
 )
@@ -47,6 +53,7 @@ __all__ = [
     "extension_problems",
     "read_jsonl",
     "read_results",
+    "verify_results",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,7 +176,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     path = Path(path)
     out: list[Any] = []
     pending: tuple[int, int] | None = None  # a line that did not parse: an error unless it is the last
-    with _open_regular(path, "results file") as handle:
+    with open_regular(path, "results file") as handle:
         for number, raw in _lines(handle, path):
             try:
                 line = raw.decode("utf-8")
@@ -188,24 +195,6 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     return out
 
 
-def _open_regular(path: Path, what: str) -> Any:
-    """``path`` opened for reading, refused unless it is a regular file (a named pipe would
-    block, a device never end); an OS error is one line with the path."""
-    check_regular(path, what)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise FileAccessError(f"cannot read {what} {os_error_text(error, path)}") from None
-    handle = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the check
-        handle.close()
-        check_regular(path, what)
-        raise ParamCorruptError(f"{what} {path} is not a regular file")
-    return handle
-
-
 def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Read a results file without changing it: ``(header, rows)``.
 
@@ -217,7 +206,7 @@ def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dic
         ValueError: when a line other than the last is not a JSON object.
     """
     path = Path(path)
-    with _open_regular(path, "results file") as handle:
+    with open_regular(path, "results file") as handle:
         first = next(_lines(handle, path), (0, b""))[1]
         try:
             headerless = not _is_header(json.loads(first)) if first.strip() else False
@@ -232,6 +221,32 @@ def read_results(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dic
             raise ParamCorruptError(f"{path}: value {number} is not a JSON object")
         out.append(decode_row(obj))
     return {}, out
+
+
+def verify_results(path: str | os.PathLike[str]) -> list[str]:
+    """What is wrong with a sweep's results file, read without changing it: a header whose
+    ``sweep_id`` is not the one of its config and groups, and every row that :meth:`ResultsStore.open`
+    would refuse (damaged, foreign or repeated), as "line N: ..." texts; empty for an intact
+    file and for a file that is no sweep's (a headerless one, the demo's)."""
+    path = Path(path)
+    with open_regular(path, "results file") as handle:
+        first = next(_lines(handle, path), (0, b""))[1]
+        try:
+            ours = _is_header(json.loads(first))
+        except ValueError:
+            ours = False
+        if not ours:
+            return []
+        header, numbered, _ = _scan(handle, path)
+    assert header is not None
+    problems = header_problems(header)
+    if problems:
+        return [f"line 1 (the header): {problems[0]}"]
+    try:
+        verified_rows(header, header, numbered, path)
+    except ParamCorruptError as error:
+        return [str(error).removeprefix(f"{path}: ")]
+    return []
 
 
 class ResultsStore:
@@ -273,6 +288,7 @@ class ResultsStore:
         self.header: dict[str, Any] | None = None
         self._file: Any = None
         self._held: Any = None  # the file, locked by lock() before open()
+        self._created = False  # whether lock() created it
 
     def open(self, sweep_id: str, config: Mapping[str, Any], **extra: Any) -> list[dict[str, Any]]:
         """Open the file for the sweep ``sweep_id``; return the rows it already holds.
@@ -293,6 +309,10 @@ class ResultsStore:
         handle, self._held = self._held or self._open_locked(), None
         try:
             header, numbered, good = _scan(handle, self.path)
+            if _header_only_of_another(header, numbered, sweep_id):  # a run that stopped before its first row
+                logger.warning("%s holds only the header of another sweep, no row: this sweep takes it over", self.path)
+                handle.truncate(0)
+                header, good = None, 0
             rows = verified_rows(header, new_header, numbered, self.path, extend=self.extend)
             if header is not None and header.get("sweep_id") != sweep_id:
                 header = _rewrite_header(handle, header, new_header, good, self.path)
@@ -327,7 +347,9 @@ class ResultsStore:
         long work: a file another process writes, a path that cannot be written, or one that
         is no regular file is refused at once. :meth:`open` then uses the file as locked."""
         if self._held is None and self._file is None:
+            created = not self.path.exists()
             self._held = self._open_locked()
+            self._created = created
 
     def _open_locked(self) -> Any:
         """The file opened for reading and appending, locked; only a regular file or a new one."""
@@ -341,7 +363,7 @@ class ResultsStore:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by something else since the check
                 raise ParamCorruptError(f"results file {self.path} is not a regular file")
-            _lock(handle, self.path)
+            lock_file(handle, self.path)
         except BaseException:
             handle.close()
             raise
@@ -362,10 +384,11 @@ class ResultsStore:
             return
         extra = self._with_metadata(extra)
         new_header = None if config is None else {"format": FORMAT, "sweep_id": sweep_id, "config": dict(config), **extra}
-        with _open_regular(self.path, "results file") as handle:
+        with open_regular(self.path, "results file") as handle:
             header, numbered, good = _scan(handle, self.path)
             torn = header is None and _torn_header(handle)
             size = handle.seek(0, os.SEEK_END)
+        header = None if _header_only_of_another(header, numbered, sweep_id) else header  # open() takes it over
         if header is not None and header.get("sweep_id") != sweep_id and new_header is None:
             same_sweep(header, sweep_id, self.path, None, extend=self.extend)
         elif header is not None and new_header is not None:
@@ -396,6 +419,8 @@ class ResultsStore:
 
     def close(self) -> None:
         """Close the file (and release its lock); safe to call twice."""
+        if self._held is not None and self._created and os.fstat(self._held.fileno()).st_size == 0:
+            self.path.unlink(missing_ok=True)  # locked early, never opened: leave no empty file behind
         for handle in (self._file, self._held):
             if handle is not None:
                 handle.close()
@@ -411,32 +436,9 @@ class ResultsStore:
         return iter(read_results(self.path)[1])
 
 
-def chance_metadata(
-    metric: str | None, chance: float | None, metrics: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The header entries of a probe's metrics, for :class:`ResultsStore`'s ``metadata``:
-    ``{"chance": {metric: chance}}`` (``{}`` when either is unknown) and, given the task's
-    ``metrics`` (name -> metric), ``"metrics"``: name -> :class:`~paramcorrupt.losses.MetricInfo`
-    as a dict (direction, display name, scale, unit, chance; ``"loss"`` included), which
-    reports read instead of guessing from a metric's name.
-
-    >>> chance_metadata("accuracy", 0.1), chance_metadata("loss", None)
-    ({'chance': {'accuracy': 0.1}}, {})
-    >>> from paramcorrupt.losses import accuracy
-    >>> chance_metadata("accuracy", 0.1, {"accuracy": accuracy})["metrics"]["accuracy"]["unit"]
-    '%'
-    """
-    out: dict[str, Any] = {}
-    if metric is not None and chance is not None:
-        if isinstance(chance, bool) or not isinstance(chance, (int, float)) or not math.isfinite(chance):
-            raise ParamCorruptError(f"a chance level must be a finite number, got {chance!r}")
-        out["chance"] = {str(metric): float(chance)}
-    if metrics is not None:
-        from ..losses import metric_infos  # here: reading a results file needs no torch
-
-        infos = metric_infos(metrics, metric, out.get("chance", {}).get(str(metric)))
-        out["metrics"] = {name: info.to_dict() for name, info in infos.items()}
-    return out
+def _header_only_of_another(header: Mapping[str, Any] | None, numbered: list[Any], sweep_id: str) -> bool:
+    """Another sweep's header and no row (a run that failed before its first row): taken over."""
+    return header is not None and not numbered and header.get("sweep_id") != sweep_id
 
 
 def _torn_header(handle: Any) -> bool:
@@ -461,31 +463,26 @@ def _rewrite_header(handle: Any, old: Mapping[str, Any], new: dict[str, Any], go
     temporary file, synced, then renamed over the old one (atomic), and ``handle`` reopened."""
     new = {**new, "extends": [*(old.get("extends") or []), old.get("sweep_id")]}
     handle.seek(0)
-    data = handle.read()[:good]
-    body = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    left = good - len(handle.readline(MAX_LINE_BYTES + 1))  # the rows after the old header
     tmp = path.with_name(path.name + ".extend.tmp")
-    with open(tmp, "wb") as out:
-        out.write(json.dumps(_encode_value(new), allow_nan=False).encode() + b"\n" + body)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(json.dumps(_encode_value(new), allow_nan=False).encode() + b"\n")
+            while left > 0:  # copied in bounded chunks
+                chunk = handle.read(min(left, 1 << 20))
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no half-written copy left behind
+        raise
     # the open handle (and its lock) still points at the old inode: move both to the new file
     fresh = open(path, "a+b")  # noqa: SIM115
-    _lock(fresh, path)
+    lock_file(fresh, path)
     os.dup2(fresh.fileno(), handle.fileno())
     fresh.close()
     handle.seek(0, os.SEEK_END)
     logger.info("%s: extending sweep %s with %s", path, old.get("sweep_id"), new["sweep_id"])
     return new
-
-
-def _lock(handle: Any, path: Path) -> None:
-    """An exclusive advisory lock, so two sweeps never append to one file at once."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ParamCorruptError(f"{path} is being written by another process") from None
