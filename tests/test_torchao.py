@@ -375,8 +375,8 @@ def test_no_float_copy_of_the_weights_saved_bytes_are_o_of_faults(ao, monkeypatc
 
 @SLOW
 @pytest.mark.parametrize("config", ["int8-weight-only", "float8-weight-only"])
-def test_a_sweep_runs_the_torchao_model_its_clean_row_is_torchaos_own_evaluation(ao, config):
-    from paramcorrupt.probe import SweepConfig, sweep
+def test_a_sweep_runs_the_torchao_model_its_clean_row_is_torchaos_own_evaluation(ao, config, tmp_path):
+    from paramcorrupt.probe import ResultsStore, SweepConfig, sweep
 
     model = quantised_model(ao, config)
     g = torch.Generator().manual_seed(2)
@@ -386,7 +386,10 @@ def test_a_sweep_runs_the_torchao_model_its_clean_row_is_torchaos_own_evaluation
     config_ = SweepConfig(methods=["bitflip", "stuck-at"], trials=2, settings={"bitflip": {"ber": [1e-3, 0.05]},
                                                                               "stuck-at": {"flips": [3]}})
     rows = sweep(model, config_, data, data, classification_loss, {"accuracy": accuracy},
-                 groups={"all": select(model)}, progress=False)
+                 groups={"all": select(model)}, store=ResultsStore(tmp_path / "ao.jsonl"), progress=False)
+    again = sweep(model, config_, data, data, classification_loss, {"accuracy": accuracy},  # resumed from the file
+                  groups={"all": select(model)}, store=ResultsStore(tmp_path / "ao.jsonl"), progress=False)
+    assert [r["metric_after"] for r in again] == [r["metric_after"] for r in rows]
     assert len(rows) == 6
     for row in rows:
         assert row["metric_before"] == own["accuracy"] and row["loss_before"] == own["loss"]

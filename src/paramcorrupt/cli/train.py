@@ -58,6 +58,7 @@ from ..experiments import (
     validate,
 )
 from ..experiments.markdown import display_of
+from ..experiments.runs import check_output_folder
 from . import CLIError
 from .probe import use_hf_flag
 from .values import (
@@ -233,6 +234,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = parse_method(args.method, base)
     validate(config)
     checkpoint = args.out / "checkpoint.pt"
+    if D.is_main_process():
+        check_output_folder(args.out)  # cheap checks first: a folder that cannot be written, before training
     if not args.resume and D.is_main_process() and checkpoint.exists():
         checkpoint.unlink()
     print(f"training {config.label()} on {setup.identity} (seed {args.seed}, {config.epochs} epochs) ...", flush=True)
