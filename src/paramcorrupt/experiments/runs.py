@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from typing import Any
 import torch
 
 from .. import parallel as D
+from ..errors import FileAccessError, os_error_text
+from ..train.loop import save_atomically
 from .table2 import table2_metrics
 from .training import MethodConfig, TaskSetup, method_settings, train_model
 
-__all__ = ["digest", "load_saved", "run_one", "save_model"]
+__all__ = ["check_output_folder", "digest", "load_saved", "run_one", "save_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +61,8 @@ def save_model(task: Any, weights: Path, meta: dict[str, Any], meta_path: Path |
     """Save ``task.model``'s state dict to ``weights`` and ``meta`` as JSON beside it
     (``meta_path``, default ``weights`` with ``.json``); ``task.info["model_id"]`` becomes
     ``meta["id"]``. Returns ``meta``."""
-    torch.save(task.model.state_dict(), weights)
-    (meta_path or weights.with_suffix(".json")).write_text(json.dumps(meta, indent=1, default=str))
+    save_atomically(task.model.state_dict(), weights)
+    _write_text(meta_path or weights.with_suffix(".json"), json.dumps(meta, indent=1, default=str))
     task.info["model_id"] = meta["id"]
     return meta
 
@@ -89,9 +92,40 @@ def run_one(
         out.mkdir(parents=True, exist_ok=True)
     task, record = train_model(config, seed, checkpoint=out / "checkpoint.pt", progress=progress, setup=setup)
     if D.is_main_process():
-        torch.save(task.model.state_dict(), out / "model.pt")
+        save_atomically(task.model.state_dict(), out / "model.pt")  # a kill leaves no 0-byte model.pt
     metrics = table2_metrics(task, eval_eps, random_trials=random_trials, seed=seed)
     result = {**settings, "config": asdict(config), "label": config.label(), **metrics, **record}
     if D.is_main_process():
-        results_path.write_text(json.dumps(result, indent=1, default=float))
+        _write_text(results_path, json.dumps(result, indent=1, default=float))
     return result
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse, before any training, an output folder that cannot be written: created when
+    missing, a small file written and removed (a read-only file system, no permission, a
+    parent that is a file, no space: a :class:`FileAccessError` naming the path)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileAccessError(f"{out} is not a folder; give a folder for the run's files")
+    probe = out / ".paramcorrupt-write-check.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise FileAccessError(f"cannot write the output folder {os_error_text(error)}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (a temporary file renamed over it), removed on failure."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise FileAccessError(f"cannot write {os_error_text(error, path)}") from None

@@ -27,11 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import parallel as D
 from .._progress import progress_bar
 from .._state import mode
-from ..errors import InputTypeError, ParamCorruptError
+from ..errors import FileAccessError, InputTypeError, ParamCorruptError, os_error_text
 from ..losses import LossFn, as_batch_loss
 from .optimizer import CorruptionResistant
 
-__all__ = ["fit", "load_checkpoint", "save_checkpoint", "split_batch", "training_closure"]
+__all__ = ["fit", "load_checkpoint", "save_atomically", "save_checkpoint", "split_batch", "training_closure"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,21 +161,63 @@ def training_closure(
 
 
 def save_checkpoint(path: str | os.PathLike[str], **states: Any) -> None:
-    """``torch.save`` a dict of state dicts and plain values, atomically (write, then rename).
+    """``torch.save`` a dict of state dicts and plain values, atomically (:func:`save_atomically`).
 
     Only tensors, numbers, strings, lists and dicts go in, so the file loads with
     ``weights_only=True`` (no code is unpickled).
     """
+    save_atomically(states, path)
+
+
+def save_atomically(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj)`` to a temporary file beside ``path``, synced, then renamed over it: a
+    process killed at any moment leaves the old file or the new one, never a part of one. The
+    temporary file is removed when writing fails; an OS error (no space, a read-only file
+    system, no permission, a parent that is a file) is a :class:`FileAccessError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(states, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise FileAccessError(f"cannot write {os_error_text(error, path)}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        ParamCorruptError: when the file is no regular file, or cannot be read as such a
+            checkpoint (damaged, or written by something else): the message says to delete
+            it or start over, never to unpickle it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ParamCorruptError(f"the checkpoint {path} is {'a folder' if path.is_dir() else 'not a regular file'}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise FileAccessError(f"cannot read the checkpoint {os_error_text(error, path)}") from None
+    except Exception as error:  # damaged, truncated, or a file of something else (a pickled object)
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        said = "" if "weights_only" in str(error) or not first else f": {type(error).__name__}: {first}"
+        raise ParamCorruptError(
+            f"cannot read the checkpoint {path} (damaged, or not written by paramcorrupt train{said}); delete it "
+            "to start over (on the command line: --no-resume), or give another output folder"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise ParamCorruptError(f"the checkpoint {path} holds a {type(state).__name__}, not a training checkpoint")
+    return state
 
 
 def _check_resumable(state: Mapping[str, Any], path: Any, identity: str | None) -> None:
