@@ -50,6 +50,7 @@ from .values import (
     floats,
     group_spec,
     n_values,
+    quantize_options,
     task_option_values,
     task_options,
 )
@@ -120,6 +121,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     faults.add_argument("--count", default=None, help="random-values: numbers of weights set to random values")
     faults.add_argument("--fault-setting", action="append", default=[], metavar="KEY=V[,V]",
                         help="any other setting of a --fault model (repeatable)")
+    faults.add_argument("--quantize", default=None, metavar="FORMAT",
+                        help="probe the model as stored in FORMAT (int8, int8-channel, int8-group, int4, nf4, fp8-e4m3, "
+                        "fp8-e5m2, mxfp8, mxfp6, mxfp4, float16, bfloat16): every weight its decoded code, the clean rows "
+                        "the quantised model's (the float model's beside them); bitflip/stuck-at hit codes, scales and "
+                        "zero points; the float weights are restored afterwards (see docs/formats.md)")
+    faults.add_argument("--quantize-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the --quantize format, repeatable: group_size=32, pad=true, asymmetric=true, "
+                        "block_size=64, per_channel=true")
     parser.add_argument("--out", type=Path, default=Path("probe-results.jsonl"), help="results file, resumed when it exists (default: probe-results.jsonl)")
     parser.add_argument(
         "--extend", action="store_true",
@@ -249,6 +258,8 @@ def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, 
         grouping=grouping,
         metric=task.primary_metric if declared else None,
         measure_gradient_data=not args.no_gradient_data,
+        quantize=getattr(args, "quantize", None),
+        quantize_options=quantize_options(getattr(args, "quantize", None), getattr(args, "quantize_option", None)),
     )
 
 
@@ -297,7 +308,7 @@ def use_hf_flag(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ..probe.store import ResultsStore, chance_metadata
-    from ..probe.sweep import sweep
+    from ..probe.sweep import check_quantization, sweep
 
     start = time.perf_counter()
     if args.threads is not None:
@@ -325,7 +336,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.checkpoint is None:
             shell, identity = _builtin_task(args, train=False)
             grouping, groups, keep = _groups(args, shell)
-            _check_store(store, _config(args, shell, identity, grouping, keep), groups)
+            shell_config = _config(args, shell, identity, grouping, keep)
+            _check_store(store, shell_config, groups)
+            check_quantization(shell.model, shell_config)  # --quantize options against the weights, before training
             if not args.quiet and shell.name == "digits":  # the one task trained here
                 print(f"training the {shell.name} model (seed {args.seed}, {args.epochs} epochs) ...", flush=True)
         task, identity = _builtin_task(args, train=True)
@@ -333,6 +346,7 @@ def _run(args: argparse.Namespace) -> int:
     grouping, groups, keep = _groups(args, task)
     config = _config(args, task, identity, grouping, keep)
     _check_store(store, config, groups)
+    check_quantization(task.model, config)
     store.metadata = {  # a new header's metric infos, and the task's short name and data for the report
         **chance_metadata(config.metric, task.chance, task.metrics),
         "task_display": display_name(args, identity),

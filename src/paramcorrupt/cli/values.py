@@ -16,6 +16,7 @@ argparse ``type=`` (argparse's own one-line error, exit code 2).
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import inspect
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "parse_method",
     "parse_n",
     "parse_p",
+    "quantize_options",
     "task_option_values",
     "task_options",
 ]
@@ -342,7 +344,9 @@ def task_option_values(factory: Callable[..., Any], options: Mapping[str, Any], 
             if more:
                 out[key] = value
                 continue
-            raise ParamCorruptError(f"unknown --task-option {key!r} for the {task} task; valid: {', '.join(sorted(named))}")
+            close = difflib.get_close_matches(key, named, n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise ParamCorruptError(f"unknown --task-option {key!r} for the {task} task; {guess}valid: {', '.join(sorted(named))}")
         if not isinstance(value, str):
             out[key] = value
             continue
@@ -384,3 +388,38 @@ def parse_method(spec: str, base: MethodConfig) -> MethodConfig:
         except ValueError as error:
             raise ParamCorruptError(f"bad value in {setting!r}: {error}") from error
     return config
+
+
+def quantize_options(format: str | None, items: list[str] | None) -> dict[str, Any] | None:
+    """``--quantize-option KEY=VALUE`` (repeatable) typed by the quantiser's defaults
+    (``group_size=32`` an integer, ``pad=true`` a bool); None without ``--quantize``.
+
+    Example:
+        >>> quantize_options("int4", ["group_size=32", "pad=true"])
+        {'group_size': 32, 'pad': True}
+    """
+    from ..formats import get_quantizer
+
+    if format is None:
+        if items:
+            raise ParamCorruptError("--quantize-option goes with --quantize FORMAT")
+        return None
+    defaults = get_quantizer(format).defaults
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ParamCorruptError(f"--quantize-option expects KEY=VALUE, got {item!r}")
+        if key not in defaults:
+            raise ParamCorruptError(f"unknown option {key!r} for --quantize {format}; its options: {', '.join(defaults) or 'none'}")
+        if isinstance(defaults[key], bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ParamCorruptError(f"--quantize-option {key} must be true or false, got {text!r}")
+            out[key] = text.lower() in ("true", "1", "yes")
+        else:
+            try:
+                out[key] = int(text)
+            except ValueError:
+                raise ParamCorruptError(f"--quantize-option {key} must be an integer, got {text!r}") from None
+    return out

@@ -13,6 +13,9 @@
   are re-exported here.
 - :mod:`~paramcorrupt.faults.bits`: ``bitflip`` and ``stuck-at`` at a bit error rate or
   a number of faulty bits.
+- :mod:`~paramcorrupt.faults.stored`: the same faults in a quantised model's stored image
+  (codes, scales, zero points of :func:`paramcorrupt.quantize`), and ``stored_faults``
+  (given bits of given stored fields).
 - :mod:`~paramcorrupt.faults.search`: ``bit-search``, the gradient-guided progressive
   bit search (Rakin et al., 2019).
 """
@@ -24,6 +27,7 @@ from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, 
 from .values import RandomValues
 from ..formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
+from .stored import stored_faults
 from .search import BitSearch, BitSearchFault, bit_search
 
 # isort: on
@@ -52,4 +56,5 @@ __all__ = [
     "key_text",
     "random_bit_faults",
     "register_fault",
+    "stored_faults",
 ]

@@ -65,6 +65,9 @@ class FaultContext:
             across rows (Table 2's legacy ``random-sequential``) seeds that stream with it.
         trials: the sweep's draws per setting of a stochastic fault model: with ``trial``
             and the setting's place in its grid, the place of a row's draws in such a stream.
+        stored: name -> :class:`~paramcorrupt.formats.StoredTensor` when the model is
+            quantised (a sweep with ``quantize``): the stored image the bit faults act on
+            (``faults/stored.py``); ``None`` for a float model.
     """
 
     model: nn.Module
@@ -78,6 +81,7 @@ class FaultContext:
     trial: int = 0
     seed: int = 0
     trials: int = 1
+    stored: Mapping[str, Any] | None = None
 
 
 def key_text(value: Any) -> str:

@@ -10,7 +10,7 @@ values (``mode="set"``), so restores are bit-exact even where a flip made Inf or
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,6 +21,8 @@ from ..errors import InputTypeError, ParamCorruptError
 from ..formats import NumberFormat, bits_setting, get_format
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, key_text, register_fault
+from .stored import row_fields as stored_row_fields
+from .stored import stored_image
 from .torchao import row_fields as torchao_row_fields
 from .torchao import stored_layout
 
@@ -53,6 +55,7 @@ def random_bit_faults(
     flips: int | None = None,
     op: str = "flip",
     generator: torch.Generator,
+    stored: Mapping[str, Any] | None = None,
 ) -> Corruption:
     """Random faults in the stored bits of a group: each candidate bit faulty with
     probability ``ber`` independently, or exactly ``flips`` faulty bits.
@@ -67,6 +70,10 @@ def random_bit_faults(
         op: "flip", "stuck-0" or "stuck-1" (a stuck bit changes a weight only where it
             held the other value).
         generator: the source of randomness.
+        stored: name -> :class:`~paramcorrupt.formats.StoredTensor` of a model quantised by
+            :func:`paramcorrupt.quantize`: the group's stored weights are faulted in their
+            stored image (codes, scales, zero points, each bit in its field's own format;
+            see :mod:`paramcorrupt.faults.stored`), its other parameters in ``format``.
 
     Returns:
         A set-values corruption of the weights whose stored code changed;
@@ -94,7 +101,8 @@ def random_bit_faults(
     for name, param in params.items():
         if not param.is_floating_point():
             raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
-    layout = stored_layout(params, bits)  # torchao weights: their stored fields (faults/torchao.py)
+    # a quantised model's stored image (faults/stored.py), else torchao weights: their stored fields (faults/torchao.py)
+    layout = stored_layout(params, bits) if stored is None else stored_image(params, stored, bits)
     plain = params if layout is None else layout.plain
     sizes = [p.numel() for p in plain.values()]
     total = sum(sizes) * len(positions) + (0 if layout is None else layout.total)
@@ -212,7 +220,7 @@ class _BitFault(FaultModel):
         s = self.setting
         return random_bit_faults(
             ctx.model, ctx.group, format=s["format"], bits=s["bits"], ber=s["ber"], flips=s["flips"],
-            op=self._op(), generator=ctx.generator,
+            op=self._op(), generator=ctx.generator, stored=ctx.stored,
         )
 
     def _op(self) -> str:
@@ -223,6 +231,7 @@ class _BitFault(FaultModel):
         if corruption is not None:
             out["bit_errors"] = corruption.info.get("bit_errors")
             out["changed"] = corruption.info.get("changed")
+            out.update(stored_row_fields(corruption.info))
             out.update(torchao_row_fields(corruption.info))
         return out
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..constraint import parse_p
 from ..errors import InputTypeError, ParamCorruptError
 from ..faults import FAULTS, FaultModel, get_fault
+from ..formats import get_quantizer
 from ..groups import ParameterGroup
 
 __all__ = [
@@ -99,6 +100,13 @@ class SweepConfig:
             10]}}``, ``{"iterative": {"steps": 2}}`` (the ascent's steps after a_hat,
             default 5). A fixed setting given at its default is the same sweep as one not
             given (and is dropped).
+        quantize: probe the model as stored in this format (a quantiser of
+            :data:`paramcorrupt.formats.QUANTIZERS`: int8, int4, nf4, fp8-e4m3, mxfp4, ...):
+            the sweep quantises it as a whole with :func:`paramcorrupt.quantize` (its
+            clean rows are the quantised model's; the bit faults hit the stored codes,
+            scales and zero points) and restores the float weights afterwards. Part of the
+            sweep_id; left out of :meth:`as_dict` when None.
+        quantize_options: the quantiser's options (``group_size``, ``pad``, ...).
 
     Raises:
         ValueError: for an unknown method, a bad p, n, eps, trials or setting.
@@ -122,6 +130,8 @@ class SweepConfig:
     metric: str | None = None
     measure_gradient_data: bool = True
     settings: Mapping[str, Mapping[str, Any]] | None = None
+    quantize: str | None = None
+    quantize_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -156,6 +166,7 @@ class SweepConfig:
         for name in ("task", "grouping"):
             if not isinstance(getattr(self, name), str):
                 raise InputTypeError(f"{name} must be a string, got {getattr(self, name)!r}")
+        _check_quantize(self)
 
     def faults(self, method: str) -> list[FaultModel]:
         """Every setting ``method`` runs at, as fault models, in grid order (its parameters'
@@ -186,6 +197,8 @@ class SweepConfig:
         out.update(task=self.task, grouping=self.grouping, metric=self.metric, measure_gradient_data=self.measure_gradient_data)
         if self.settings is not None and settings:
             out["settings"] = {m: {k: [_p_text(v) for v in vs] for k, vs in d.items()} for m, d in settings.items()}
+        if self.quantize is not None:  # absent for a float model: earlier sweep_ids unchanged
+            out.update(quantize=self.quantize, quantize_options=dict(self.quantize_options or {}))
         return out
 
     @classmethod
@@ -222,6 +235,25 @@ def _frozen_settings(settings: Any, methods: tuple[str, ...]) -> dict[str, dict[
         if mine or not at_default:
             frozen[name] = mine
     return frozen or None
+
+
+def _check_quantize(config: SweepConfig) -> None:
+    """The quantisation format's name and option names (their values are checked against
+    each weight when the sweep quantises, before anything changes)."""
+    if config.quantize is None:
+        if config.quantize_options:
+            raise ParamCorruptError(f"quantize_options {dict(config.quantize_options)} are given without a quantize format")
+        object.__setattr__(config, "quantize_options", None)
+        return
+    quantizer = get_quantizer(config.quantize)
+    options = config.quantize_options or {}
+    if not isinstance(options, Mapping):
+        raise InputTypeError(f"quantize_options must map option names to values, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(quantizer.defaults))
+    if unknown:
+        valid = ", ".join(quantizer.defaults) or "none"
+        raise ParamCorruptError(f"unknown option {', '.join(unknown)} for format {config.quantize!r}; its options: {valid}")
+    object.__setattr__(config, "quantize_options", dict(sorted(options.items())))
 
 
 def _p_text(p: Any) -> Any:

@@ -37,6 +37,17 @@ Fault models outside the L_p family leave ``p``, ``eps``, ``n``, ``n_requested``
 ``first_order`` and ``ratio`` as None and append their own setting (and what they drew:
 ``bit_errors``, ``changed``) after these fields. A row whose corrupted loss is Inf or NaN
 is kept, with ``loss_nonfinite: true``.
+
+A sweep on a quantised model (``config.quantize``: int8, int4, nf4, fp8-e4m3, mxfp4, ...)
+measures the float model's clean loss and metric first, then quantises the model as a whole
+(:func:`paramcorrupt.quantize`: every weight its decoded code), so its ``loss_before`` and
+``metric_before`` are the deployed model's; the bit faults hit the stored codes, scales and
+zero points (:mod:`paramcorrupt.faults.stored`). Its rows add ``quantized`` (the format),
+``loss_float`` and ``metric_float`` (the float model's clean values: the quantisation cost is
+``metric_float - metric_before``) and the bit faults' ``code_faults``, ``scale_faults``,
+``zero_point_faults``; its header holds ``quantized`` (format, options, stored weights and
+bits, the float model's clean values). The float weights come back bit for bit afterwards,
+also on error or KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -57,6 +68,8 @@ from ..corruption.apply import corrupted
 from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..faults import FaultContext, FaultModel, get_fault
+from ..formats import check_quantize
+from ..formats.model import Quantized, default_weights, quantize
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
@@ -68,6 +81,7 @@ __all__ = [
     "Evaluator",
     "FullEvaluator",
     "SweepConfig",
+    "check_quantization",
     "probed_groups",
     "row_seed",
     "row_settings",
@@ -237,21 +251,69 @@ def sweep(
 
     distributed = D.use_distributed(distributed)
     progress = progress and D.is_main_process()
-    finished: dict[str, dict[str, Any]] = {}
-    if store is not None:  # opened by rank 0 alone; what it holds goes to every rank
-        existing = D.on_main(
-            lambda: store.open(sid, config.as_dict(), groups={label: list(g.names) for label, g in probed.items()}),
-            distributed=distributed,
-        )
-        finished = {row["key"]: row for row in existing}
+    # a quantised sweep: the float model measured, then quantised (restored in the finally)
+    stored = _quantize(model, config, eval_loader, loss_fn, metrics)
     try:
-        return _run(
-            model, config, gradient_loader, eval_loader, loss_fn, metrics, metric, probed, sid,
-            finished, store, progress, evaluator, distributed,
-        )
+        finished: dict[str, dict[str, Any]] = {}
+        if store is not None:  # opened by rank 0 alone; what it holds goes to every rank
+            extra = {} if stored is None else {"quantized": _quantized_header(stored)}
+            existing = D.on_main(
+                lambda: store.open(sid, config.as_dict(), groups={label: list(g.names) for label, g in probed.items()}, **extra),
+                distributed=distributed,
+            )
+            finished = {row["key"]: row for row in existing}
+        try:
+            return _run(
+                model, config, gradient_loader, eval_loader, loss_fn, metrics, metric, probed, sid,
+                finished, store, progress, evaluator, distributed, stored,
+            )
+        finally:
+            if store is not None:
+                store.close()
     finally:
-        if store is not None:
-            store.close()
+        if stored is not None:
+            stored[0].restore(model)
+
+
+def _quantize(
+    model: nn.Module, config: SweepConfig, eval_loader: Iterable[Any], loss_fn: LossFn, metrics: Mapping[str, Metric]
+) -> tuple[Quantized, dict[str, float]] | None:
+    """For ``config.quantize``: (what :func:`quantize` stored, the float model's clean loss
+    and metrics on the evaluation data), the model left quantised; else None."""
+    if config.quantize is None:
+        return None
+    options = check_quantization(model, config)  # bad options refused before any pass
+    with D.local():  # every rank measures the float model itself
+        float_clean = FullEvaluator(model, eval_loader, None, loss_fn, metrics).evaluate()["eval"]
+    return quantize(model, config.quantize, **options), float_clean
+
+
+def check_quantization(model: nn.Module, config: SweepConfig) -> dict[str, Any]:
+    """Check ``config.quantize`` and its options against every weight :func:`quantize`
+    would store (a group size that does not divide a row, ...); return the options.
+
+    Raises:
+        ParamCorruptError: naming the weight and the fix, before anything changes.
+    """
+    options = dict(config.quantize_options or {})
+    if config.quantize is not None:
+        for name, param in default_weights(model).tensors(model).items():
+            check_quantize(config.quantize, param.shape, dict(options), name)
+    return options
+
+
+def _quantized_header(stored: tuple[Quantized, dict[str, float]]) -> dict[str, Any]:
+    """The results header's ``quantized`` entry: what the probed model stores."""
+    done, float_clean = stored
+    return {
+        "format": done.format,
+        "options": dict(done.options),
+        "scope": "model",  # the model was quantised as a whole (its default weights)
+        "weights": len(done),
+        "parameters": sum(int(torch.Size(s.shape).numel()) for s in done.values()),
+        "stored_bits": done.nbits,
+        "float": dict(float_clean),
+    }
 
 
 def _run(
@@ -269,6 +331,7 @@ def _run(
     progress: bool,
     evaluator: Evaluator | None,
     distributed: bool = False,
+    stored: tuple[Quantized, dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     plans = []
     for label, group in probed.items():
@@ -307,12 +370,14 @@ def _run(
         generator = torch.Generator().manual_seed(row_seed(config.seed, key)) if fault.stochastic else None
         ctx = FaultContext(
             model, plan.group, plan.k, plan.gradient, generator, gradient_loader, loss_fn, plan.cache, trial,
-            seed=config.seed, trials=config.trials,
+            seed=config.seed, trials=config.trials, stored=None if stored is None else stored[0],
         )
         corruption = fault.corrupt(ctx)
         with corrupted(model, corruption):
             after = evaluator.evaluate(plan.group)
         row = _row(config, sid, plan, fault, ctx, corruption, trial, key, clean, after, metric)
+        if stored is not None:  # the float model's clean values beside the quantised ones
+            row.update(quantized=config.quantize, loss_float=stored[1]["loss"], metric_float=stored[1][metric])
         row["seconds"] = time.perf_counter() - start
         return row
 
