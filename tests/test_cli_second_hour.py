@@ -152,3 +152,93 @@ def test_a_pooled_report_of_the_three_fault_examples_shows_every_row(tmp_path):
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(links) == len(set(links)) == 8
     assert all((tmp_path / "rep" / link).is_file() for link in links)
+
+
+# -- the points left open by the first pass: 2, 4, 8 -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """A tiny GPT-2 and a tiny BERT classifier built from configs and saved, without tokenizers;
+    a copy of the BERT folder with a word-piece tokenizer saved beside it; small data files."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(gpt2).save_pretrained(root / "gpt2-tiny")
+    bert = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    for name in ("bert-tiny", "bert-tok"):
+        transformers.BertForSequenceClassification(bert).save_pretrained(root / name)
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
+    transformers.BertTokenizer(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "bert-tok")
+    save_file({"input_ids": torch.randint(0, 64, (20, 8))}, str(root / "nolabels.safetensors"))
+    (root / "text.txt").write_text("hello world, some running text\n" * 20)
+    (root / "unlabelled.tsv").write_text("hello world\nworld hello\n")
+    return root
+
+
+@pytest.mark.slow
+def test_synthetic_hf_data_is_said_and_nothing_claims_training(hf_folders, tmp_path):
+    out = tmp_path / "s.jsonl"
+    code, stdout, err = cli("probe", "--hf", hf_folders / "gpt2-tiny", "--by", "type", "--methods", "random,gradient",
+                            "--trials", "1", "--eps", "1e-2", "--threads", "1", "--out", out)  # not --quiet
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("warning: the hf-causal-lm task has no data")]
+    assert len(warning) == 1 and "seeded synthetic tokens" in warning[0], err
+    assert "training" not in (stdout + err).lower()
+    code, _, err = cli("report", out, "--out", tmp_path / "rep")
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "**Synthetic data**" in text and "seeded random data (synthetic(64x32))" in text
+    assert "training" not in text.lower()
+
+
+@pytest.mark.slow
+def test_a_header_only_file_of_another_sweep_is_taken_over(mistakes, tmp_path):
+    from paramcorrupt.probe.store import ResultsStore, read_results
+
+    out = tmp_path / "r.jsonl"
+    with ResultsStore(out) as store:  # what a run that failed before its first row leaves
+        store.open("0123456789abcdef", {"task": "another", "eps_values": [0.5]})
+    assert len(out.read_text().splitlines()) == 1
+    code, _, err = cli("probe", "--model", f"{mistakes}:make_model", "--data", f"{mistakes}:good", "--by", "type",
+                       *FAST, "--out", out)
+    assert code == 0, err
+    assert err.count("holds only the header of another sweep, no row: this sweep takes it over") == 1, err
+    header, rows = read_results(out)
+    assert header["sweep_id"] != "0123456789abcdef" and "extends" not in header and len(rows) == 3
+    # a file with one row of another sweep is still refused, untouched
+    before = out.read_bytes()
+    code, _, err = cli("probe", "--model", f"{mistakes}:make_model", "--data", f"{mistakes}:good", "--by", "type",
+                       *FAST[:-2], "--eps", "0.5", "--out", out)
+    assert code == 2 and "holds the results of another sweep" in err and out.read_bytes() == before, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("folder", "option", "expected"),
+    [
+        ("gpt2-tiny", "data=text.txt",
+         "needs a tokenizer, but the model folder {root}/gpt2-tiny has none (none of tokenizer.json"),
+        ("gpt2-tiny", "seqlen=8", "unknown --task-option 'seqlen' for the hf task; did you mean 'seq_len'? valid: "
+         "batch_size, config, data, data_dir, dtype, epochs, eval_batch_size, eval_data, eval_examples, examples, "
+         "head, lr, model, path, seed, seq_len"),
+        ("bert-tiny", "data=nolabels.safetensors",
+         "has no 'labels' (keys: input_ids): a sequence-classification data file needs labels"),
+        ("bert-tok", "data=unlabelled.tsv",
+         "unlabelled.tsv:1: expected LABEL<TAB>TEXT with LABEL a class index (0, 1, ...), got 'hello world'; "
+         "a sequence-classification data file needs labels"),
+    ],
+)
+def test_hugging_face_data_mistakes_are_named(hf_folders, tmp_path, folder, option, expected):
+    out = tmp_path / "r.jsonl"
+    option = option.replace("data=", f"data={hf_folders}/")
+    code, _, err = cli("probe", "--hf", hf_folders / folder, "--task-option", option, *FAST, "--out", out)
+    assert code == 2, err
+    assert expected.format(root=hf_folders) in err and "internal error" not in err, err
+    assert err.strip().splitlines()[-1].startswith("paramcorrupt probe: error: "), err
+    assert not out.exists() or not out.read_bytes()  # no header, no row

@@ -83,14 +83,35 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
     return {k: v for k, v in blob.items() if isinstance(v, Tensor)}
 
 
-def _tokenise(path: Path, head: str, tokenizer_dir: Path | None, seq_len: int) -> dict[str, Tensor]:
+#: the files a saved tokenizer leaves in its folder (``tokenizer.save_pretrained``), any one of them
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+
+
+def _tokenizer(path: Path, tokenizer_dir: Path | None) -> Any:
+    """The tokenizer of the model's folder for the text data file ``path``; a folder without
+    one is named (transformers would build an empty tokenizer from the config alone, which
+    turns any text into 0 tokens)."""
+    fix = "save the model's tokenizer there (tokenizer.save_pretrained(folder)) or give a .safetensors file with input_ids"
     if tokenizer_dir is None:
-        raise ParamCorruptError(f"a text data file ({path}) needs a tokenizer: load the model from a folder that has one")
+        raise ParamCorruptError(f"a text data file ({path}) needs a tokenizer: load the model from a folder that has one, or {fix}")
+    if not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ParamCorruptError(
+            f"the text data file {path} needs a tokenizer, but the model folder {tokenizer_dir} has none "
+            f"(none of {', '.join(TOKENIZER_FILES)}): {fix}"
+        )
     transformers = require_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError) as error:
         raise ParamCorruptError(f"cannot load a tokenizer from {tokenizer_dir}: {str(error).splitlines()[0]}") from None
+    if len(tokenizer) <= 1:
+        raise ParamCorruptError(f"the tokenizer in {tokenizer_dir} is empty ({len(tokenizer)} tokens): {fix}")
+    return tokenizer
+
+
+def _tokenise(path: Path, head: str, tokenizer_dir: Path | None, seq_len: int) -> dict[str, Tensor]:
+    tokenizer = _tokenizer(path, tokenizer_dir)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if head == "causal-lm":
         ids = tokenizer("\n".join(lines))["input_ids"]
@@ -102,8 +123,11 @@ def _tokenise(path: Path, head: str, tokenizer_dir: Path | None, seq_len: int) -
     labels, texts = [], []
     for number, line in enumerate(lines, 1):
         label, sep, text = line.partition("\t")
-        if not sep:
-            raise ParamCorruptError(f"{path}:{number}: expected LABEL<TAB>TEXT")
+        if not sep or not label.strip().isdigit():
+            raise ParamCorruptError(
+                f"{path}:{number}: expected LABEL<TAB>TEXT with LABEL a class index (0, 1, ...), got {line[:40]!r}; "
+                "a sequence-classification data file needs labels"
+            )
         labels.append(int(label))
         texts.append(text)
     if tokenizer.pad_token is None:
@@ -144,7 +168,10 @@ class DataFiles:
         tensors = _read_tensors(file)
         if "labels" not in tensors:
             if self.head != "causal-lm":
-                raise ParamCorruptError(f"data file {file} has no 'labels' for sequence classification")
+                raise ParamCorruptError(
+                    f"data file {file} has no 'labels' (keys: {', '.join(tensors)}): a sequence-classification "
+                    "data file needs labels, one class index per row of input_ids (int64 [N])"
+                )
             tensors["labels"] = tensors["input_ids"].clone()
         tensors.setdefault("attention_mask", torch.ones_like(tensors["input_ids"]))
         return tensors
