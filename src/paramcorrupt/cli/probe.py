@@ -236,7 +236,9 @@ def _groups(args: argparse.Namespace, task: Task) -> tuple[str, dict[str, Any], 
     return by, groups, keep
 
 
-def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, keep: list[str] | None) -> Any:
+def _config(args: argparse.Namespace, task: Task | None, identity: str, grouping: str, keep: list[str] | None) -> Any:
+    """The sweep's configuration; with ``task`` None every option is parsed and checked
+    (fault settings, the grid, --quantize's format and option names) before any task exists."""
     from ..probe.plan import SweepConfig, with_setting
 
     for option in ("trials", "steps"):
@@ -244,7 +246,7 @@ def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, 
             raise ParamCorruptError(f"--{option} must be >= 0, got {getattr(args, option)}")
     methods, settings = fault_settings(args)
     # the metric the task declares (a user's task may declare none: the sweep's default)
-    declared = task.info.get("declared_metric", True) and task.primary_metric in task.metrics
+    declared = task is not None and task.info.get("declared_metric", True) and task.primary_metric in task.metrics
     return SweepConfig(
         groups=keep,
         methods=methods,
@@ -256,7 +258,7 @@ def _config(args: argparse.Namespace, task: Task, identity: str, grouping: str, 
         seed=args.seed,
         task=identity,
         grouping=grouping,
-        metric=task.primary_metric if declared else None,
+        metric=task.primary_metric if task is not None and declared else None,
         measure_gradient_data=not args.no_gradient_data,
         quantize=getattr(args, "quantize", None),
         quantize_options=quantize_options(getattr(args, "quantize", None), getattr(args, "quantize_option", None)),
@@ -307,8 +309,7 @@ def use_hf_flag(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..probe.store import ResultsStore, chance_metadata
-    from ..probe.sweep import check_quantization, sweep
+    from ..probe.store import ResultsStore
 
     start = time.perf_counter()
     if args.threads is not None:
@@ -323,11 +324,25 @@ def _run(args: argparse.Namespace) -> int:
         raise ParamCorruptError("give --task or --model/--data, not both")
     if args.out.is_dir():
         raise ParamCorruptError(f"--out {args.out} is a folder; give a results file path")
+    # cheap checks first: every option parsed and checked (bad input writes nothing), then the
+    # results file locked (another process writing it, a path that cannot be written, a pipe
+    # or a device: refused now), then the model built or trained
+    group_spec(args.groups)
+    _config(args, None, "", "", None)
     store = ResultsStore(args.out, extend=getattr(args, "extend", False))
     if D.is_main_process():
-        # cheap checks first: the results file is locked (another process writing it, a path
-        # that cannot be written, a pipe or a device: refused now) before any model is built
         store.lock()
+    try:
+        return _probe(args, store, user, start)
+    finally:
+        store.close()  # a run stopped before its first row leaves no file behind that lock() created
+
+
+def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> int:
+    """The task built (or trained), the results file checked against its sweep, the sweep run."""
+    from ..probe.store import chance_metadata
+    from ..probe.sweep import check_quantization, sweep
+
     if user:
         task, identity = _user_task(args)
     else:
