@@ -242,3 +242,61 @@ def test_hugging_face_data_mistakes_are_named(hf_folders, tmp_path, folder, opti
     assert expected.format(root=hf_folders) in err and "internal error" not in err, err
     assert err.strip().splitlines()[-1].startswith("paramcorrupt probe: error: "), err
     assert not out.exists() or not out.read_bytes()  # no header, no row
+
+
+# -- point 6: one seed has no standard deviation ---------------------------------------------
+
+
+def _result(label, seed, clean, after):
+    return {"label": label, "seed": seed, "clean": clean, "gradient": {"0.1": after}, "random": {"0.1": clean},
+            "train_seconds": 1.0, "metric": "accuracy", "higher_is_better": True}
+
+
+def test_one_seed_prints_no_std_and_draws_no_std_conclusion():
+    from paramcorrupt.experiments.markdown import goal_check, table2_markdown
+
+    one = [_result("plain", 0, 0.9, 0.5), _result("resistant", 0, 0.9, 0.8)]
+    table = table2_markdown(one, ["plain", "resistant"], (0.1,))
+    assert "±" not in table.split("\n\n")[0]
+    assert "| w/o corruption | - | 90.00 | 90.00 (+0.00) |" in table
+    assert "| gradient corruption | 0.1 | 50.00 | 80.00 (+30.00) |" in table
+    assert "on the test set, one seed (0): no standard deviation;" in table
+    checks = goal_check(one, "plain", "resistant", (0.1,))
+    assert checks[1] == "eps=0.1: baseline loses 40.0 points; 80.00 vs 50.00 (one seed: no standard deviation, no conclusion)"
+    assert checks[2].endswith("by > 1 std: not assessed (one seed: no standard deviation; give --seeds 0,1,2)")
+    assert not any("by more than one std" in line for line in checks)
+    # two seeds: mean ± std (ddof=1) as before: 90, 80 -> 85 ± 7.07; 50, 40 -> 45 ± 7.07; 80, 70 -> 75 ± 7.07
+    two = [*one, _result("plain", 1, 0.8, 0.4), _result("resistant", 1, 0.8, 0.7)]
+    table = table2_markdown(two, ["plain", "resistant"], (0.1,))
+    assert "| gradient corruption | 0.1 | 45.00 ± 7.07 | 75.00 ± 7.07 (+30.00) |" in table
+    assert "mean ± std (ddof=1) over seeds 0, 1;" in table
+    checks = goal_check(two, "plain", "resistant", (0.1,))
+    assert checks[1] == "eps=0.1: baseline loses 40.0 points; 75.00 ± 7.07 vs 45.00 ± 7.07: higher by more than one std"
+    assert checks[2].endswith("by > 1 std: 1")
+
+
+@pytest.mark.slow
+def test_compare_and_train_with_one_seed_say_so(mistakes, tmp_path):
+    common = ["--model", f"{mistakes}:make_model", "--data", f"{mistakes}:good", "--epochs", "1", "--eval-eps", "0.1",
+              "--random-trials", "1", "--quiet", "--threads", "1"]
+    code, out, err = cli("compare", *common, "--seeds", "0", "--out", tmp_path / "cmp")
+    assert code == 0, err
+    assert "one seed (0): no standard deviation" in out and "± 0.00" not in out and "by more than one std" not in out, out
+    assert "not assessed (one seed" in out and (tmp_path / "cmp" / "table2.md").read_text() in out
+    code, out, err = cli("train", *common, "--out", tmp_path / "one")
+    assert code == 0, err
+    assert "one seed (0): no standard deviation" in out and "± 0.00" not in out, out
+
+
+def test_every_subcommand_has_a_description_and_compare_takes_a_users_model():
+    import argparse
+
+    from paramcorrupt.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert command.description and len(command.description) > 80, name
+    compare = sub.choices["compare"].parse_args(["--model", "m.py:f", "--data", "d.py:g", "--checkpoint", "w.pt"])
+    assert (compare.model, compare.data, str(compare.checkpoint), compare.checkpoint_key) == ("m.py:f", "d.py:g", "w.pt", None)
+    assert "one seed there is no std" in sub.choices["compare"].description

@@ -37,7 +37,12 @@ RESULTS = "results.jsonl"
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "demo", help="train a digits model, compare random with gradient-based corruption, probe it, write a report"
+        "demo", help="train a digits model, compare random with gradient-based corruption, probe it, write a report",
+        description="Train the digits model (an MLP on scikit-learn's 8x8 digits), compare "
+        "random with gradient-based corruption of all its parameters (the paper's Table 1 in miniature: L_inf and "
+        "L_2, n = k and n = 100), probe its parameters by type and by position (Figures 3-5), and write "
+        "OUT/report/report.md with its figures. OUT holds results.jsonl, probe-type.jsonl and "
+        "probe-position.jsonl, rewritten on every run.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")

@@ -12,6 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "report",
         help="write a Markdown report with figures (Table 1, heatmaps, curves, Theorem 1) from results files",
+        description="Read one or more results files (probe's, the demo's; rows are pooled) and write OUT/report.md "
+        "with its figures in OUT/figures: Table 1 (random vs gradient-based corruption), heatmaps by group and "
+        "eps, curves along eps, Theorem 1 against the random trials, and the hardware faults' tables. Every row "
+        "read is shown, or named in the report's Notes with the reason; figures an earlier report left in OUT "
+        "are deleted.",
     )
     parser.add_argument(
         "results",

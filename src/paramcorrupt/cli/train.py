@@ -140,10 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--method", default="plain", help="plain, resistant or regularised, optionally with :key=value settings (default: plain; see below)")
-    train.add_argument("--model", metavar="SPEC", help="your model: package.module:factory or path/file.py:factory returning the nn.Module (needs --data)")
-    train.add_argument("--data", metavar="SPEC", help="your data: a factory returning a Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])")
-    train.add_argument("--checkpoint", type=Path, metavar="PATH", help="--model: initial weights, a state dict (torch.save) or .safetensors (default: the factory's)")
-    train.add_argument("--checkpoint-key", default=None, metavar="KEY", help="the key of a dict checkpoint holding the state dict, e.g. model_state_dict")
+    _user_model(train)
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order (default: 0)")
     train.add_argument("--out", type=Path, default=Path("train-out"), help="output folder (default: train-out)")
     train.add_argument(
@@ -155,12 +152,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(train)
     train.set_defaults(run=run_train)
 
-    compare = sub.add_parser("compare", help="Table 2: baseline vs corruption-resistant training over several seeds, as Markdown")
+    compare = sub.add_parser(
+        "compare", help="Table 2: baseline vs corruption-resistant training over several seeds, as Markdown",
+        description="Train one model per method and seed (a built-in task, or your own with --model/--data, as "
+        "train does), each in OUT/METHOD-seedS (a finished run is reused, an interrupted one resumes), and write "
+        "OUT/table2.md: the metric under gradient-based and random L2 corruption at each --eval-eps, mean ± std "
+        "over the seeds, and whether each method beats the first (the baseline) by more than one std where the "
+        "baseline loses 10 points or more. With one seed there is no std: none is printed, no such conclusion drawn.",
+        epilog=_TRAIN_EPILOG.replace("paramcorrupt train --model", "paramcorrupt compare --model")
+        .replace("--method resistant --eps 0.1 --out runs/mine", "--methods plain resistant --seeds 0,1,2 --out runs/mine"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     compare.add_argument("--methods", nargs="+", default=["plain", "resistant"], help="methods (first = the baseline), e.g. plain resistant resistant:interval=2")
     compare.add_argument("--seeds", type=_SEEDS, default=(0, 1, 2), help="comma-separated seeds (default: 0,1,2)")
     compare.add_argument("--out", type=Path, default=Path("compare-out"), help="output folder (default: compare-out)")
+    _user_model(compare)
     _common(compare)
     compare.set_defaults(run=run_compare)
+
+
+def _user_model(parser: argparse.ArgumentParser) -> None:
+    """--model/--data/--checkpoint/--checkpoint-key: a user's own model (train and compare)."""
+    parser.add_argument("--model", metavar="SPEC", help="your model: package.module:factory or path/file.py:factory returning the nn.Module (needs --data)")
+    parser.add_argument("--data", metavar="SPEC", help="your data: a factory returning a Task-like object or (gradient_loader, eval_loader, loss_fn[, metrics])")
+    parser.add_argument("--checkpoint", type=Path, metavar="PATH", help="--model: initial weights, a state dict (torch.save) or .safetensors (default: the factory's)")
+    parser.add_argument("--checkpoint-key", default=None, metavar="KEY", help="the key of a dict checkpoint holding the state dict, e.g. model_state_dict")
 
 
 def _user_factory(args: argparse.Namespace) -> tuple[Any, str]:

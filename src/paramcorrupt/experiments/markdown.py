@@ -82,6 +82,7 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
     title, shown, _ = display_of(results)
     by_label = {label: [r for r in results if r["label"] == label] for label in labels}
     seeds = sorted({r["seed"] for r in results})
+    one = len(seeds) == 1  # one seed: no standard deviation, none printed (not "± 0.00")
     header = "| | ε | " + " | ".join(labels) + " |"
     lines = [header, "|---|---|" + "---|" * len(labels)]
 
@@ -90,11 +91,12 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
         base_mean = None
         for i, label in enumerate(labels):
             mean, std = stats([pick(r) for r in by_label[label]], shown)
+            cell = f"{mean:.2f}" if one else f"{mean:.2f} ± {std:.2f}"
             if i == 0:
                 base_mean = mean
-                cells.append(f"{mean:.2f} ± {std:.2f}")
+                cells.append(cell)
             else:
-                cells.append(f"{mean:.2f} ± {std:.2f} ({mean - base_mean:+.2f})")
+                cells.append(f"{cell} ({mean - base_mean:+.2f})")
         return f"| {name} | {eps} | " + " | ".join(cells) + " |"
 
     lines.append(row("w/o corruption", "-", lambda r: r["clean"]))
@@ -107,8 +109,10 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
             lines.append(row("random corruption" if j == 0 else "", key, lambda r, key=key: r["random"][key]))
     times = [f"{label}: {np.mean([r['train_seconds'] for r in by_label[label]]):.1f} s" for label in labels]
     lines.append("")
+    over = (f"one seed ({seeds[0]}): no standard deviation" if one
+            else f"mean ± std (ddof=1) over seeds {', '.join(map(str, seeds))}")
     lines.append(
-        f"{title} on the test set, mean ± std (ddof=1) over seeds {', '.join(map(str, seeds))}; "
+        f"{title} on the test set, {over}; "
         "corruption: L2, n = k (all parameters), gradient-based a_hat with the gradient of the "
         "training set (Definition 4), random = mean of the random draws. "
         f"Mean training time per model: {'; '.join(times)}."
@@ -119,7 +123,9 @@ def table2_markdown(results: list[dict[str, Any]], labels: list[str], eval_eps: 
 def goal_check(results: list[dict[str, Any]], baseline: str, candidate: str, eval_eps: tuple[float, ...]) -> list[str]:
     """Where the baseline loses >= 10 points: is the candidate better by more than one std
     (the larger of the two)? And is its clean value within 0.5 points? (Points of the shown
-    metric: accuracy in %, perplexity; "better" follows the metric's direction.)"""
+    metric: accuracy in %, perplexity; "better" follows the metric's direction.) With one
+    seed of either method there is no standard deviation: the losses are listed, no
+    "by more than one std" conclusion is drawn."""
     base = [r for r in results if r["label"] == baseline]
     cand = [r for r in results if r["label"] == candidate]
     _, shown, higher = display_of(base or cand)
@@ -129,6 +135,7 @@ def goal_check(results: list[dict[str, Any]], baseline: str, candidate: str, eva
     clean_b, _ = stats([r["clean"] for r in base], shown)
     clean_c, _ = stats([r["clean"] for r in cand], shown)
     goal = ">= -0.50" if higher else "<= +0.50"
+    one = min(len(base), len(cand)) < 2
     lines.append(f"clean: {clean_c:.2f} vs {clean_b:.2f} ({clean_c - clean_b:+.2f}; goal {goal}: {'met' if sign * (clean_c - clean_b) >= -0.5 else 'NOT met'})")
     met = 0
     for eps in eval_eps:
@@ -137,10 +144,15 @@ def goal_check(results: list[dict[str, Any]], baseline: str, candidate: str, eva
         mc, sc = stats([r["gradient"][key] for r in cand], shown)
         if sign * (clean_b - mb) < 10:
             continue
+        if one:
+            lines.append(f"eps={key}: baseline loses {sign * (clean_b - mb):.1f} points; {mc:.2f} vs {mb:.2f} "
+                         "(one seed: no standard deviation, no conclusion)")
+            continue
         ok = sign * (mc - mb) > max(sb, sc)
         met += ok
         lines.append(f"eps={key}: baseline loses {sign * (clean_b - mb):.1f} points; {mc:.2f} ± {sc:.2f} vs {mb:.2f} ± {sb:.2f}: {f'{better} by more than one std' if ok else f'NOT {better} by more than one std'}")
-    lines.append(f"eps values where the baseline loses >= 10 points and the candidate is {better} by > 1 std: {met}")
+    lines.append(f"eps values where the baseline loses >= 10 points and the candidate is {better} by > 1 std: "
+                 + ("not assessed (one seed: no standard deviation; give --seeds 0,1,2)" if one else str(met)))
     return lines
 
 
