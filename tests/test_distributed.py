@@ -487,6 +487,8 @@ def test_distributed_training_equals_single_process_training():
 DATA_FACTORY = """
 import os
 
+import torch
+
 from paramcorrupt.tasks.digits import digits_task
 
 
@@ -494,12 +496,23 @@ def make():
     task = digits_task(train=False, eval_batch_size=256)
     fail_at = int(os.environ.get("FAIL_AT", "0"))
     if fail_at and os.environ.get("RANK") == "1":
-        inner, calls = task.loss_fn, [0]
+        # rank 1 fails in its FAIL_AT-th row: the FAIL_AT-th corrupted model the loss meets, a
+        # corrupted model being weights other than those of the data set gradient (the loss's
+        # one call with gradients on). Counted by weights, not by calls: the library may call
+        # the loss any number of times before the sweep (the first-batch check of --data does)
+        inner, seen = task.loss_fn, {"clean": None, "last": None, "rows": 0}
 
         def loss_fn(model, batch):
-            calls[0] += 1
-            if calls[0] == fail_at:
-                raise ValueError("injected failure on rank 1")
+            weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+            if torch.is_grad_enabled():  # the data set gradient, at the weights the rows corrupt
+                seen["clean"] = weights.clone()
+            elif seen["clean"] is None or torch.equal(weights, seen["clean"]):
+                seen["last"] = None  # before the sweep, or the clean model
+            elif seen["last"] is None or not torch.equal(weights, seen["last"]):
+                seen["rows"] += 1  # another corrupted model: the next row
+                seen["last"] = weights.clone()
+                if seen["rows"] == fail_at:
+                    raise ValueError("injected failure on rank 1")
             return inner(model, batch)
 
         task.loss_fn = loss_fn
@@ -559,11 +572,10 @@ def test_torchrun_probe_fails_cleanly_then_resumes_to_the_single_process_rows(tm
         str(tmp_path / "dist.jsonl"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # batches of 256: 6 of gradient data (rank 1's shard: 3), 2 of evaluation data. Rank 1
-    # calls the loss 3x for the gradient, 2x for the clean model, then 2x per row: calls 6-7
-    # are its 1st row (row 1), 8-9 its 2nd (row 3)
+    # rows alternate between the ranks: rank 1's 1st row is row 1, its 2nd row 3; it fails in
+    # row 3, after rows 0-2 are written
     failed = subprocess.run(
-        command, env={**env, "FAIL_AT": "8"}, capture_output=True, text=True, timeout=300
+        command, env={**env, "FAIL_AT": "2"}, capture_output=True, text=True, timeout=300
     )
     assert failed.returncode != 0
     assert (
