@@ -300,3 +300,17 @@ def test_every_subcommand_has_a_description_and_compare_takes_a_users_model():
     compare = sub.choices["compare"].parse_args(["--model", "m.py:f", "--data", "d.py:g", "--checkpoint", "w.pt"])
     assert (compare.model, compare.data, str(compare.checkpoint), compare.checkpoint_key) == ("m.py:f", "d.py:g", "w.pt", None)
     assert "one seed there is no std" in sub.choices["compare"].description
+
+
+@pytest.mark.slow
+def test_an_n_larger_than_a_group_is_said_once_per_sweep(mistakes, tmp_path):
+    out = tmp_path / "n.jsonl"
+    code, _, err = cli("probe", "--model", f"{mistakes}:make_model", "--data", f"{mistakes}:good", "--by", "type",
+                       *FAST[:4], "--eps", "1e-2,1e-1", "--n", "10,5000", "--quiet", "--threads", "1", "--out", out)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "exceeds" in line]
+    # linear: 4*8 + 8 + 8*3 + 3 = 67 weights; n = 10 fits, 5000 is cut (rows of both eps, both methods: one note)
+    assert notes == ["note: --n 5000 exceeds the size k of group linear (k = 67): there n is cut to k, every "
+                     "coordinate (the rows keep n_requested)"], err
+    rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert {(r["n"], r["n_requested"]) for r in rows} == {(10, 10), (67, 5000)}

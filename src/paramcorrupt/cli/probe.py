@@ -55,7 +55,7 @@ from .values import (
     task_options,
 )
 
-__all__ = ["HF_TASKS", "display_name", "register", "run", "synthetic_warning", "untrained_warning", "use_hf_flag"]
+__all__ = ["HF_TASKS", "clamped_n_warning", "display_name", "register", "run", "synthetic_warning", "untrained_warning", "use_hf_flag"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -207,6 +207,27 @@ def synthetic_warning(task: Task) -> None:
             "tokenised with the model folder's tokenizer)",
             file=sys.stderr, flush=True,
         )
+
+
+def clamped_n_warning(config: Any, groups: Mapping[str, Any], model: torch.nn.Module) -> None:
+    """Say once on stderr (not per row) which --n values exceed a probed group's size k:
+    there n is cut to k, every coordinate (the rows keep ``n_requested``)."""
+    from ..faults import get_fault
+    from ..probe.sweep import probed_groups
+
+    if not any("n" in get_fault(method).parameters for method in config.methods):
+        return
+    sizes = {label: group.numel(model) for label, group in probed_groups(config, groups).items()}
+    over = sorted({n for n in config.n_values if n is not None and any(n > k for k in sizes.values())})
+    if not over:
+        return
+    small = [f"{label} (k = {k:,})" for label, k in sizes.items() if k < over[-1]]
+    more = f" and {len(small) - 6} more" if len(small) > 6 else ""
+    print(
+        f"note: --n {', '.join(map(str, over))} exceeds the size k of group{'s' if len(small) > 1 else ''} "
+        f"{', '.join(small[:6])}{more}: there n is cut to k, every coordinate (the rows keep n_requested)",
+        file=sys.stderr, flush=True,
+    )
 
 
 def _groups(args: argparse.Namespace, task: Task) -> tuple[str, dict[str, Any], list[str] | None]:
@@ -371,6 +392,8 @@ def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> in
         synthetic_warning(task)
     if user and args.model is not None and args.checkpoint is None and D.is_main_process():
         untrained_warning(args.model)
+    if D.is_main_process():
+        clamped_n_warning(config, groups, task.model)
     done, total = _progress_counts(args.out, config, groups)
     if done and D.is_main_process():
         print(f"resuming: {done} of {total} rows done ({args.out})", flush=True)
