@@ -6,6 +6,12 @@ Which setting is the axis comes from the fault model (:attr:`FaultModel.axes`, t
 its rows set); the other settings (format, bits, ...) split the rows into one figure each.
 Rows of fault models unknown to this process are drawn along the first of ``ber``,
 ``flips`` and ``count`` they set.
+
+Rows of a quantised model (``quantized``: the format the model was stored in, as a whole)
+are split by it too; their tables add the float model's clean metric, the quantised one and
+the faults that hit codes, scales and zero points; where rows of several formats (and float
+rows) share a fault setting, one more figure draws the metric against the axis, one line per
+format.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from .rows import _Notes, _num
 __all__ = ["FaultSection", "is_fault_row"]
 
 #: fields of a fault row that are not its setting
-_NOT_SETTING = frozenset({"bit_errors", "changed", "search_loss", "loss_nonfinite", "_source", "_metric_info", "higher_is_better"})
+_NOT_SETTING = frozenset({"bit_errors", "changed", "search_loss", "loss_nonfinite", "_source", "_metric_info", "higher_is_better",
+                          "quantized", "loss_float", "metric_float", "code_faults", "scale_faults", "zero_point_faults"})
+#: the row fields of a quantised model's fault rows counted in its tables
+_STORED_COUNTS = ("code_faults", "scale_faults", "zero_point_faults")
 _FALLBACK_AXES = ("ber", "flips", "count")
 _PANELS_PER_FIGURE = 12
 
@@ -89,6 +98,13 @@ class FaultSection:
             "±1 std band; the bit search: one line. Dashed: the original value. Rows whose loss "
             "became Inf or NaN are drawn by their metric and counted in the table."
         )
+        if any(r.get("quantized") for r in self.rows):
+            lines[-1] += (
+                " Rows marked `quantized=FORMAT` probe the model stored in that format as a whole (every "
+                "weight its decoded code; biases and norms float): their original value is the quantised "
+                "model's, the float model's is beside it, and the bit faults hit codes, scales and zero points "
+                "(a flipped scale changes its whole group or block)."
+            )
         lines.append("")
         figures: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for r in self.rows:
@@ -103,6 +119,8 @@ class FaultSection:
             figures[(str(r.get("task") or ""), str(r.get("grouping") or ""), method, axis)].append(r)
         for (task, grouping, method, axis), sel in figures.items():
             names = [n for n in _setting_names(method, sel[0]) if n != axis]
+            if any(r.get("quantized") for r in sel):  # each stored format its own figure
+                names = ["quantized", *names]
             # the settings other than the axis (and other than what varies with it) split the figures
             splits = _ordered(tuple((n, sel_r.get(n)) for n in names) for sel_r in sel)
             for fixed in splits:
@@ -113,6 +131,8 @@ class FaultSection:
                     title = f"task `{self.names[task]}`, " + title
                 self.shown += len(part)
                 lines += self._one(task, grouping, method, axis, part, title, label)
+        for (task, grouping, method, axis), sel in figures.items():
+            lines += self._formats(task, grouping, method, axis, sel)
         for (method, reason), count in self.left_out.items():
             self.notes.add(f"{count} fault row(s) of `{method}` not shown: each {reason}.")
         return lines
@@ -126,7 +146,10 @@ class FaultSection:
         values = sorted({_num(r.get(axis)) for r in rows})
         lines = [f"**{title}**", ""]
         header = f"| group | {axis} | {disp.name}{disp.unit} after (mean ± std) | trials | faulty bits (mean) | loss Inf/NaN |"
-        lines += [header, "|---|---|---|---|---|---|"]
+        stored = any(r.get("quantized") for r in rows)
+        if stored:  # the model as stored: its clean metric, the float one, where the faults hit
+            header += f" float {disp.name} | quantised {disp.name} | in codes / scales / zero points (mean) | weights changed (mean) |"
+        lines += [header, "|---|---|---|---|---|---|" + ("---|---|---|---|" if stored else "")]
         cells: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             cells[(str(r.get("group")), _num(r.get(axis)))].append(r)
@@ -141,7 +164,10 @@ class FaultSection:
                 bits_text = f"{np.mean(bits):.3g}" if bits else "–"
                 bad = sum(1 for r in members if r.get("loss_nonfinite"))
                 spread = f" ± {disp.fmt(sd)}" if len(members) > 1 else " (one run: no std)"
-                lines.append(f"| {g} | {v:g} | {disp.fmt(mu)}{spread} | {len(members)} | {bits_text} | {bad} |")
+                line = f"| {g} | {v:g} | {disp.fmt(mu)}{spread} | {len(members)} | {bits_text} | {bad} |"
+                if stored:
+                    line += _stored_cells(members, disp)
+                lines.append(line)
         lines.append("")
         slug = _slug("faults", self.names[task], grouping or "nogrouping", method, axis, label)
         lines.append(self._link(self._curves(rows, groups, values, axis, disp, title, slug), f"curves: {title}"))
@@ -150,6 +176,39 @@ class FaultSection:
             lines.append(self._link(self._heatmap(cells, groups, values, axis, disp, title, slug), f"heatmap: {title}"))
             lines.append("")
         return lines
+
+    def _formats(self, task, grouping, method, axis, rows) -> list[str]:
+        """One figure, one line per stored format (a float model's rows: their ``format``
+        setting), where rows of two
+        or more formats share every other setting: which format survives best."""
+        names = [n for n in _setting_names(method, rows[0]) if n != axis and n != "format"]
+        out: list[str] = []
+        for fixed in _ordered(tuple((n, r.get(n)) for n in names) for r in rows):
+            part = [r for r in rows if tuple((n, r.get(n)) for n in names) == fixed]
+            formats = _ordered(_stored_format(r) for r in part)
+            if len(formats) < 2:
+                continue
+            disp = self.displays[task]
+            label = ", ".join(f"{n}={v}" for n, v in fixed if v is not None)
+            title = f"task `{self.names[task]}`, {method} by {axis} in each stored format" + (f" ({label})" if label else "")
+            fig = self._figure(6.0, 4.0)
+            ax = fig.add_subplot()
+            for fmt in formats:
+                sel = [r for r in part if _stored_format(r) == fmt]
+                xs = sorted({_num(r.get(axis)) for r in sel})
+                # every group's rows pooled at each value: the model's curve in that format
+                mu = [_mean_std([disp.show(_num(r["metric_after"])) for r in sel if _num(r.get(axis)) == x])[0] for x in xs]
+                ax.plot(xs, mu, marker="o", ms=3, label=fmt)
+            if all(_num(r.get(axis)) > 0 for r in part):
+                ax.set_xscale("log")
+            ax.set_xlabel(axis)
+            ax.set_ylabel(f"{disp.name}{disp.unit}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            ax.set_title(_wrapped(title, 6.0), fontsize=9)
+            slug = _slug("faults", self.names[task], grouping or "nogrouping", method, axis, "formats", label)
+            out += [f"**{title}** (mean over trials and groups)", "", self._link(self._save(fig, slug + "_formats"), f"formats: {title}"), ""]
+        return out
 
     def _curves(self, rows, groups, values, axis, disp, title, slug) -> Path:
         from matplotlib.ticker import NullLocator
@@ -219,3 +278,21 @@ class FaultSection:
                             color="white" if abs(mat[i, j]) > 0.6 * vmax else "black")
         fig.colorbar(im, ax=ax, label=disp.damage_label)
         return self._save(fig, slug + "_heatmap")
+
+
+def _stored_cells(members: list[dict[str, Any]], disp: MetricDisplay) -> str:
+    """The quantised model's table cells: float and quantised clean metric, the mean faults
+    in codes / scales / zero points, the mean number of weights changed."""
+    def mean(name: str) -> str:
+        values = [_num(r.get(name)) for r in members if _num(r.get(name)) is not None]
+        return f"{np.mean(values):.3g}" if values else "–"
+
+    clean = [_num(r.get(n)) for n in ("metric_float", "metric_before") for r in members[:1]]
+    shown = " | ".join("–" if v is None else disp.fmt(disp.show(v)) for v in clean)
+    return f" {shown} | {' / '.join(mean(n) for n in _STORED_COUNTS)} | {mean('changed')} |"
+
+
+def _stored_format(row: dict[str, Any]) -> str:
+    """The format a fault row's model was stored in: the quantised model's, else the bit
+    fault's per-weight ``format`` setting (float32 by default)."""
+    return str(row.get("quantized") or row.get("format") or "float32")
