@@ -241,11 +241,19 @@ def select(
         names.append(pname)
     label = name or _label(include_p, type_set, kind)
     if not names:
-        raise ParamCorruptError(
-            f"group {label!r} is empty: no parameter matches include={include_p}, "
-            f"exclude={exclude_p or None}, types={type_set}, kind={kind!r}"
-            + ("" if include_frozen else " (frozen parameters are left out; include_frozen=True keeps them)")
-        )
+        criteria = f"include={include_p}, exclude={exclude_p or None}, types={type_set}, kind={kind!r}"
+        if not include_frozen and any(not p.requires_grad for p in model.parameters()):
+            try:  # only frozen parameters match: say so, and how to keep them (the CLI has no option)
+                frozen = select(model, include, exclude=exclude, types=types, kind=kind, include_frozen=True).names
+            except ParamCorruptError:
+                frozen = ()
+            if frozen:
+                raise ParamCorruptError(
+                    f"group {label!r} is empty: the {len(frozen)} parameters that match {criteria} are all frozen "
+                    f"(requires_grad=False, e.g. {frozen[0]!r}) and frozen parameters are not probed; make them "
+                    "trainable in the model (requires_grad_(True)), or in Python select them with include_frozen=True"
+                )
+        raise ParamCorruptError(f"group {label!r} is empty: no parameter matches {criteria}")
     params = dict(model.named_parameters())
     for pname in names:
         if not params[pname].is_floating_point():
