@@ -175,9 +175,13 @@ def test_synthetic_report_figures(synthetic_report):
     figures = check_figures(synthetic_report)
     names = {p.name for p in figures}
     # heatmaps: (grouping, method, p, n) = 3 groupings x 3/2 methods x 2 p x 2 n, minus the
-    # hand-made table1 grouping's single (p, n) with two methods
+    # hand-made table1 grouping's single (p, n) with two methods: its one group ("hand") has
+    # no heatmap, its curves show the same values (issue 22)
     heatmaps = [n for n in names if n.startswith("heatmap")]
-    assert len(heatmaps) == 2 * 3 * 2 * 2 + 2
+    assert len(heatmaps) == 2 * 3 * 2 * 2
+    assert not any("table1" in n for n in heatmaps)
+    assert "_No heatmap of a single group, its curves (next section) show the same values: hand (k=20): random, L_inf, n = k; " \
+        in synthetic_report.read_text()
     curves = [n for n in names if n.startswith("curves")]
     assert len(curves) == 2 * 2 * 2 + 1
     assert "theorem1.png" in names

@@ -37,7 +37,7 @@ def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
     report = write_report(path, tmp_path / "report")
     text = report.read_text()
     assert "## Hardware faults: the metric against the fault rate" in text
-    assert "**task `toy`, bitflip (format=int8, bits=any); grouping `position`**" in text
+    assert "**task `toy`, bitflip by ber (format=int8, bits=any); grouping `position`**" in text  # its axis (issue 22)
     assert "| group | ber | accuracy (%) after (mean ± std) | trials | faulty bits (mean) | loss Inf/NaN |" in text
     assert "| lower | 0.001 |" in text and "| upper | 0.1 |" in text
     assert "| group | flips |" in text  # the bit search along its own axis
@@ -51,7 +51,7 @@ def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
 def test_fault_rows_beside_lp_rows(tmp_path):
     path = probe(tmp_path, ["random", "gradient", "stuck-at"], {"stuck-at": {"value": [1], "bits": ["sign"], "flips": [1, 5]}}, "mixed")
     text = write_report(path, tmp_path / "report").read_text()
-    assert "## Hardware faults" in text and "stuck-at (format=float32, bits=sign, value=1)" in text
+    assert "## Hardware faults" in text and "stuck-at by flips (format=float32, bits=sign, value=1)" in text
     assert "Heatmaps: damage by group and eps" in text
 
 

@@ -32,6 +32,7 @@ class HeatmapSection(ReportBase):
         keys = _ordered((r.task, r.grouping, r.method, r.p, r.n_key) for r in self.rows)
         keys.sort(key=lambda x: (groupings.index(x[:2]), method_sort(x[2]), x[3], _n_sort(x[4])))
         drawn = 0
+        single: list[str] = []  # groupings of one group: their curves show the same values
         for task, grouping, method, p, nk in keys:
             disp = self.displays[task]
             sel = [
@@ -44,6 +45,9 @@ class HeatmapSection(ReportBase):
                 self.notes.add(f"Heatmap {title}: no `metric_before`/`metric_after`, not drawn.")
                 continue
             groups = _ordered(r.group for r in sel)
+            if len(groups) == 1:
+                single.append(f"{self._group_label(task, grouping, groups[0])}: {method}, {_p_label(p)}, {_n_label(nk)}")
+                continue
             eps_values = sorted({r.eps for r in sel})
             cells: dict[tuple[str, float], list[float]] = defaultdict(list)
             for r in sel:
@@ -80,7 +84,13 @@ class HeatmapSection(ReportBase):
                 lines.append(self._link(path, f"heatmap: {title} {part}".strip()))
                 lines.append("")
             drawn += 1
-        if not drawn:
+        if single:
+            lines.append(
+                f"_No heatmap of a single group, its curves (next section) show the same values: "
+                f"{'; '.join(single)}._"
+            )
+            lines.append("")
+        elif not drawn:
             lines.append("_No heatmap could be drawn (see Notes)._")
             lines.append("")
         return lines
