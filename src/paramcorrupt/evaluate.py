@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ from .errors import InputTypeError, ParamCorruptError
 from .losses import LossFn, Metric, as_batch_loss
 from .parallel.comm import all_gather_objects, all_reduce_scalars, use_distributed
 
-__all__ = ["evaluate"]
+__all__ = ["check_clean_loss", "evaluate", "nonfinite_tensors", "nonfinite_text"]
 
 
 def evaluate(
@@ -128,3 +129,54 @@ def _accumulate(name: str, running: Any, total: Any) -> Any:
     if not isinstance(running, torch.Tensor) or running.shape != vector.shape:
         raise InputTypeError(f"metric {name!r} returned totals of different shapes across batches")
     return running + vector
+
+
+def nonfinite_tensors(model: nn.Module, *, buffers: bool = True) -> list[str]:
+    """Each parameter (and buffer) of ``model`` holding NaN or Inf, described: Inf called Inf,
+    NaN called NaN, with their counts. Tensors without values (the meta device) and integer
+    tensors are skipped.
+
+    >>> model = nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     model.weight[0, 0] = float("inf")
+    >>> nonfinite_tensors(model)
+    ["parameter 'weight' holds 1 Inf (of 4 values)"]
+    """
+    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
+    if buffers:
+        tensors += [("buffer", n, t) for n, t in model.named_buffers()]
+    out = []
+    for what, name, tensor in tensors:
+        if tensor.is_meta or not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        data = tensor.detach()
+        if bool(torch.isfinite(data).all()):
+            continue
+        nan, inf = int(torch.isnan(data).sum()), int(torch.isinf(data).sum())
+        held = " and ".join(f"{count} {kind}" for count, kind in ((nan, "NaN"), (inf, "Inf")) if count)
+        out.append(f"{what} {name!r} holds {held} (of {data.numel()} values)")
+    return out
+
+
+def nonfinite_text(value: float) -> str:
+    """A non-finite number as a person says it: NaN, Inf or -Inf."""
+    return "NaN" if value != value else ("Inf" if value > 0 else "-Inf")
+
+
+def check_clean_loss(clean: Mapping[str, float], model: nn.Module, *, allow_nonfinite: bool = False) -> None:
+    """Refuse a model whose clean loss (``clean["loss"]``, from :func:`evaluate`) is NaN or Inf
+    before any corruption is measured against it, naming the tensors holding NaN/Inf.
+
+    Raises:
+        ParamCorruptError: unless ``allow_nonfinite``.
+    """
+    loss = clean["loss"]
+    if allow_nonfinite or math.isfinite(loss):
+        return
+    where = nonfinite_tensors(model)
+    cause = f" ({'; '.join(where[:3])}{'; ...' if len(where) > 3 else ''})" if where else ""
+    raise ParamCorruptError(
+        f"the clean model's loss is {nonfinite_text(loss)}{cause}: every row would compare against a "
+        f"{nonfinite_text(loss)} loss; fix the model or its weights, or probe it anyway with "
+        "allow_nonfinite=True (paramcorrupt probe --allow-nonfinite)"
+    )

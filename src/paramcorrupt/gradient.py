@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
 from .errors import ParamCorruptError
+from .evaluate import nonfinite_tensors
 from .groups import ParameterGroup, as_group
 from .losses import LossFn, as_batch_loss
 from .parallel.comm import all_reduce_sums, use_distributed
@@ -89,7 +90,7 @@ def dataset_gradient(
             for batch in progress_bar(loader, enabled=progress, desc="gradient"):
                 result = as_batch_loss(loss_fn(model, batch), batch)
                 if not torch.isfinite(result.loss):
-                    raise ParamCorruptError(f"the loss of a batch is {result.loss.item()}; cannot take its gradient")
+                    raise ParamCorruptError(_nonfinite_loss(model, float(result.loss)))
                 grads = torch.autograd.grad(result.loss, tensors, allow_unused=True)
                 weight = result.weight
                 grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
@@ -119,3 +120,11 @@ def dataset_gradient(
     if return_loss:
         return gradient, float(loss_sum / total_weight)
     return gradient
+
+
+def _nonfinite_loss(model: nn.Module, loss: float) -> str:
+    """Why a data set gradient cannot be taken: the loss, and the tensors holding NaN/Inf."""
+    where = nonfinite_tensors(model)
+    cause = (f": the model's {'; '.join(where[:3])}{'; ...' if len(where) > 3 else ''}" if where
+             else " (every parameter and buffer is finite: the loss itself overflows or divides by zero)")
+    return f"the loss of a batch is {loss}; cannot take its gradient{cause}"

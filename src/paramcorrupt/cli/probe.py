@@ -105,6 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "before it (equal rows up to float rounding; see paramcorrupt.probe.reuse)",
     )
     sweep_args.add_argument("--no-gradient-data", action="store_true", help="skip the loss on the gradient's data per row (no Theorem 2 ratio)")
+    sweep_args.add_argument("--allow-nonfinite", action="store_true",
+                            help="probe a model with NaN/Inf weights or a NaN/Inf clean loss (refused by default: "
+                            "every row would compare against a non-finite model)")
     faults = parser.add_argument_group(
         "hardware faults", "fault models beyond the L_p grid, and the values of their settings "
         "(comma-separated values are swept; each applies to the --fault models that have it)",
@@ -294,6 +297,19 @@ def _check_store(store: Any, config: Any, groups: Mapping[str, Any]) -> None:
     store.check(sweep_id(config, groups), config.as_dict(), groups={label: list(g.names) for label, g in probed.items()})
 
 
+def _check_finite(model: torch.nn.Module) -> None:
+    """Refuse a model whose parameters hold NaN or Inf before anything is written, naming them."""
+    from ..evaluate import nonfinite_tensors
+
+    where = nonfinite_tensors(model, buffers=False)
+    if where:
+        more = f" (and {len(where) - 1} more tensors)" if len(where) > 1 else ""
+        raise ParamCorruptError(
+            f"the model's {where[0]}{more}: every row would compare against a non-finite model; fix the "
+            "weights (the checkpoint or the factory), or probe it anyway with --allow-nonfinite"
+        )
+
+
 def _progress_counts(path: Path, config: Any, groups: Mapping[str, Any]) -> tuple[int, int]:
     """(rows of this sweep the results file holds, rows the sweep has in all)."""
     from ..probe.store import read_results
@@ -383,6 +399,8 @@ def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> in
     config = _config(args, task, identity, grouping, keep)
     _check_store(store, config, groups)
     check_quantization(task.model, config)
+    if not getattr(args, "allow_nonfinite", False):
+        _check_finite(task.model)
     store.metadata = {  # a new header's metric infos, and the task's short name and data for the report
         **chance_metadata(config.metric, task.chance, task.metrics),
         "task_display": display_name(args, identity),
@@ -409,6 +427,7 @@ def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> in
         rows = sweep(
             task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
             groups=groups, store=store, progress=not args.quiet, evaluator=evaluator,
+            allow_nonfinite=getattr(args, "allow_nonfinite", False),
         )
     except KeyboardInterrupt:
         if D.is_main_process():

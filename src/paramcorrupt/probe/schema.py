@@ -38,6 +38,7 @@ from ..errors import FileAccessError, ParamCorruptError, os_error_text
 
 __all__ = [
     "FIELD_KINDS",
+    "check_resumed",
     "MAX_LINE_BYTES",
     "RowSchema",
     "chance_metadata",
@@ -388,3 +389,20 @@ def chance_metadata(
         infos = metric_infos(metrics, metric, out.get("chance", {}).get(str(metric)))
         out["metrics"] = {name: info.to_dict() for name, info in infos.items()}
     return out
+
+
+def check_resumed(finished: Mapping[str, Mapping[str, Any]], clean: Mapping[str, Mapping[str, float]]) -> None:
+    """A resumed file must come from the same weights: the clean loss its rows recorded
+    (``loss_before``) is the model's (``clean["eval"]["loss"]``; NaN matches NaN)."""
+    if not finished:
+        return
+    row = next(iter(finished.values()))
+    recorded = row.get("loss_before")
+    loss = clean["eval"]["loss"]
+    if isinstance(recorded, (int, float)) and not (
+        math.isclose(recorded, loss, rel_tol=1e-6, abs_tol=1e-12) or (math.isnan(recorded) and math.isnan(loss))
+    ):
+        raise ParamCorruptError(
+            f"the results file was written for a model whose clean loss is {recorded!r}, but this model's is "
+            f"{loss!r}: not the same weights or data; write to another file"
+        )

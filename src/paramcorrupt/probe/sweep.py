@@ -66,7 +66,7 @@ from .. import parallel as D
 from ..constraint import lp_norm
 from ..corruption.apply import corrupted
 from ..errors import ParamCorruptError
-from ..evaluate import evaluate
+from ..evaluate import check_clean_loss, evaluate
 from ..faults import FaultContext, FaultModel, get_fault
 from ..formats import check_quantize
 from ..formats.model import Quantized, default_weights, quantize
@@ -74,6 +74,7 @@ from ..gradient import dataset_gradient
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
 from .plan import SweepConfig, probed_groups, row_seed, row_settings, sweep_id
+from .schema import check_resumed
 from .store import ResultsStore
 
 __all__ = [
@@ -193,6 +194,7 @@ def sweep(
     progress: bool = True,
     evaluator: Evaluator | None = None,
     distributed: bool | None = None,
+    allow_nonfinite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every group x method x p x n x eps (x trial) of ``config``; return the rows.
 
@@ -220,6 +222,8 @@ def sweep(
             all-reduced, the rows are split round-robin across ranks (each evaluated by one
             rank on the full evaluation data), gathered, and written by rank 0 alone. Every
             rank returns all rows. See :func:`paramcorrupt.parallel.map_ordered`.
+        allow_nonfinite: probe a model whose clean loss is NaN or Inf (refused by default,
+            naming the tensors holding NaN/Inf: :func:`paramcorrupt.evaluate.check_clean_loss`).
 
     Returns:
         The rows (dicts with the fields of :data:`ROW_FIELDS`).
@@ -265,7 +269,7 @@ def sweep(
         try:
             return _run(
                 model, config, gradient_loader, eval_loader, loss_fn, metrics, metric, probed, sid,
-                finished, store, progress, evaluator, distributed, stored,
+                finished, store, progress, evaluator, distributed, stored, allow_nonfinite=allow_nonfinite,
             )
         finally:
             if store is not None:
@@ -332,6 +336,7 @@ def _run(
     evaluator: Evaluator | None,
     distributed: bool = False,
     stored: tuple[Quantized, dict[str, float]] | None = None,
+    *, allow_nonfinite: bool = False,
 ) -> list[dict[str, Any]]:
     plans = []
     for label, group in probed.items():
@@ -357,7 +362,8 @@ def _run(
     full = FullEvaluator(model, eval_loader, gradient_loader if config.measure_gradient_data else None, loss_fn, metrics)
     with D.local():  # every rank measures the clean model itself: rows bit-identical to one process
         clean = full.evaluate()
-    _check_resumed(finished, clean, metric)
+    check_clean_loss(clean["eval"], model, allow_nonfinite=allow_nonfinite)  # no row against a NaN loss
+    check_resumed(finished, clean)
     evaluator = evaluator or full
     logged: set[str] = set()
 
@@ -481,20 +487,4 @@ def _unpack(
     if not isinstance(result.get("gradient"), Mapping) or "loss" not in result["gradient"]:
         raise ParamCorruptError("the evaluator returned no loss on the gradient's data ('gradient': {'loss': ...})")
     return evaluated, {k: float(v) for k, v in result["gradient"].items()}
-
-
-def _check_resumed(
-    finished: Mapping[str, Mapping[str, Any]], clean: Mapping[str, Mapping[str, float]], metric: str
-) -> None:
-    """A resumed file must come from the same weights: compare the clean loss it recorded."""
-    if not finished:
-        return
-    row = next(iter(finished.values()))
-    recorded = row.get("loss_before")
-    loss = clean["eval"]["loss"]
-    if isinstance(recorded, (int, float)) and not math.isclose(recorded, loss, rel_tol=1e-6, abs_tol=1e-12):
-        raise ParamCorruptError(
-            f"the results file was written for a model whose clean loss is {recorded!r}, but this model's is "
-            f"{loss!r}: not the same weights or data; write to another file"
-        )
 
