@@ -7,6 +7,9 @@ How a command ends when something goes wrong:
 - a user error — a :class:`~paramcorrupt.errors.ParamCorruptError`, which the library raises
   for every bad input (:class:`CLIError` is one), or a file the system cannot find: one line,
   exit code 2;
+- an exception raised in the user's own code (``--model``/``--data``: their forward, loss or
+  factory): "error in your code (FILE:LINE, in FUNCTION)", one line, exit code 2; the
+  traceback with ``-v``;
 - anything else (``ValueError`` from torch, ``KeyError``, ``AttributeError``, ...): an internal
   error, one line naming the exception and "(run with -v for the traceback)", exit code 1;
   the traceback with ``-v``;
@@ -88,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except USER_ERRORS as error:
+        cause = error.__cause__
+        if args.verbose and cause is not None and not isinstance(cause, ParamCorruptError):
+            traceback.print_exception(cause, file=sys.stderr)  # what the user's code raised (first-batch check)
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:
@@ -102,8 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        where = _user_code(error)
+        if where is not None:  # raised in the user's own model, loss or factory: theirs to fix
+            text = (str(error).splitlines() or [""])[0]
+            _fail(f"{prefix}: error in your code ({where}): {type(error).__name__}: {text}", args.verbose)
+            return EXIT_USAGE
         _fail(f"{prefix}: internal error: {type(error).__name__}: {error}", args.verbose)
         return EXIT_INTERNAL
+
+
+def _user_code(error: BaseException) -> str | None:
+    """Where in the user's own files (``--model``/``--data``) ``error`` was raised, if there."""
+    user = sys.modules.get("paramcorrupt.tasks.user")  # loaded when the command loaded user code
+    return None if user is None else user.user_code_location(error)
 
 
 #: what the system says of a file a user named that cannot be written or read (errno names)

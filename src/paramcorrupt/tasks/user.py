@@ -38,10 +38,12 @@ from torch import nn
 from ..errors import InputTypeError, MissingFileError, ParamCorruptError
 from ..losses import describe_metric, metric_info
 from .base import Task
-from .user_checks import check_first_batch
+from .user_checks import check_first_batch, remember_user_module, user_code_location
 from .weights import load_into, load_weights
 
-__all__ = ["USER_RECIPE", "load_checkpoint_into", "resolve", "task_identity", "user_identity", "user_task"]
+__all__ = [
+    "USER_RECIPE", "load_checkpoint_into", "resolve", "task_identity", "user_code_location", "user_identity", "user_task",
+]
 
 #: the training recipe of a user's task whose data gives none (``info["recipe"]``)
 USER_RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "epochs": 10}
@@ -105,9 +107,11 @@ def resolve(spec: str, option: str = "spec") -> Any:
         if not path.is_file():
             raise MissingFileError(f"{option} {spec!r}: no file {target}")
         module = _load_file(path)
+        remember_user_module(module)
     else:
         try:
             module = importlib.import_module(target)
+            remember_user_module(module)
         except ImportError as error:
             raise ParamCorruptError(f"{option} {spec!r}: cannot import {target!r}: {error}") from None
     try:
@@ -187,6 +191,17 @@ def load_checkpoint_into(model: nn.Module, checkpoint: str | os.PathLike[str], k
             the mismatch).
     """
     load_into(model, load_weights(checkpoint, key), "the model", source=f"checkpoint {checkpoint}")
+
+
+def _check_materialised(model: nn.Module, source: str) -> None:
+    """Refuse a model with tensors on the meta device (shapes without values), naming one."""
+    meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ParamCorruptError(
+            f"{source}: the model's tensor {meta[0]!r} ({len(meta)} of them) is on the meta device (a shape without "
+            "values): build it with real tensors in the factory (e.g. model.to_empty(device='cpu'), then load "
+            "its weights)"
+        )
 
 
 def _called(factory: Any) -> Any:
@@ -289,6 +304,7 @@ def user_task(
         raise InputTypeError(f"--data {data_spec!r}: loss_fn is a {type(fields['loss_fn']).__name__}, expected a callable")
     if not isinstance(metrics, Mapping):
         raise InputTypeError(f"--data {data_spec!r}: metrics is a {type(metrics).__name__}, expected a mapping name -> metric")
+    _check_materialised(model, f"--model {model_spec!r}" if model_spec is not None else f"--data {data_spec!r}")
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint, checkpoint_key)
     check_first_batch(model, fields["loss_fn"], metrics, fields["gradient_loader"], data_spec, fields["eval_loader"])

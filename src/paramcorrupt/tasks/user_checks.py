@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import InputTypeError, ParamCorruptError
 from ..losses import as_batch_loss
 
-__all__ = ["LOSS_PROTOCOL", "check_first_batch", "describe_batch"]
+__all__ = ["LOSS_PROTOCOL", "check_first_batch", "describe_batch", "remember_user_module", "user_code_location"]
 
 #: what ``loss_fn`` must be, said in every error about it
 LOSS_PROTOCOL = (
@@ -27,6 +28,43 @@ LOSS_PROTOCOL = (
     "e.g. def loss_fn(model, batch): x, y = batch; out = model(x); "
     "return BatchLoss(F.cross_entropy(out, y), len(y), out)"
 )
+
+
+#: the files of the modules that --model/--data named (resolve): the user's own code
+_USER_FILES: set[str] = set()
+_PACKAGE = Path(__file__).resolve().parents[1]  # paramcorrupt itself: never the user's
+
+
+def remember_user_module(module: Any) -> None:
+    """Count ``module``'s file as the user's own code (for :func:`user_code_location`)."""
+    file = getattr(module, "__file__", None)
+    installed = file and any(part in ("site-packages", "dist-packages") for part in Path(file).parts)
+    if file and not installed and _PACKAGE not in Path(file).resolve().parents:
+        _USER_FILES.add(str(Path(file).resolve()))
+
+
+def user_code_location(error: BaseException) -> str | None:
+    """Where in the user's own code (a module ``--model``/``--data`` named) ``error`` was
+    raised: ``"path/file.py:12, in forward"`` when the innermost frame of its traceback (or of
+    the exception it was raised from) that is the user's or paramcorrupt's is the user's (their
+    forward calling torch, say), None otherwise (paramcorrupt's own code failing is a bug)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        where = None
+        tb = error.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            file = Path(code.co_filename).resolve()
+            if str(file) in _USER_FILES:
+                where = f"{code.co_filename}:{tb.tb_lineno}, in {code.co_name}"
+            elif _PACKAGE in file.parents:
+                where = None
+            tb = tb.tb_next
+        if where is not None:
+            return where
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return None
 
 
 def describe_batch(batch: Any) -> str:
@@ -76,6 +114,12 @@ def _untouched(model: nn.Module, loader: Any) -> Iterator[None]:
             generator.set_state(state)
 
 
+def _raised_in(error: BaseException) -> str:
+    """" (raised in FILE:LINE, in FUNCTION)" when ``error`` came from the user's own files."""
+    where = user_code_location(error)
+    return "" if where is None else f" (raised in {where})"
+
+
 def _one_hot(batch: Any) -> bool:
     """Whether the batch's last tensor looks like one-hot labels (a float matrix of 0/1 rows)."""
     labels = batch[-1] if isinstance(batch, tuple | list) and batch else None
@@ -121,9 +165,9 @@ def check_first_batch(model: nn.Module, loss_fn: Any, metrics: Mapping[str, Any]
             text = str(error).splitlines()[0] if str(error) else ""
             raise ParamCorruptError(
                 f"--data {spec!r}: loss_fn(model, batch) fails on the first batch {shape}: "
-                f"{type(error).__name__}: {text}{hint or '; check that the model takes these inputs'}"
+                f"{type(error).__name__}: {text}{_raised_in(error)}{hint or '; check that the model takes these inputs'}"
                 f" (the protocol is {LOSS_PROTOCOL})"
-            ) from None
+            ) from error  # the CLI shows the user's traceback under -v
         for name, metric in metrics.items():
             try:
                 with torch.no_grad():
@@ -132,6 +176,6 @@ def check_first_batch(model: nn.Module, loss_fn: Any, metrics: Mapping[str, Any]
                 text = str(error).splitlines()[0] if str(error) else ""
                 raise ParamCorruptError(
                     f"--data {spec!r}: metric {name!r} fails on the first batch {shape} and the loss's output "
-                    f"{describe_batch(result.output)}: {type(error).__name__}: {text}"
+                    f"{describe_batch(result.output)}: {type(error).__name__}: {text}{_raised_in(error)}"
                     f"{hint or '; a metric is metric(output, batch) -> (total, count), output being what loss_fn returned as BatchLoss.output'}"
-                ) from None
+                ) from error
