@@ -180,7 +180,7 @@ def test_synthetic_report_figures(synthetic_report):
     heatmaps = [n for n in names if n.startswith("heatmap")]
     assert len(heatmaps) == 2 * 3 * 2 * 2
     assert not any("table1" in n for n in heatmaps)
-    assert "_No heatmap of a single group, its curves (next section) show the same values: hand (k=20): random, L_inf, n = k; " \
+    assert "_No heatmap of a single group, its curves (next section) show the same values: hand (k=20) (2 maps: random, gradient; L_inf; n = k)" \
         in synthetic_report.read_text()
     curves = [n for n in names if n.startswith("curves")]
     assert len(curves) == 2 * 2 * 2 + 1

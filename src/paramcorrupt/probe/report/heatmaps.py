@@ -32,7 +32,7 @@ class HeatmapSection(ReportBase):
         keys = _ordered((r.task, r.grouping, r.method, r.p, r.n_key) for r in self.rows)
         keys.sort(key=lambda x: (groupings.index(x[:2]), method_sort(x[2]), x[3], _n_sort(x[4])))
         drawn = 0
-        single: list[str] = []  # groupings of one group: their curves show the same values
+        single: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # one group: its curves show the same
         for task, grouping, method, p, nk in keys:
             disp = self.displays[task]
             sel = [
@@ -46,7 +46,7 @@ class HeatmapSection(ReportBase):
                 continue
             groups = _ordered(r.group for r in sel)
             if len(groups) == 1:
-                single.append(f"{self._group_label(task, grouping, groups[0])}: {method}, {_p_label(p)}, {_n_label(nk)}")
+                single[self._group_label(task, grouping, groups[0])].append((method, _p_label(p), _n_label(nk)))
                 continue
             eps_values = sorted({r.eps for r in sel})
             cells: dict[tuple[str, float], list[float]] = defaultdict(list)
@@ -85,10 +85,12 @@ class HeatmapSection(ReportBase):
                 lines.append("")
             drawn += 1
         if single:
-            lines.append(
-                f"_No heatmap of a single group, its curves (next section) show the same values: "
-                f"{'; '.join(single)}._"
-            )
+            listed = [
+                f"{label} ({len(maps)} map{'s' if len(maps) > 1 else ''}: "
+                + "; ".join(", ".join(_ordered(m[i] for m in maps)) for i in range(3)) + ")"
+                for label, maps in single.items()
+            ]
+            lines.append(f"_No heatmap of a single group, its curves (next section) show the same values: {'; '.join(listed)}._")
             lines.append("")
         elif not drawn:
             lines.append("_No heatmap could be drawn (see Notes)._")
