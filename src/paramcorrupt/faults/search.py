@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +38,18 @@ from ..corruption.apply import corrupted
 from ..corruption.base import Corruption
 from ..errors import InputTypeError, ParamCorruptError
 from ..evaluate import evaluate
-from ..formats import bits_setting, get_format
+from ..formats import StoredTensor, bits_setting, get_format
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, register_fault
+from .search_stored import StoredSearchImage
+from .stored import row_fields as stored_row_fields
 
-__all__ = ["BitSearch", "BitSearchFault", "bit_search", "k_top_setting"]
+__all__ = ["BitSearch", "BitSearchFault", "Flip", "bit_search", "k_top_setting"]
+
+#: a flip the search made: (name, flat index, bit) in ``format``, or (name, field, entry, bit)
+#: of a stored weight (a quantised model's codes, scales, zero points)
+Flip = tuple[str, int, int] | tuple[str, str, int, int]
 
 
 @dataclass
@@ -51,7 +57,10 @@ class BitSearch:
     """A progressive bit search on one group; :meth:`extend` finds more flips.
 
     Attributes:
-        flips: the flips found, in order: (parameter name, flat index, bit).
+        flips: the flips found, in order: (parameter name, flat index, bit) of a weight
+            faulted in ``format``; (parameter name, field, entry, bit) of a stored weight of a
+            quantised model (``stored``), the fault tuple of
+            :func:`~paramcorrupt.faults.stored_faults`.
         losses: the loss on the attack data after each flip (``losses[0]``: none).
     """
 
@@ -64,7 +73,8 @@ class BitSearch:
     candidates: int = 1
     progress: bool = False
     k_top: int | None = None
-    flips: list[tuple[str, int, int]] = field(default_factory=list)
+    stored: Mapping[str, StoredTensor] | None = None
+    flips: list[Flip] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,6 +86,12 @@ class BitSearch:
         if not self.data:
             raise ParamCorruptError("the bit search needs at least one batch of attack data")
         params = self.group.tensors(self.model)
+        # a quantised model: its stored weights' candidates are their stored bits (search_stored.py)
+        self._image = None
+        if self.stored is not None:
+            image = StoredSearchImage(params, self.stored, self.bits)
+            self._image = image if image.tensors else None
+        params = {n: p for n, p in params.items() if self._image is None or n not in self._image.tensors}
         self._scales = {n: self._fmt.scales(p) for n, p in params.items()}
         self._clean = {n: self._fmt.encode(p, torch.arange(p.numel(), device=p.device), self._scales[n]) for n, p in params.items()}
         self._codes = {n: c.clone() for n, c in self._clean.items()}
@@ -83,51 +99,82 @@ class BitSearch:
         self.losses = [evaluate(self.model, self.data, self.loss_fn)["loss"]]
 
     def corruption(self, m: int | None = None) -> Corruption:
-        """The set-values corruption of the first ``m`` flips (default: all found)."""
+        """The set-values corruption of the first ``m`` flips (default: all found; all of them
+        where the search has :attr:`ended` before ``m``); on a
+        quantised model its ``info`` counts them by field (``code_faults``, ``scale_faults``,
+        ``zero_point_faults``)."""
         m = len(self.flips) if m is None else m
-        if m > len(self.flips):
+        if m > len(self.flips) and not self.ended:
             raise ParamCorruptError(f"only {len(self.flips)} flips have been found, asked for {m}")
+        m = min(m, len(self.flips))  # a search that ended holds all it found
         params = self.group.tensors(self.model)
         codes = {n: c.clone() for n, c in self._clean.items()}
-        for name, idx, bit in self.flips[:m]:
-            codes[name][idx] ^= 1 << bit
+        for flip in self.flips[:m]:
+            if len(flip) == 3:
+                name, idx, bit = flip
+                codes[name][idx] ^= 1 << bit
         indices: dict[str, Tensor | None] = {}
         values: dict[str, Tensor] = {}
-        for name, param in params.items():
+        for name in self._clean:
+            param = params[name]
             changed = (codes[name] != self._clean[name]).nonzero().flatten()
             if changed.numel():
                 indices[name] = changed
                 values[name] = self._fmt.decode(param, changed, codes[name][changed], self._scales[name])
         info = {"format": self.format, "bit_errors": m, "search_loss": self.losses[m]}
-        return Corruption(self.group, None, "bit-search", indices, values, info, mode="set")
+        plain = Corruption(self.group, None, "bit-search", indices, values, info, mode="set")
+        if self._image is None:
+            return plain
+        return self._image.corruption(plain, [f for f in self.flips[:m] if len(f) == 4])
+
+    @property
+    def ended(self) -> bool:
+        """Whether the loss on the attack data is Inf or NaN after the flips found: the model
+        is destroyed, the loss has no gradient and cannot rise, so the search stops there."""
+        return not math.isfinite(self.losses[-1])
 
     def extend(self, m: int) -> None:
-        """Search until ``m`` flips are found."""
+        """Search until ``m`` flips are found, or until the search has :attr:`ended` (fewer)."""
         steps = range(len(self.flips), m)
         for _ in progress_bar(steps, enabled=self.progress, desc="bit search"):
+            if self.ended:
+                break
             self._step()
 
     def _step(self) -> None:
         params = self.group.tensors(self.model)
+        image = self._image
         with corrupted(self.model, self.corruption()):
             gradient = dataset_gradient(self.model, self.data, self.loss_fn, self.group)
-            best: tuple[float, str, int, int] | None = None
+            best: tuple[float, Flip] | None = None
             for name, param in params.items():
-                for idx, bit in self._ranked(name, param, gradient[name]):
-                    code = self._codes[name][idx] ^ (1 << bit)
-                    at = torch.tensor([idx], device=param.device)
-                    value = self._fmt.decode(param, at, code.reshape(1), self._scales[name])
+                if image is not None and name in image.tensors:  # its stored bits: codes, scales, zero points
+                    ranked = [flip for _, flip in image.ranked(name, gradient[name], self.k_top, self.candidates)]
+                else:
+                    ranked = [(name, idx, bit) for idx, bit in self._ranked(name, param, gradient[name])]
+                for flip in ranked:
+                    if len(flip) == 4:
+                        at, value = image.values(flip)
+                    else:
+                        at = torch.tensor([flip[1]])
+                        code = self._codes[name][flip[1]] ^ (1 << flip[2])
+                        value = self._fmt.decode(param, at.to(param.device), code.reshape(1), self._scales[name])
+                    at, value = at.to(param.device), value.to(param.device)
                     with corrupted(self.model, Corruption.from_values({name: value}, {name: at}, group=self.group)):
                         loss = evaluate(self.model, self.data, self.loss_fn)["loss"]
                     loss = math.inf if math.isnan(loss) else loss  # an output made NaN counts as the worst
                     if best is None or loss > best[0]:
-                        best = (loss, name, idx, bit)
+                        best = (loss, flip)
         if best is None:
             raise ParamCorruptError(f"group {self.group.name!r} has no bit left to flip")
-        loss, name, idx, bit = best
-        self._codes[name][idx] ^= 1 << bit
-        self._done[name].add((idx, bit))
-        self.flips.append((name, idx, bit))
+        loss, flip = best
+        if len(flip) == 4:
+            image.apply(flip)
+        else:
+            name, idx, bit = flip
+            self._codes[name][idx] ^= 1 << bit
+            self._done[name].add((idx, bit))
+        self.flips.append(flip)
         self.losses.append(loss)
 
     def _ranked(self, name: str, param: Tensor, g: Tensor) -> list[tuple[int, int]]:
@@ -183,6 +230,7 @@ def bit_search(
     batches: int | None = 1,
     progress: bool = False,
     k_top: int | None = None,
+    stored: Mapping[str, StoredTensor] | None = None,
 ) -> BitSearch:
     """Find ``flips`` bit flips by the progressive bit search (see the module's doc).
 
@@ -201,14 +249,30 @@ def bit_search(
         progress: show a progress bar.
         k_top: rank only the bits of each tensor's ``k_top`` weights of largest |g| (the
             Bit-Flip Attack code's ``k_top``; its default there is 10); None (the default):
-            every weight's. A ``k_top`` above a tensor's size takes all of it.
+            every weight's. A ``k_top`` above a tensor's size takes all of it. On stored
+            weights it restricts the code bits; scale and zero-point bits are always ranked.
+        stored: name -> StoredTensor of a model quantised by :func:`paramcorrupt.quantize`
+            (what it returns): the group's stored weights are searched over their stored
+            bits (codes, scales, zero points, ranked by g times the decoded change: see
+            :mod:`paramcorrupt.faults.search_stored`), its other parameters in ``format``.
+
+    Example:
+        >>> import paramcorrupt as pc
+        >>> _ = torch.manual_seed(0); model = nn.Linear(64, 3); x = torch.randn(16, 64)
+        >>> q = pc.quantize(model, "int4", group_size=32)
+        >>> data = [(x, torch.arange(16) % 3)]
+        >>> s = bit_search(model, data, pc.classification_loss, "weight", flips=1, stored=q)
+        >>> s.flips[0][1], s.corruption().info["scale_faults"]   # a float32 scale's bit: the block blows up
+        ('scales', 1)
+        >>> q.restore(model)
 
     Returns:
         The :class:`BitSearch`, with ``flips``, ``losses`` and ``corruption(m)``.
 
     Raises:
         ParamCorruptError: for flips < 1, a bad format, bit class, count of
-            candidates/batches or k_top.
+            candidates/batches or k_top; ``stored`` that is not what ``quantize`` returned
+            for this model (another shape or dtype, weights not its decoded values).
     """
     if isinstance(flips, bool) or not isinstance(flips, int) or flips < 1:
         raise ParamCorruptError(f"flips must be an integer >= 1, got flips={flips!r}")
@@ -216,7 +280,7 @@ def bit_search(
         raise ParamCorruptError(f"batches must be an integer >= 1 or None, got batches={batches!r}")
     group = as_group(model, group)
     data = list(loader if batches is None else itertools.islice(loader, batches))
-    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress, k_top=k_top)
+    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress, k_top=k_top, stored=stored)
     search.extend(flips)
     return search
 
@@ -253,8 +317,9 @@ class BitSearchFault(FaultModel):
             if ctx.loader is None:
                 raise ParamCorruptError("the bit search needs attack data: the sweep's gradient loader")
             data = list(itertools.islice(ctx.loader, s["batches"]))
-            ctx.cache[key] = BitSearch(
-                ctx.model, ctx.group, data, ctx.loss_fn, s["format"], s["bits"], s["candidates"], k_top=s["k_top"]
+            ctx.cache[key] = BitSearch(  # a quantised sweep (ctx.stored): its stored bits are the candidates
+                ctx.model, ctx.group, data, ctx.loss_fn, s["format"], s["bits"], s["candidates"], k_top=s["k_top"],
+                stored=ctx.stored,
             )
         search = ctx.cache[key]
         search.extend(s["flips"])
@@ -267,4 +332,5 @@ class BitSearchFault(FaultModel):
         if corruption is not None:
             out["bit_errors"] = corruption.info["bit_errors"]
             out["search_loss"] = corruption.info["search_loss"]
+            out.update(stored_row_fields(corruption.info))  # a quantised model: flips in codes / scales / zero points
         return out
