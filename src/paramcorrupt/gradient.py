@@ -90,7 +90,7 @@ def dataset_gradient(
             for batch in progress_bar(loader, enabled=progress, desc="gradient"):
                 result = as_batch_loss(loss_fn(model, batch), batch)
                 if not torch.isfinite(result.loss):
-                    raise ParamCorruptError(_nonfinite_loss(model, float(result.loss)))
+                    raise ParamCorruptError(_nonfinite_loss(model, float(result.loss.detach())))
                 grads = torch.autograd.grad(result.loss, tensors, allow_unused=True)
                 weight = result.weight
                 grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
