@@ -101,8 +101,10 @@ class HeatmapSection(ReportBase):
         from matplotlib.colors import Normalize
 
         vmin, vmax = limits
-        # tall enough for the colour bar's label, also with one row
-        fig = self._figure(2.2 + 0.9 * len(eps_values), max(2.8, 1.3 + 0.42 * len(labels)))
+        # tall enough for the colour bar's label, also with one row; wide enough for the
+        # title (10 pt: about 0.075 in a character), also with one eps column
+        width = max(2.2 + 0.9 * len(eps_values), 0.8 + 0.075 * len(title) + 0.07 * max(map(len, labels), default=0))
+        fig = self._figure(width, max(2.8, 1.3 + 0.42 * len(labels)))
         ax = fig.add_subplot()
         norm = Normalize(vmin=vmin, vmax=vmax)
         im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", norm=norm, aspect="auto")
