@@ -192,6 +192,31 @@ def test_k_top_restricts_the_code_bits_but_every_scale_stays_a_candidate():
     stored.restore(model)
 
 
+@pytest.mark.parametrize("case", ["int4-asymmetric", "mxfp4"])
+def test_fields_codes_ranks_the_code_bits_alone(case):
+    model, data = square(case)
+    fmt, options = CASES[case]
+    stored = pc.quantize(model, fmt, "0.weight", **options)
+    g = literal_gradient(model, data, "0.weight")
+    want = [t for t in brute_force_ranking(case, stored["0.weight"], model[0].weight.detach().reshape(-1), g) if t[1] == "codes"]
+    got = StoredSearchImage(dict(model.named_parameters()), stored, "any", ("codes",)).ranked("0.weight", g, None, 10)
+    assert [flip for _, flip in got] == [("0.weight", *t[1:]) for t in want[:10]]
+    search = bit_search(model, data, pc.classification_loss, "0.weight", flips=2, stored=stored, fields=["codes"])
+    assert all(f[1] == "codes" for f in search.flips) and search.corruption().info["scale_faults"] == 0
+    stored.restore(model)
+
+
+@pytest.mark.parametrize("bad", ["scale", [], ["codes", "weights"], 5])
+def test_a_bad_fields_is_one_line(bad):
+    model, data = square("int4")
+    stored = pc.quantize(model, "int4", "0.weight", group_size=32)
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ParamCorruptError, match=r"^fields must name stored fields among codes, scales, zero_points, got fields="):
+        bit_search(model, data, pc.classification_loss, flips=1, stored=stored, fields=bad)
+    assert torch.equal(before, model[0].weight.detach())
+    stored.restore(model)
+
+
 def brute_force_scales(st, g):
     return [t for t in brute_force_ranking("int4", st, st.dequantize().reshape(-1), g) if t[1] == "scales"]
 

@@ -17,7 +17,14 @@ With ``candidates=1``, one flip per tensor is evaluated and the best of them kep
 paper's in-layer search and cross-layer selection with one flip per iteration. Which flips
 the in-layer step ranks differs: ours ranks every bit of every weight by default, theirs the
 top-``k_top`` weights by |g| (``k_top=10`` here gives their ranking; ties in |g| go by
-``torch.topk``'s order). Flipped (coordinate, bit) pairs are not flipped back. Memory: the
+``torch.topk``'s order). Flipped (coordinate, bit) pairs are not flipped back.
+
+On a model quantised by :func:`paramcorrupt.quantize` (``stored``, or a sweep with
+``quantize``), the stored weights' candidates are their stored bits: codes, scales and zero
+points, ranked by g times the change of the decoded weights (one weight for a code bit, the
+sum over the group or block for a scale or zero-point bit; ``k_top`` restricts the code bits
+only), see :mod:`~paramcorrupt.faults.search_stored`. A search whose attack loss becomes Inf
+or NaN has :attr:`BitSearch.ended`: it has no gradient left and stops. Memory: the
 stored codes of the group (int64 per weight) and one score vector of the largest tensor
 (of ``k_top`` entries with ``k_top``).
 """
@@ -42,7 +49,7 @@ from ..formats import StoredTensor, bits_setting, get_format
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, register_fault
-from .search_stored import StoredSearchImage
+from .search_stored import FIELDS, StoredSearchImage
 from .stored import row_fields as stored_row_fields
 
 __all__ = ["BitSearch", "BitSearchFault", "Flip", "bit_search", "k_top_setting"]
@@ -74,6 +81,7 @@ class BitSearch:
     progress: bool = False
     k_top: int | None = None
     stored: Mapping[str, StoredTensor] | None = None
+    fields: Iterable[str] = FIELDS
     flips: list[Flip] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 
@@ -89,7 +97,7 @@ class BitSearch:
         # a quantised model: its stored weights' candidates are their stored bits (search_stored.py)
         self._image = None
         if self.stored is not None:
-            image = StoredSearchImage(params, self.stored, self.bits)
+            image = StoredSearchImage(params, self.stored, self.bits, self.fields)
             self._image = image if image.tensors else None
         params = {n: p for n, p in params.items() if self._image is None or n not in self._image.tensors}
         self._scales = {n: self._fmt.scales(p) for n, p in params.items()}
@@ -231,6 +239,7 @@ def bit_search(
     progress: bool = False,
     k_top: int | None = None,
     stored: Mapping[str, StoredTensor] | None = None,
+    fields: Iterable[str] = FIELDS,
 ) -> BitSearch:
     """Find ``flips`` bit flips by the progressive bit search (see the module's doc).
 
@@ -255,6 +264,8 @@ def bit_search(
             (what it returns): the group's stored weights are searched over their stored
             bits (codes, scales, zero points, ranked by g times the decoded change: see
             :mod:`paramcorrupt.faults.search_stored`), its other parameters in ``format``.
+        fields: with ``stored``, the stored fields whose bits may flip (default: codes,
+            scales and zero points; ``("codes",)``: the codes alone).
 
     Example:
         >>> import paramcorrupt as pc
@@ -280,7 +291,7 @@ def bit_search(
         raise ParamCorruptError(f"batches must be an integer >= 1 or None, got batches={batches!r}")
     group = as_group(model, group)
     data = list(loader if batches is None else itertools.islice(loader, batches))
-    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress, k_top=k_top, stored=stored)
+    search = BitSearch(model, group, data, loss_fn, format, bits, candidates, progress, k_top=k_top, stored=stored, fields=fields)
     search.extend(flips)
     return search
 

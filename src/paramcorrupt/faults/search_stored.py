@@ -47,12 +47,13 @@ from .stored import (
     weights_of_groups,
 )
 
-__all__ = ["StoredFlip", "StoredSearchImage"]
+__all__ = ["FIELDS", "StoredFlip", "StoredSearchImage"]
 
 #: a flip of a stored bit: (parameter name, field, entry in the field's storage order, bit)
 StoredFlip = tuple[str, str, int, int]
 
-_FIELDS = ("codes", "scales", "zero_points")
+#: the stored fields, in the order the search ranks them
+FIELDS = ("codes", "scales", "zero_points")
 
 
 class StoredSearchImage:
@@ -62,6 +63,8 @@ class StoredSearchImage:
         params: the group's parameters (name -> tensor), holding the decoded values.
         stored: name -> StoredTensor (what :func:`paramcorrupt.quantize` returns).
         bits: the bit class or index that may flip.
+        fields: the stored fields whose bits are candidates (default: all; ``("codes",)``
+            searches the codes alone, to see what the scales add).
 
     Raises:
         InputTypeError, ParamCorruptError: ``stored`` not name -> StoredTensor, a stored
@@ -69,7 +72,13 @@ class StoredSearchImage:
             values of its stored tensor (a model not quantised by ``quantize``).
     """
 
-    def __init__(self, params: Mapping[str, Tensor], stored: Mapping[str, StoredTensor], bits: str | int) -> None:
+    def __init__(
+        self, params: Mapping[str, Tensor], stored: Mapping[str, StoredTensor], bits: str | int, fields: Iterable[str] = FIELDS
+    ) -> None:
+        fields = tuple(fields) if isinstance(fields, (list, tuple, set, frozenset)) else (fields,)
+        unknown = [f for f in fields if f not in FIELDS]
+        if unknown or not fields:
+            raise ParamCorruptError(f"fields must name stored fields among {', '.join(FIELDS)}, got fields={fields!r}")
         self.params = dict(params)
         self.tensors = _check_stored(params, stored)
         for name, st in self.tensors.items():
@@ -81,7 +90,8 @@ class StoredSearchImage:
                     "with paramcorrupt.quantize and search it with what quantize returned"
                 )
         self.positions = {
-            name: {f: field_bits(st.fields[f], bits) for f in _FIELDS if f in st.fields} for name, st in self.tensors.items()
+            name: {f: field_bits(st.fields[f], bits) for f in FIELDS if f in st.fields and f in fields}
+            for name, st in self.tensors.items()
         }
         self.now: dict[str, dict[str, dict[int, int]]] = {name: {} for name in self.tensors}
         self.done: set[StoredFlip] = set()
