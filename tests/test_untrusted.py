@@ -210,10 +210,14 @@ def test_a_module_beside_the_user_model_file_does_not_shadow_a_package(tmp_path)
 def test_the_folder_is_not_left_on_sys_path(tmp_path):
     from paramcorrupt.tasks.user import resolve
 
-    (tmp_path / "fac.py").write_text("import neighbour\nVALUE = neighbour.VALUE\n")
-    (tmp_path / "neighbour.py").write_text("VALUE = 3\n")
+    # a name of its own: test_probe_cli leaves a module "neighbour" in sys.modules
+    (tmp_path / "fac.py").write_text("import untrusted_neighbour\nVALUE = untrusted_neighbour.VALUE\n")
+    (tmp_path / "untrusted_neighbour.py").write_text("VALUE = 3\n")
     before = list(sys.path)
-    assert resolve(f"{tmp_path}/fac.py:VALUE") == 3  # a neighbour imported while the file is
+    try:
+        assert resolve(f"{tmp_path}/fac.py:VALUE") == 3  # a neighbour imported while the file is
+    finally:
+        sys.modules.pop("untrusted_neighbour", None)
     assert sys.path == before
 
 
