@@ -121,8 +121,9 @@ def test_per_example_faults_are_independent_trials_in_one_batch():
 
 def test_ber_counts_match_a_literal_popcount_and_the_binomial():
     torch.manual_seed(0)
-    layer = nn.Sequential(nn.Identity(), nn.Linear(1000, 1000)).eval()
+    layer = nn.Sequential(nn.Identity(), nn.Linear(1000, 1000)).eval()  # module 0 returns its input itself
     x = torch.randn(16, 1000)
+    x_bits = bits_of(x).copy()
     clean = bits_of(layer(x))
     ber = 1e-3
     with activation_faults(layer, "1", ber=ber, per_example=True, generator=torch.Generator().manual_seed(5)) as faults:
@@ -132,7 +133,9 @@ def test_ber_counts_match_a_literal_popcount_and_the_binomial():
     assert popcount.tolist() == faults.records[0]["per_example"].tolist()
     n = 1000 * 32
     assert abs(popcount.sum() - 16 * n * ber) < 5 * np.sqrt(16 * n * ber)
-    assert np.array_equal(bits_of(x), bits_of(x.clone()))  # the input (an Identity's output) untouched
+    with activation_faults(layer, "0", ber=ber, generator=torch.Generator().manual_seed(6)) as faults:
+        layer(x)
+    assert faults.changed > 0 and np.array_equal(bits_of(x), x_bits)  # module 0's output is x itself: x untouched
 
 
 def test_permanent_stuck_at_hits_the_same_cells_in_every_example_and_inference():
@@ -228,3 +231,29 @@ def test_an_output_that_is_not_a_tensor_is_refused_before_any_fault_and_unhooked
         with activation_faults(model, "1", index=0, bits=3) as faults:
             model(torch.randn(2, 3))
     assert faults.bit_errors == 0 and no_hooks(model)
+
+
+def test_an_example_checks_every_output_before_anything_is_hooked():
+    class Dict(nn.Module):
+        def forward(self, x):
+            return {"y": x}
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), Dict()).train()
+    before = state_bits(model)
+    with pytest.raises(ParamCorruptError) as error:
+        activation_faults(model, ["0", "2"], index=0, bits=3, example=torch.randn(4, 3))
+    assert "module '2' (Dict) returns a dict" in one_line(error)
+    assert no_hooks(model) and state_bits(model) == before  # the check pass kept the batch-norm statistics
+    with activation_faults(nn.Sequential(nn.Linear(3, 3)), "0", index=0, bits=3, example=torch.randn(4, 3)) as faults:
+        assert faults.bit_errors == 0  # the check wrote no fault
+
+
+def test_bfloat16_faults_equal_the_literal_codes():
+    model = nn.Sequential(nn.Identity(), nn.Identity())
+    x = torch.tensor([[1.0, -3.0, 0.15625, 2.0**-100]])  # values exact in bfloat16: their float32 bits end in 16 zeros
+    for bit in (0, 6, 7, 14, 15):
+        with activation_faults(model, "1", format="bfloat16", index=2, bits=bit):
+            out = model(x)
+        want = bits_of(x).copy()
+        want[0, 2] ^= np.uint32(1 << (bit + 16))
+        assert np.array_equal(bits_of(out), want)

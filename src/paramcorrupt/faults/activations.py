@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..corruption.apply import frozen_norm_stats
 from ..errors import InputTypeError, ParamCorruptError
 from ..formats import NumberFormat, get_format
 from ..groups import ParameterGroup
@@ -96,6 +97,25 @@ def select_modules(model: nn.Module, modules: Any) -> dict[str, nn.Module]:
 class ActivationFaults:
     """The hooks of :func:`activation_faults` and what they wrote.
 
+    Args:
+        model: the network (its parameters and buffers are never written).
+        modules: which outputs (see :func:`select_modules`).
+        format: float32, float16, bfloat16, int8 (one scale per output tensor) or
+            int8-channel (one scale per example); a float activation faulted in a narrower
+            format becomes the faulty narrow value, the others keep their own.
+        bits: the bit class (any, sign, exponent, mantissa, msb) or a bit index.
+        ber: each candidate (element, bit) faulty with this probability; or
+        flips: exactly this many faulty pairs (per output; per example with ``per_example``
+            or ``permanent``); or
+        index: one element (a flat index or a full index tuple), every bit of ``bits`` at it.
+        op: flip, stuck-0 or stuck-1.
+        mode: transient (one inference per :meth:`arm`) or permanent (every inference).
+        per_example: transient faults drawn per example (dim 0): independent trials.
+        item: which tensor of a tuple output is faulted.
+        generator: the source of randomness (needed for ber and flips).
+        example: inputs of one forward pass (a tensor or a tuple) to check every hooked
+            module's output type on before anything is hooked (:meth:`check`).
+
     Attributes:
         modules: name -> module, the hooked modules.
         bit_errors: faulty (element, bit) pairs drawn since the last :meth:`arm` (or entry).
@@ -120,6 +140,7 @@ class ActivationFaults:
         per_example: bool = False,
         item: int = 0,
         generator: torch.Generator | None = None,
+        example: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -144,6 +165,31 @@ class ActivationFaults:
         self._permanent: dict[str, tuple[tuple[int, ...], Tensor]] = {}
         self._armed = False
         self.arm()
+        if example is not None:
+            self.check(example)
+
+    def check(self, example: Any) -> None:
+        """Run one forward pass on ``example`` (a tensor, or a tuple of positional inputs)
+        without faults, under ``no_grad`` and with the normalisation statistics kept, and
+        refuse (one line) a hooked module whose output is not a floating-point tensor or a
+        tuple of tensors; the check's hooks are removed whatever happens."""
+        inputs = example if isinstance(example, tuple) else (example,)
+        handles = []
+
+        def checker(name: str) -> Any:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                self._output_tensor(name, output)
+
+            return hook
+
+        try:
+            for name, module in self.modules.items():
+                handles.append(module.register_forward_hook(checker(name)))
+            with torch.no_grad(), frozen_norm_stats(self.model):
+                self.model(*inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # -- the context ---------------------------------------------------------------------
 
@@ -328,8 +374,9 @@ def activation_faults(model: nn.Module, modules: Any, **settings: Any) -> Activa
     """Faults in the outputs of ``modules`` while the context is open (see the module's
     docstring and :class:`ActivationFaults` for the settings). Every setting and the module
     selection are checked here, before any hook is placed; an output that is not a tensor
-    or a tuple of tensors is refused at its module's first call, before a fault is written,
-    and the context removes every hook.
+    or a tuple of tensors is refused by a check pass on ``example`` when one is given (before
+    any fault hook is placed), else at that module's first call, before a fault is written
+    into it, and the context removes every hook.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
