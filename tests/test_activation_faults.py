@@ -257,3 +257,12 @@ def test_bfloat16_faults_equal_the_literal_codes():
         want = bits_of(x).copy()
         want[0, 2] ^= np.uint32(1 << (bit + 16))
         assert np.array_equal(bits_of(out), want)
+
+
+def test_the_docs_example_runs_as_written():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "faults.md").read_text()
+    section = text.split("## Faults in activations", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    exec(compile(block, "docs/faults.md", "exec"), {})
