@@ -244,3 +244,38 @@ def test_other_bad_input():
     with pytest.raises(ParamCorruptError, match="unknown interval method"):
         outcome_rates(torch.zeros(2, 3, dtype=torch.int8), method="normal")
     assert_bit_identical(model, before)
+
+
+def test_activation_fault_trials_are_classed_as_a_literal_loop_over_their_faulty_activations():
+    from paramcorrupt.faults.activations import activation_faults
+
+    model, loader = small_model(), small_loader()
+    before = snapshot(model)
+    generator = torch.Generator().manual_seed(3)
+    seen = []  # the test's own hook: the faulty layer-0 output as layer 1 receives it
+    handle = model[1].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    try:
+        golden = golden_run(model, loader)
+        trials = [lambda net: activation_faults(net, "0", bits="exponent", flips=1, per_example=True, rearm=True,
+                                                generator=generator) for _ in range(8)]
+        result = outcome_classes(model, loader, trials, golden=golden)
+    finally:
+        handle.remove()
+    assert len(seen) == 3 + 8 * 3
+    with torch.no_grad():
+        golden_top1 = [model(x).argmax(1).tolist() for x, _ in loader]
+        expected = []
+        for trial in range(8):
+            row = []
+            for batch in range(3):
+                out = model[1:](seen[3 + 3 * trial + batch]).tolist()
+                for g, o in zip(golden_top1[batch], out):
+                    if not all(math.isfinite(x) for x in o):
+                        row.append(DUE)
+                    else:
+                        row.append(SDC if max(range(len(o)), key=o.__getitem__) != g else MASKED)
+            expected.append(row)
+    assert result.classes.tolist() == expected
+    assert len(set(result.classes.reshape(-1).tolist())) >= 2  # not all one class
+    assert not model[0]._forward_hooks
+    assert_bit_identical(model, before)
