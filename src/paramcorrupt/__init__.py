@@ -30,6 +30,7 @@ from .corruption import (
     relative_gradient_corruption,
     relative_random_corruption,
 )
+from .curvature import Curvature, curvature, hessian_vector_product, quadratic_form
 from .errors import InputTypeError, MissingFileError, ParamCorruptError
 from .evaluate import evaluate
 from .formats import StoredTensor, quantize_tensor
@@ -52,6 +53,7 @@ __all__ = [
     "BatchLoss",
     "Constraint",
     "Corruption",
+    "Curvature",
     "IndicatorResult",
     "InputTypeError",
     "MissingFileError",
@@ -63,12 +65,14 @@ __all__ = [
     "classification_loss",
     "closed_form",
     "corrupted",
+    "curvature",
     "dataset_gradient",
     "dual_norm",
     "evaluate",
     "frozen_norm_stats",
     "global_top_n",
     "gradient_corruption",
+    "hessian_vector_product",
     "indicator",
     "iterative_corruption",
     "losses",
@@ -76,6 +80,7 @@ __all__ = [
     "parameter_types",
     "quantize",
     "quantize_tensor",
+    "quadratic_form",
     "quantized",
     "random_corruption",
     "random_values",
