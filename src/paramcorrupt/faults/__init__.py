@@ -18,6 +18,9 @@
   (given bits of given stored fields).
 - :mod:`~paramcorrupt.faults.search`: ``bit-search``, the gradient-guided progressive
   bit search (Rakin et al., 2019).
+- :mod:`~paramcorrupt.faults.activations`: faults in module outputs
+  (:func:`activation_faults`); :mod:`~paramcorrupt.faults.activation_models` registers
+  them for sweeps (``activation-bitflip``, ``activation-stuck-at``).
 """
 
 # the import order is the registry's order: the paper's methods first
@@ -29,10 +32,14 @@ from ..formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
 from .stored import stored_faults
 from .search import BitSearch, BitSearchFault, bit_search
+from .activation_models import ActivationBitFlip, ActivationStuckAt
+from .activations import activation_faults
 
 # isort: on
 
 __all__ = [
+    "ActivationBitFlip",
+    "ActivationStuckAt",
     "BIT_CLASSES",
     "FAULTS",
     "FORMATS",
@@ -50,6 +57,7 @@ __all__ = [
     "RandomValues",
     "RelativeGradientLp",
     "RelativeRandomLp",
+    "activation_faults",
     "bit_search",
     "get_fault",
     "get_format",

@@ -113,11 +113,14 @@ class ActivationFaults:
         per_example: transient faults drawn per example (dim 0): independent trials.
         item: which tensor of a tuple output is faulted.
         generator: the source of randomness (needed for ber and flips).
+        rearm: transient faults drawn anew at every forward pass of the model (each batch
+            of a data set is a new inference; the counters add up until :meth:`arm`).
         example: inputs of one forward pass (a tensor or a tuple) to check every hooked
             module's output type on before anything is hooked (:meth:`check`).
 
     Attributes:
         modules: name -> module, the hooked modules.
+        calls: name -> how many times each hooked module ran inside the context.
         bit_errors: faulty (element, bit) pairs drawn since the last :meth:`arm` (or entry).
         changed: output elements whose value changed since then.
         records: one dict per faulted module call since then: ``module``, ``bit_errors``,
@@ -141,6 +144,7 @@ class ActivationFaults:
         item: int = 0,
         generator: torch.Generator | None = None,
         example: Any = None,
+        rearm: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -161,6 +165,8 @@ class ActivationFaults:
         self.modules = select_modules(model, modules)
         self.ber, self.flips, self.index, self.op, self.mode = ber, flips, index, op, mode
         self.per_example, self.item, self.generator = per_example, item, generator
+        self.rearm = bool(rearm)
+        self.calls = dict.fromkeys(self.modules, 0)
         self._handles: list[Any] = []
         self._permanent: dict[str, tuple[tuple[int, ...], Tensor]] = {}
         self._armed = False
@@ -199,6 +205,8 @@ class ActivationFaults:
                 self._handles.append(module.register_forward_hook(self._hook(name)))
             if self.mode == "transient":  # after the model's forward pass, one inference is over
                 self._handles.append(self.model.register_forward_hook(self._disarm))
+                if self.rearm:  # every forward pass (batch) is a new inference: a new draw
+                    self._handles.append(self.model.register_forward_pre_hook(self._rearm))
         except BaseException:
             self.remove()
             raise
@@ -227,11 +235,15 @@ class ActivationFaults:
     def _disarm(self, module: nn.Module, args: Any, output: Any) -> None:
         self._armed = False
 
+    def _rearm(self, module: nn.Module, args: Any) -> None:
+        self._armed = True
+
     # -- the faults ----------------------------------------------------------------------
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             tensor = self._output_tensor(name, output)
+            self.calls[name] += 1
             if not self._armed:
                 return None
             new = self._fault(name, tensor)

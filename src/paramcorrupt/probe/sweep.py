@@ -56,6 +56,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -379,7 +380,8 @@ def _run(
             seed=config.seed, trials=config.trials, stored=None if stored is None else stored[0],
         )
         corruption = fault.corrupt(ctx)
-        with corrupted(model, corruption):
+        # info["during"]: what a fault model holds open while the row is evaluated (activation faults' hooks)
+        with corrupted(model, corruption), corruption.info.get("during", nullcontext()):
             after = evaluator.evaluate(plan.group)
         row = _row(config, sid, plan, fault, ctx, corruption, trial, key, clean, after, metric)
         if stored is not None:  # the float model's clean values beside the quantised ones
