@@ -292,3 +292,23 @@ def test_frozen_parameters_train_mode_and_norm_statistics_come_back_bit_for_bit(
                                     tol=1e-12, trace_samples=None)
     assert _rel(result.lambda_max, float(exact[-1])) <= 1e-6
     _assert_unchanged(model, before)
+
+
+def test_quadratic_form_is_the_second_order_term_of_the_measured_loss_change():
+    """Eq. 4 measured: (L(w + t a) - L(w) - t aᵀg) / (t²/2) -> aᵀHa as t -> 0, with an O(t) gap."""
+    model = _model()
+    group = select(model, "0")
+    grad = paramcorrupt.dataset_gradient(model, _batches(), classification_loss, group)
+    a = gradient_corruption(grad, Constraint(p=2, eps=1.0))
+    quad = quadratic_form(model, _batches(), classification_loss, a)
+    first = a.dot(grad)
+    x, y = _data()
+    loss, flat = _flat_loss(model, group, x, y)
+    direction = _flatten(group, a.dense(model))
+    gaps = []
+    for t in (1e-3, 1e-4):
+        with torch.no_grad():
+            measured = (float(loss(flat + t * direction)) - float(loss(flat)) - t * first) / (t * t / 2)
+        gaps.append(abs(measured - quad))
+    assert gaps[1] <= 1e-3 * abs(quad)  # second order at t = 1e-4
+    assert gaps[1] < gaps[0] / 5  # and shrinking like t
