@@ -73,9 +73,6 @@ def metrics_of(model, loader) -> tuple[float, float]:
     return out["accuracy"], out["loss"]
 
 
-# -- Part 1 -------------------------------------------------------------------------------------
-
-
 class Stored:
     """One copy of the model stored in one format."""
 
@@ -240,7 +237,8 @@ def part1(args) -> list[str]:
         return lines
     state = torch.load(args.cifar_weights, weights_only=True, map_location="cpu")
     state = state.get("model", state)
-    task = get_task("cifar10", data_dir=args.data_dir, state_dict=state, limit_test=args.cifar_test, augment=False, batch_size=128)
+    task = get_task("cifar10", data_dir=args.data_dir, state_dict=state, limit_train=512, limit_test=args.cifar_test,  # no training:
+                    augment=False, batch_size=128, eval_batch_size=128)  # 512 training images hold the attack batch
     attack = [next(iter(task.gradient_loader))]
     name = f"CIFAR-10 ResNet-20 ({args.cifar_weights}; {args.cifar_test} test images)"
     return lines + part1_model(name, task.model, attack, task.eval_loader, args, 60)
