@@ -312,3 +312,38 @@ def test_quadratic_form_is_the_second_order_term_of_the_measured_loss_change():
         gaps.append(abs(measured - quad))
     assert gaps[1] <= 1e-3 * abs(quad)  # second order at t = 1e-4
     assert gaps[1] < gaps[0] / 5  # and shrinking like t
+
+
+class _Attention(nn.Module):
+    """One self-attention through F.scaled_dot_product_attention (fused kernels: no double backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 12).double()
+        self.out = nn.Linear(4, 3).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, 1, 4)).permute(2, 0, 3, 1, 4)  # [3, B, heads=1, T, 4]
+        return self.out(F.scaled_dot_product_attention(q, k, v).squeeze(1).mean(1))
+
+
+def test_attention_by_scaled_dot_product_attention_is_differentiated_twice():
+    torch.manual_seed(4)
+    model = _Attention().eval()
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(5, 3, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    group = select(model, "qkv")
+    loss, flat = _flat_loss(model, group, x, y)
+
+    def literal(w: torch.Tensor) -> torch.Tensor:  # the same attention written out by hand
+        params = dict(zip(group.names, (w[:48].reshape(12, 4), w[48:])))
+        q, k, v = (x @ params["qkv.weight"].T + params["qkv.bias"]).unflatten(-1, (3, 4)).unbind(-2)
+        att = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
+        return F.cross_entropy(model.out(att.mean(1)), y)
+
+    assert torch.allclose(literal(flat), loss(flat))
+    exact = torch.linalg.eigvalsh(torch.autograd.functional.hessian(literal, flat))
+    result = paramcorrupt.curvature(model, [(x, y)], classification_loss, group, top=2, max_iter=60, tol=1e-12,
+                                    exact_trace=True)
+    assert _rel(result.eigenvalues[0], float(exact[-1])) <= 1e-6
+    assert _rel(result.trace, float(exact.sum())) <= 1e-6

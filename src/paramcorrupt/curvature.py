@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,8 @@ class _HessianOperator:
         try:
             for t in tensors:
                 t.requires_grad_(True)
-            with mode(self.model, self.train_mode), frozen_norm_stats(self.model), torch.enable_grad():
+            with mode(self.model, self.train_mode), frozen_norm_stats(self.model), torch.enable_grad(), \
+                    _math_attention():
                 for batch in self.loader:
                     weight = self._add_batch(batch, vectors, sums)
                     total_weight += weight
@@ -154,6 +156,16 @@ class _HessianOperator:
                 if h is not None:
                     s.add_(h.to(torch.float64), alpha=result.weight)
         return result.weight
+
+
+def _math_attention() -> AbstractContextManager[Any]:
+    """``F.scaled_dot_product_attention`` by its math kernel: the fused ones (flash,
+    memory-efficient, flash on CPU) have no double backward; the function is the same."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no kernel choice here
+        return nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 #: autograd nodes that stand for "no derivative here": backward through them raises, and a
