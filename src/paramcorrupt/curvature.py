@@ -479,23 +479,15 @@ def _hutchinson(op: _HessianOperator, samples: int, per_pass: int, generator: to
 
 
 def _exact_trace(op: _HessianOperator, k: int, per_pass: int) -> float:
-    """tr(H) = Σᵢ eᵢᵀHeᵢ over the k unit vectors (k products)."""
+    """tr(H) = Σᵢ eᵢᵀHeᵢ over the k unit vectors (k products, ``per_pass`` in one pass)."""
+    coords = [(t, i) for t, tensor in enumerate(op.tensors) for i in range(tensor.numel())]
     total = 0.0
-    sizes = [t.numel() for t in op.tensors]
-    coords = iter(range(k))
-    done = 0
-    while done < k:
-        chunk = [next(coords) for _ in range(min(per_pass, k - done))]
+    for begin in range(0, k, per_pass):
         units = []
-        for c in chunk:
+        for t, i in coords[begin : begin + per_pass]:
             e = op.zeros()
-            tensor, offset = 0, c
-            while offset >= sizes[tensor]:
-                offset -= sizes[tensor]
-                tensor += 1
-            e[tensor].view(-1)[offset] = 1.0
-            units.append((tensor, offset, e))
-        for (tensor, offset, _), he in zip(units, op([e for _, _, e in units])):
-            total += float(he[tensor].reshape(-1)[offset])
-        done += len(chunk)
+            e[t].view(-1)[i] = 1.0
+            units.append(e)
+        for (t, i), he in zip(coords[begin : begin + per_pass], op(units)):
+            total += float(he[t].reshape(-1)[i])
     return total
