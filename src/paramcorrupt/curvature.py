@@ -210,13 +210,13 @@ def _random_vector(like: Vector, generator: torch.Generator, rademacher: bool) -
     return out
 
 
-def _check_count(value: Any, what: str, allow_none: bool = False) -> None:
+def _check_count(value: Any, what: str, allow_none: bool = False, minimum: int = 1, why: str = "") -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputTypeError(f"{what} must be an integer{' or None' if allow_none else ''}, got {value!r}")
-    if value < 1:
-        raise ParamCorruptError(f"{what} must be at least 1, got {what}={value}")
+    if value < minimum:
+        raise ParamCorruptError(f"{what} must be at least {minimum}{why}, got {what}={value}")
 
 
 def _group_of(model: nn.Module, group: ParameterGroup | str | Iterable[str] | None) -> tuple[ParameterGroup, int]:
@@ -356,10 +356,12 @@ def curvature(
     """
     _check_count(top, "top", allow_none=True)
     _check_count(max_iter, "max_iter")
-    _check_count(trace_samples, "trace_samples", allow_none=True)
+    if not exact_trace:
+        _check_count(trace_samples, "trace_samples", True, 2, " (the standard error needs two probes)")
     _check_count(vectors_per_pass, "vectors_per_pass")
-    if trace_samples is not None and trace_samples < 2 and not exact_trace:
-        raise ParamCorruptError(f"trace_samples must be at least 2 (its standard error needs two probes), got trace_samples={trace_samples}")
+    _check_count(seed, "seed", minimum=-(2**63))
+    if top is not None and max_iter < top:
+        raise ParamCorruptError(f"max_iter={max_iter} is below top={top}: Lanczos needs a step per eigenvalue")
     if which not in WHICH:
         raise ParamCorruptError(f"which must be one of {', '.join(map(repr, WHICH))}, got which={which!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
