@@ -189,7 +189,10 @@ def _non_differentiable_node(grads: Sequence[Tensor]) -> str | None:
 
 
 def _dot(a: Vector, b: Vector) -> float:
-    return float(sum(float((x * y).sum()) for x, y in zip(a, b)))
+    parts = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
+    if all(p.device == parts[0].device for p in parts):  # one device: one synchronisation
+        return float(torch.stack(parts).sum())
+    return float(sum(float(p) for p in parts))
 
 
 def _axpy(alpha: float, x: Vector, y: Vector) -> None:
