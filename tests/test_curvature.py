@@ -350,3 +350,36 @@ def test_attention_by_scaled_dot_product_attention_is_differentiated_twice():
                                     exact_trace=True)
     assert _rel(result.eigenvalues[0], float(exact[-1])) <= 1e-6
     assert _rel(result.trace, float(exact.sum())) <= 1e-6
+
+
+@pytest.mark.slow  # ~7 s here: transformers' forward is slow in Python on a shared CPU
+def test_a_hugging_face_model_with_sdpa_attention():
+    transformers = pytest.importorskip("transformers")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=30, n_positions=16, n_embd=4, n_layer=1, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).double().eval()
+    ids = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(2))
+    group = select(model, "transformer.h.0.attn.c_attn")
+
+    def loss_fn(m, batch):
+        return m(input_ids=batch, labels=batch).loss
+
+    params = dict(model.named_parameters())
+    sizes = [params[n].numel() for n in group.names]
+
+    def literal(flat: torch.Tensor) -> torch.Tensor:
+        pieces = {n: p.reshape(params[n].shape) for n, p in zip(group.names, flat.split(sizes))}
+        return functional_call(model, pieces, (), {"input_ids": ids, "labels": ids}).loss
+
+    flat = torch.cat([params[n].detach().reshape(-1) for n in group.names])
+    with sdpa_kernel(SDPBackend.MATH):  # the reference needs a twice-differentiable kernel too
+        exact = torch.linalg.eigvalsh(torch.autograd.functional.hessian(literal, flat))
+    before = _snapshot(model)
+    result = paramcorrupt.curvature(model, [ids], loss_fn, group, top=1, max_iter=60, tol=1e-12, exact_trace=True,
+                                    vectors_per_pass=64)
+    assert _rel(result.lambda_max, float(exact[-1])) <= 1e-6
+    assert _rel(result.trace, float(exact.sum())) <= 1e-6
+    _assert_unchanged(model, before)
