@@ -73,25 +73,25 @@ def _flatten(group: ParameterGroup, tensors: dict[str, torch.Tensor]) -> torch.T
     return torch.cat([tensors[n].reshape(-1) for n in group.names])
 
 
-def _snapshot(model: nn.Module) -> list[tuple[str, torch.Tensor, bool, object, bool]]:
-    state = [(n, t.detach().clone(), t.requires_grad if isinstance(t, nn.Parameter) else False, None, False)
-             for n, t in model.state_dict(keep_vars=True).items()]
-    flags = [(m.training,) for m in model.modules()]
-    grads = [p.grad for p in model.parameters()]
-    return [state, flags, grads]
+def _snapshot(model: nn.Module) -> tuple[list, list[bool], list]:
+    """Every parameter and buffer (a copy), each parameter's requires_grad, the modes, the .grad objects."""
+    state = [(n, t.detach().clone(), t.requires_grad) for n, t in model.state_dict(keep_vars=True).items()]
+    return state, [m.training for m in model.modules()], [p.grad for p in model.parameters()]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).view(torch.uint8) if t.is_floating_point() else t.detach()
 
 
 def _assert_unchanged(model: nn.Module, before) -> None:
-    state, flags, grads = before
+    """Bit for bit: the values, requires_grad, the modes, and the very .grad tensors."""
+    state, modes, grads = before
     now = model.state_dict(keep_vars=True)
-    for name, saved, requires_grad, _, _ in state:
-        t = now[name]
-        assert torch.equal(t.detach().view(torch.uint8) if t.is_floating_point() else t.detach(),
-                           saved.view(torch.uint8) if saved.is_floating_point() else saved), name
-        if isinstance(t, nn.Parameter):
-            assert t.requires_grad == requires_grad, name
-    assert [(m.training,) for m in model.modules()] == flags
-    assert [p.grad for p in model.parameters()] == grads
+    for name, saved, requires_grad in state:
+        assert torch.equal(_bits(now[name]), _bits(saved)), name
+        assert now[name].requires_grad == requires_grad, name
+    assert [m.training for m in model.modules()] == modes
+    assert all(a is b for a, b in zip([p.grad for p in model.parameters()], grads, strict=True))
 
 
 def _rel(a: float, b: float) -> float:
