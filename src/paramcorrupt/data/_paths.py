@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingFileError
+from ..files import check_regular
 
 __all__ = ["DATA_ENV", "CACHE_ENV", "resolve_cache_dir", "resolve_data_file", "save_tensors_atomic"]
 
@@ -37,6 +38,7 @@ def resolve_data_file(data_dir: str | os.PathLike[str] | None, subdir: str, file
         data_dir = env
     base = Path(data_dir).expanduser()
     for candidate in (base / subdir / filename, base / filename):
+        check_regular(candidate, "data file")  # a pipe or a device is never read
         if candidate.is_file():
             return candidate
     raise MissingFileError(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FileAccessError, ParamCorruptError, os_error_text
+from ..files import check_regular
 
 __all__ = [
     "FIELD_KINDS",
@@ -42,7 +43,6 @@ __all__ = [
     "MAX_LINE_BYTES",
     "RowSchema",
     "chance_metadata",
-    "check_regular",
     "config_differences",
     "extension_problems",
     "header_problems",
@@ -69,23 +69,6 @@ FIELD_KINDS: dict[str, str] = {
 
 _KIND_TEXT = {"text": "a string", "int": "an integer", "number": "a number", "int?": "an integer or null",
               "number?": "a number or null"}
-
-
-def check_regular(path: Path, what: str) -> None:
-    """Refuse a path that exists and is not a regular file (a folder, a named pipe, a device):
-    opening one would block (a FIFO) or never end (``/dev/zero``)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as error:
-        raise ParamCorruptError(f"{what} {path}: {error.strerror or error}") from None
-    if stat.S_ISDIR(mode):
-        raise ParamCorruptError(f"{what} {path} is a folder; give a file path")
-    if not stat.S_ISREG(mode):
-        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else (
-            "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-        raise ParamCorruptError(f"{what} {path} is {kind}; give a regular file path")
 
 
 def open_regular(path: Path, what: str) -> Any:

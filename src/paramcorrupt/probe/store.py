@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FileAccessError, ParamCorruptError, os_error_text
+from ..files import check_regular
 from .schema import (
     MAX_LINE_BYTES,
     chance_metadata,
-    check_regular,
     config_differences,
     extension_problems,
     header_problems,

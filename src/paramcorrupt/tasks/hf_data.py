@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ParamCorruptError
+from ..files import check_regular
 
 __all__ = ["DataFiles", "DictBatches", "require_transformers", "split_rows", "synthetic_data"]
 
@@ -157,6 +158,7 @@ class DataFiles:
         file = Path(value).expanduser()
         if not file.is_absolute() and self.data_dir is not None and not file.exists():
             file = Path(self.data_dir) / file
+        check_regular(file, "data file")  # a pipe or a device is never read
         if not file.is_file():
             raise ParamCorruptError(f"data file {file} does not exist")
         return file

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MissingFileError, ParamCorruptError
+from ..files import check_regular
 
 __all__ = ["load_into", "load_weights", "resolve_device"]
 
@@ -62,10 +63,7 @@ def load_weights(checkpoint: str | os.PathLike[str], key: str | None = None) -> 
             hold one, for ``--checkpoint-key``).
     """
     path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        raise ParamCorruptError(f"checkpoint {path} is a folder; give the weights file in it")
-    if path.exists() and not path.is_file():
-        raise ParamCorruptError(f"checkpoint {path} is not a regular file (a pipe or a device is never read)")
+    check_regular(path, "checkpoint")  # a folder, a pipe or a device is never read
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist")
     try:
