@@ -24,7 +24,7 @@ from ..corruption.base import Corruption
 from ..errors import ParamCorruptError
 from .activations import ActivationFaults
 from .base import FaultContext, register_fault
-from .bits import StuckAt, _BitFault
+from .bits import StuckAt, _BitFault, stuck_value
 
 __all__ = ["ActivationBitFlip", "ActivationStuckAt"]
 
@@ -76,12 +76,7 @@ class ActivationStuckAt(_ActivationFault):
     mode = "permanent"
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
-        value = setting["value"]
-        if isinstance(value, str) and value in ("0", "1"):
-            value = int(value)
-        if value not in (0, 1) or isinstance(value, bool):
-            raise ParamCorruptError(f"a stuck-at value must be 0 or 1, got value={setting['value']!r}")
-        return super().check(dict(setting, value=value))
+        return super().check(dict(setting, value=stuck_value(setting["value"])))
 
     def _op(self) -> str:
         return f"stuck-{self.setting['value']}"

@@ -185,6 +185,15 @@ def _write_bits(
     return Corruption(group, None, f"bit-{op}", indices, values, info, mode="set")
 
 
+def stuck_value(value: Any) -> int:
+    """A stuck-at setting's value: 0 or 1 (the strings "0" and "1" too; never a bool)."""
+    if isinstance(value, str) and value in ("0", "1"):
+        value = int(value)
+    if value not in (0, 1) or isinstance(value, bool):
+        raise ParamCorruptError(f"a stuck-at value must be 0 or 1, got value={value!r}")
+    return value
+
+
 class _BitFault(FaultModel):
     """Settings shared by the random bit faults; exactly one of ber and flips is set."""
 
@@ -254,12 +263,7 @@ class StuckAt(_BitFault):
     defaults = {**_BitFault.defaults, "value": 0}
 
     def check(self, setting: dict[str, Any]) -> dict[str, Any]:
-        value = setting["value"]
-        if isinstance(value, str) and value in ("0", "1"):
-            value = int(value)
-        if value not in (0, 1) or isinstance(value, bool):
-            raise ParamCorruptError(f"a stuck-at value must be 0 or 1, got value={setting['value']!r}")
-        return super().check(dict(setting, value=value))
+        return super().check(dict(setting, value=stuck_value(setting["value"])))
 
     def _op(self) -> str:
         return f"stuck-{self.setting['value']}"

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import InputTypeError, ParamCorruptError
-from .numbers import BIT_CLASSES
+from ..errors import ParamCorruptError
+from .numbers import select_bits
 
 __all__ = ["ELEMENTS", "NF4_LEVELS", "ElementFormat", "get_element"]
 
@@ -97,28 +97,15 @@ class ElementFormat:
         return tuple(range(self.mantissa_bits))
 
     def select(self, bits: str | int) -> tuple[int, ...]:
-        """The bit positions of a bit class or index, in increasing order.
+        """The bit positions of a bit class or index, in increasing order
+        (:func:`~paramcorrupt.formats.numbers.select_bits`).
 
         Raises:
             ParamCorruptError: for an unknown class, a class the format lacks, or an index
                 out of range.
         """
-        if isinstance(bits, bool) or not isinstance(bits, int | str):
-            raise InputTypeError(f"bits must be a bit class ({', '.join(BIT_CLASSES)}) or an index, got {bits!r}")
-        if isinstance(bits, int):
-            if not 0 <= bits < self.bits:
-                raise ParamCorruptError(f"bit index {bits} is out of range for {self.name} (0 to {self.bits - 1})")
-            return (bits,)
-        if bits == "any":
-            return tuple(range(self.bits))
-        if bits == "msb":
-            return (max(self.exponent),) if self.exponent else (self.bits - 1,)
-        found = {"sign": () if self.sign_bit is None else (self.sign_bit,), "exponent": self.exponent, "mantissa": self.mantissa}
-        if bits not in found:
-            raise ParamCorruptError(f"unknown bit class {bits!r}; expected one of {', '.join(BIT_CLASSES)} or a bit index")
-        if not found[bits]:
-            raise ParamCorruptError(f"{self.name} has no {bits} bits; choose one of {', '.join(c for c in BIT_CLASSES if c not in found or found[c])} or a bit index")
-        return found[bits]
+        sign = () if self.sign_bit is None else (self.sign_bit,)
+        return select_bits(self.name, self.bits, sign, self.exponent, self.mantissa, bits)
 
     # -- values ----------------------------------------------------------------------------
 

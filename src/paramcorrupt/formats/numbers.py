@@ -28,9 +28,44 @@ from torch import Tensor
 
 from ..errors import InputTypeError, ParamCorruptError
 
-__all__ = ["BIT_CLASSES", "FORMATS", "NumberFormat", "bits_setting", "get_format"]
+__all__ = ["BIT_CLASSES", "FORMATS", "NumberFormat", "bits_setting", "get_format", "select_bits"]
 
 BIT_CLASSES = ("any", "sign", "exponent", "mantissa", "msb")
+
+
+def select_bits(
+    name: str, width: int, sign: tuple[int, ...], exponent: tuple[int, ...], mantissa: tuple[int, ...], bits: str | int
+) -> tuple[int, ...]:
+    """The bit positions of a bit class or index in a ``width``-bit format with these sign,
+    exponent and mantissa bits, in increasing order: ``any``; ``sign``, ``exponent``,
+    ``mantissa``; ``msb`` (the top exponent bit of a float format, the top bit otherwise);
+    or an explicit index. One rule for the stored number formats and the element formats.
+
+    Example:
+        >>> select_bits("fp8-e4m3", 8, (7,), (3, 4, 5, 6), (0, 1, 2), "msb")
+        (6,)
+
+    Raises:
+        ParamCorruptError: for an unknown class, a class the format lacks, or an index out of
+            range (:class:`~paramcorrupt.errors.InputTypeError` for neither a str nor an int).
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int | str):
+        raise InputTypeError(f"bits must be a bit class ({', '.join(BIT_CLASSES)}) or an index, got {bits!r}")
+    if isinstance(bits, int):
+        if not 0 <= bits < width:
+            raise ParamCorruptError(f"bit index {bits} is out of range for {name} (0 to {width - 1})")
+        return (bits,)
+    if bits == "any":
+        return tuple(range(width))
+    if bits == "msb":
+        return (max(exponent),) if exponent else (width - 1,)
+    found = {"sign": sign, "exponent": exponent, "mantissa": mantissa}
+    if bits not in found:
+        raise ParamCorruptError(f"unknown bit class {bits!r}; expected one of {', '.join(BIT_CLASSES)} or a bit index")
+    if not found[bits]:
+        present = ", ".join(c for c in BIT_CLASSES if c not in found or found[c])
+        raise ParamCorruptError(f"{name} has no {bits} bits; choose one of {present} or a bit index")
+    return found[bits]
 
 
 @dataclass(frozen=True)
@@ -50,28 +85,13 @@ class NumberFormat:
         return self.dtype is not None
 
     def select(self, bits: str | int) -> tuple[int, ...]:
-        """The bit positions of a bit class or index, in increasing order.
+        """The bit positions of a bit class or index, in increasing order (:func:`select_bits`).
 
         Raises:
-            ValueError: for an unknown class, a class the format lacks, or an index out of range.
+            ParamCorruptError: for an unknown class, a class the format lacks, or an index
+                out of range.
         """
-        if isinstance(bits, bool):
-            raise InputTypeError(f"bits must be a bit class ({', '.join(BIT_CLASSES)}) or an index, got {bits!r}")
-        if isinstance(bits, int):
-            if not 0 <= bits < self.bits:
-                raise ParamCorruptError(f"bit index {bits} is out of range for {self.name} (0 to {self.bits - 1})")
-            return (bits,)
-        if bits == "any":
-            return tuple(range(self.bits))
-        if bits == "sign":
-            return (self.sign,)
-        if bits == "msb":
-            return (max(self.exponent),) if self.is_float else (self.bits - 1,)
-        if bits in ("exponent", "mantissa"):
-            if not self.is_float:
-                raise ParamCorruptError(f"{self.name} has no {bits} bits; choose any, sign, msb or a bit index")
-            return tuple(getattr(self, bits))
-        raise ParamCorruptError(f"unknown bit class {bits!r}; expected one of {', '.join(BIT_CLASSES)} or a bit index")
+        return select_bits(self.name, self.bits, (self.sign,), self.exponent, self.mantissa, bits)
 
     # -- codes ---------------------------------------------------------------------------
 
