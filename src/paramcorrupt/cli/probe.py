@@ -93,7 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep_args = parser.add_argument_group("sweep")
     sweep_args.add_argument("--methods", default=None, help="L_p methods among random, gradient, iterative, relative-random, relative-gradient, or any registered "
                             "fault model (paramcorrupt.faults.FAULTS; see --fault) (default: random,gradient; none when --fault is given)")
-    sweep_args.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
+    sweep_args.add_argument("--trials", type=int, default=10, action=GivenAction, help="random corruptions per setting (default: 10)")
+    sweep_args.add_argument("--margin", type=float, default=None, metavar="E",
+                            help="choose --trials for a margin of error E in (0, 1) at --confidence by Leveugle et al. "
+                            "(DATE 2009): n = t^2 p(1-p) / E^2 with p = 0.5 (e.g. 0.01: 9604 trials at 95%%)")
+    sweep_args.add_argument("--confidence", type=float, default=None,
+                            help="with --margin: the confidence in (0, 1) (default: 0.95)")
     sweep_args.add_argument("--p", default="inf", help="norms, e.g. inf,2 (default: inf)")
     sweep_args.add_argument("--n", "--top-n", default="all", help="numbers of changed parameters, each " + N_HELP + ", e.g. all,100 (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     sweep_args.add_argument("--eps", default="1e-3,1e-2,1e-1", help="radii (default: 1e-3,1e-2,1e-1)")
@@ -345,6 +350,41 @@ def use_hf_flag(args: argparse.Namespace) -> None:
     args.task_option = [*args.task_option, f"path={args.hf}"]
 
 
+class GivenAction(argparse.Action):
+    """Store the value and remember that the option was given (``given_<dest>``): argparse's
+    mutually exclusive groups miss a value equal to the default (``--trials 10``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"given_{self.dest}", True)
+
+
+def trials_from_margin(args: argparse.Namespace) -> None:
+    """--margin E [--confidence C]: set --trials by Leveugle et al.'s formula (an infinite
+    population, p = 0.5) and say it once on stderr; a value outside (0, 1) is one line."""
+    from ..reliability import trials_for_margin
+
+    margin, confidence = getattr(args, "margin", None), getattr(args, "confidence", None)
+    if margin is None:
+        if confidence is not None:
+            raise ParamCorruptError("--confidence goes with --margin (it sets how many trials that margin needs)")
+        return
+    if getattr(args, "given_trials", False):
+        raise ParamCorruptError("give --trials or --margin, not both (--margin chooses the number of trials)")
+    confidence = 0.95 if confidence is None else confidence
+    try:
+        args.trials = trials_for_margin(margin, confidence)
+    except ParamCorruptError as error:
+        raise ParamCorruptError(f"--{error}") from None  # "--margin must be in (0, 1) ..."
+    if D.is_main_process():
+        print(
+            f"--margin {margin:g} at {confidence:.4g} confidence: {args.trials} trials per setting "
+            "(Leveugle et al., DATE 2009: n = t^2 p (1 - p) / e^2, p = 0.5, an infinite population of faults)",
+            file=sys.stderr, flush=True,
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..probe.store import ResultsStore
 
@@ -365,6 +405,7 @@ def _run(args: argparse.Namespace) -> int:
     # results file locked (another process writing it, a path that cannot be written, a pipe
     # or a device: refused now), then the model built or trained
     group_spec(args.groups)
+    trials_from_margin(args)
     _config(args, None, "", "", None)
     store = ResultsStore(args.out, extend=getattr(args, "extend", False))
     if D.is_main_process():
