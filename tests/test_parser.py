@@ -190,8 +190,8 @@ def test_labelled_oracle_on_every_ud_ewt_training_tree(capsys, data_dir):
 @pytest.mark.slow
 def test_ud_ewt_task_end_to_end_on_a_slice(data_dir):
     task = get_task(
-        "ud-ewt", data_dir=str(data_dir), limit_train_sentences="80", limit_eval_sentences="20",
-        hidden_size="32", epochs="2", eval_batch_size="8", eval_split="dev",
+        "ud-ewt", data_dir=str(data_dir), limit_train_sentences=80, limit_eval_sentences=20,
+        hidden_size=32, epochs=2, eval_batch_size=8, eval_split="dev",
     )
     assert task.name == "ud-ewt" and task.info["labelled"] and task.info["eval_split"] == "dev"
     assert task.model.num_features == 48  # 18 words, 18 POS tags, 12 labels
@@ -218,8 +218,8 @@ def test_ud_ewt_task_end_to_end_on_a_slice(data_dir):
 def test_task_end_to_end_on_a_slice(data_dir):
     torch.manual_seed(0)
     task = get_task(
-        "ptb-dep", data_dir=str(data_dir), limit_train_sentences="60", limit_eval_sentences="20",
-        hidden_size="32", epochs="2", eval_batch_size="8",
+        "ptb-dep", data_dir=str(data_dir), limit_train_sentences=60, limit_eval_sentences=20,
+        hidden_size=32, epochs=2, eval_batch_size=8,
     )
     model = task.model
     assert task.info["trained"] and task.info["non_projective_eval"] >= 0
