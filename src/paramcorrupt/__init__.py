@@ -5,8 +5,8 @@ and at random; which parameters are the most vulnerable; and how to train so tha
 network resists it.
 
 The root imports only the core (constraint, groups, losses, theory, corruption, gradient,
-evaluate, indicator, formats: ``quantize``) and exports their public names. The packages above it — ``tasks``,
-``train`` (:class:`~paramcorrupt.train.CorruptionResistant`, :func:`~paramcorrupt.train.fit`),
+evaluate, indicator, curvature, formats: ``quantize``) and exports their public names. The
+packages above it — ``tasks``, ``train`` (:class:`~paramcorrupt.train.CorruptionResistant`, :func:`~paramcorrupt.train.fit`),
 ``faults``, ``probe``, ``experiments``, ``parallel`` — are reached as attributes
 (``paramcorrupt.tasks.get_task``), loaded on first use: the core never imports them.
 """
