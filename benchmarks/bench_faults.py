@@ -158,10 +158,12 @@ def part_a(seconds: float) -> list[str]:
     return lines
 
 
-def flips_to_chance(name, model, attack, evaluation, budget, random_counts, trials) -> list[str]:
+def search_to_chance(model, attack, evaluation, budget: int) -> dict:
+    """Flips of the progressive bit search (int8 per tensor, the conv and linear weights)
+    until the test accuracy is <= CHANCE, or ``budget`` flips: the count (None when not
+    reached), the accuracy after each flip, the seconds, k and the flips found."""
     group = select(model, types=("conv", "linear"), kind="weight", name="weights")
     metrics = {"accuracy": accuracy}
-    clean = evaluate(model, evaluation, classification_loss, metrics)["accuracy"]
     start = time.perf_counter()
     search = bit_search(model, attack, classification_loss, group, flips=1)
     found, curve = None, []
@@ -173,20 +175,36 @@ def flips_to_chance(name, model, attack, evaluation, budget, random_counts, tria
         if acc <= CHANCE:
             found = m
             break
-    search_s = time.perf_counter() - start
-    random_curve, random_found = [], None
-    for m in random_counts:
+    return {"flips": found, "curve": curve, "seconds": time.perf_counter() - start, "k": group.numel(model),
+            "found": [list(f) for f in search.flips[: len(curve)]]}
+
+
+def random_to_chance(model, evaluation, counts, trials: int) -> dict:
+    """Random flips (any bit of the int8 codes, ``trials`` draws per count) at ``counts``
+    until the mean test accuracy is <= CHANCE: the count (None when not reached) and the
+    [count, mean accuracy] pairs measured."""
+    group = select(model, types=("conv", "linear"), kind="weight", name="weights")
+    metrics = {"accuracy": accuracy}
+    curve, found = [], None
+    for m in counts:
         accs = []
         for t in range(trials):
             fault = random_bit_faults(model, group, format="int8", flips=m, generator=torch.Generator().manual_seed(t))
             with corrupted(model, fault):
                 accs.append(evaluate(model, evaluation, classification_loss, metrics)["accuracy"])
-        mean = sum(accs) / len(accs)
-        random_curve.append((m, mean))
-        if mean <= CHANCE and random_found is None:
-            random_found = m
+        curve.append([m, sum(accs) / len(accs)])
+        if curve[-1][1] <= CHANCE:
+            found = m
             break
-    k = group.numel(model)
+    return {"flips": found, "curve": curve, "trials": trials}
+
+
+def flips_to_chance(name, model, attack, evaluation, budget, random_counts, trials) -> list[str]:
+    clean = evaluate(model, evaluation, classification_loss, {"accuracy": accuracy})["accuracy"]
+    searched = search_to_chance(model, attack, evaluation, budget)
+    found, curve, search_s, k = searched["flips"], searched["curve"], searched["seconds"], searched["k"]
+    randomly = random_to_chance(model, evaluation, random_counts, trials)
+    random_found, random_curve = randomly["flips"], randomly["curve"]
     shown = ", ".join(f"{a * 100:.1f}" for a in curve)
     rand_shown = ", ".join(f"{m:,}: {a * 100:.1f}" for m, a in random_curve)
     return [

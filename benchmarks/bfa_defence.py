@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_faults import random_to_chance, search_to_chance  # Part B's measurement, shared
 
-from paramcorrupt import accuracy, classification_loss, corrupted, evaluate, select
+from paramcorrupt import accuracy, classification_loss, evaluate
 from paramcorrupt.experiments.runs import digest, load_saved, save_model
 from paramcorrupt.experiments.training import (
     MethodConfig,
@@ -54,11 +55,9 @@ from paramcorrupt.experiments.training import (
     task_setup,
     train_model,
 )
-from paramcorrupt.faults import bit_search, random_bit_faults
 from paramcorrupt.train import CorruptionResistant, fit
 from paramcorrupt.train.recipe import build_scheduler, fit_options
 
-CHANCE = 0.11
 METHOD_ORDER = ("plain", "l2", "linf", "relative", "linf-i2", "relative-i2")
 RANDOM_COUNTS = (1, 10, 100, 1_000, 3_000, 10_000, 30_000, 100_000)
 
@@ -146,45 +145,6 @@ def trained(name: str, spec: dict[str, Any], seed: int, folder: Path, setup, bas
     return task, model_id, record["train_seconds"]
 
 
-def search_to_chance(model, attack, evaluation, budget: int) -> dict[str, Any]:
-    """Flips of the progressive bit search until the test accuracy is <= CHANCE (or
-    ``budget`` flips): the count (None when not reached), the accuracy after each flip."""
-    group = select(model, types=("conv", "linear"), kind="weight", name="weights")
-    metrics = {"accuracy": accuracy}
-    start = time.perf_counter()
-    search = bit_search(model, attack, classification_loss, group, flips=1)
-    found, curve = None, []
-    for m in range(1, budget + 1):
-        search.extend(m)
-        with corrupted(model, search.corruption(m)):
-            acc = evaluate(model, evaluation, classification_loss, metrics)["accuracy"]
-        curve.append(acc)
-        if acc <= CHANCE:
-            found = m
-            break
-    return {"flips": found, "curve": curve, "seconds": time.perf_counter() - start, "k": group.numel(model),
-            "found": [list(f) for f in search.flips[: len(curve)]]}
-
-
-def random_to_chance(model, evaluation, trials: int) -> dict[str, Any]:
-    """Random flips (any bit of the int8 codes, ``trials`` draws per count) at the counts of
-    RANDOM_COUNTS until the mean test accuracy is <= CHANCE."""
-    group = select(model, types=("conv", "linear"), kind="weight", name="weights")
-    metrics = {"accuracy": accuracy}
-    curve, found = [], None
-    for m in RANDOM_COUNTS:
-        accs = []
-        for t in range(trials):
-            fault = random_bit_faults(model, group, format="int8", flips=m, generator=torch.Generator().manual_seed(t))
-            with corrupted(model, fault):
-                accs.append(evaluate(model, evaluation, classification_loss, metrics)["accuracy"])
-        curve.append([m, sum(accs) / len(accs)])
-        if curve[-1][1] <= CHANCE:
-            found = m
-            break
-    return {"flips": found, "curve": curve, "trials": trials}
-
-
 def run_one(name: str, spec: dict[str, Any], seed: int, args, setup, base: MethodConfig) -> dict[str, Any]:
     folder = args.out / name / f"seed{seed}"
     path = folder / "result.json"
@@ -198,7 +158,7 @@ def run_one(name: str, spec: dict[str, Any], seed: int, args, setup, base: Metho
     attack = [next(iter(task.gradient_loader))]
     clean = evaluate(model, task.eval_loader, classification_loss, {"accuracy": accuracy})["accuracy"]
     search = search_to_chance(model, attack, task.eval_loader, args.budget)
-    rand = random_to_chance(model, task.eval_loader, args.random_trials) if args.random_trials else None
+    rand = random_to_chance(model, task.eval_loader, RANDOM_COUNTS, args.random_trials) if args.random_trials else None
     result = {"method": name, "label": label(spec), "seed": seed, "model_id": model_id, "search": wanted,
               "clean": clean, "bit_search": search, "random": rand, "train_seconds": seconds}
     tmp = path.with_name("result.json.tmp")
