@@ -39,6 +39,7 @@ from ..corruption.base import Corruption
 from ..errors import InputTypeError, ParamCorruptError
 from ..formats import Field, StoredTensor
 from ..groups import ParameterGroup, as_group
+from .segments import BitSegments
 
 __all__ = ["FIELD_COUNTS", "StoredImage", "decode_at", "field_bits", "row_fields", "stored_faults", "stored_image"]
 
@@ -252,29 +253,19 @@ class StoredImage:
         self.params = dict(params)
         self.tensors = _check_stored(params, stored)
         self.plain = {n: p for n, p in params.items() if n not in self.tensors}
-        self.segments: list[tuple[str, str, Tensor]] = []
-        counts = []
+        self.numbering = BitSegments()  # (name, field) -> its candidate bits, in image order
         for name, st in self.tensors.items():
             for field_name in ("codes", "scales", "zero_points"):
                 field = st.fields.get(field_name)
-                positions = () if field is None else field_bits(field, bits)
-                if positions:
-                    self.segments.append((name, field_name, torch.tensor(positions, dtype=torch.long)))
-                    counts.append(entries_of(field) * len(positions))
-        self.offsets = torch.tensor([0, *counts], dtype=torch.long).cumsum(0)
-        self.total = int(self.offsets[-1])
+                if field is not None:
+                    self.numbering.add((name, field_name), entries_of(field), field_bits(field, bits))
+        self.total = self.numbering.total
 
     def faults(self, chosen: Tensor) -> dict[str, dict[str, tuple[Tensor, Tensor]]]:
         """Candidate numbers in [0, total) as name -> field -> (entries, bits)."""
         out: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
-        if not chosen.numel():
-            return out
-        segment = torch.searchsorted(self.offsets, chosen, right=True) - 1
-        local = chosen - self.offsets[segment]
-        for s in segment.unique().tolist():
-            name, field_name, positions = self.segments[s]
-            here = local[segment == s]
-            out.setdefault(name, {})[field_name] = (here // len(positions), positions[here % len(positions)])
+        for (name, field_name), found in self.numbering.locate(chosen).items():
+            out.setdefault(name, {})[field_name] = found
         return out
 
     def add_faults(self, corruption: Corruption, chosen: Tensor, op: str) -> Corruption:

@@ -34,6 +34,7 @@ from ..formats.torchao import (
     stored_fields,
 )
 from ..groups import ParameterGroup, as_group
+from .segments import BitSegments
 
 __all__ = ["StoredLayout", "row_fields", "stored_bit_faults", "stored_layout"]
 
@@ -51,30 +52,15 @@ class StoredLayout:
     def __init__(self, params: Mapping[str, Tensor], bits: str | int) -> None:
         self.plain = {n: p for n, p in params.items() if not is_torchao_tensor(p)}
         self.fields = {n: stored_fields(p, n) for n, p in params.items() if is_torchao_tensor(p)}
-        # one segment per field with any candidate bit: (name, field number, its bit positions)
-        self.segments: list[tuple[str, int, Tensor]] = []
-        counts = []
+        self.numbering = BitSegments()  # (name, field number) -> its candidate bits, in image order
         for name, fields in self.fields.items():
             for number, field in enumerate(fields):
-                positions = field_positions(field.format, bits)
-                if positions:
-                    self.segments.append((name, number, torch.tensor(positions, dtype=torch.long)))
-                    counts.append(field.numel * len(positions))
-        self.offsets = torch.tensor([0, *counts], dtype=torch.long).cumsum(0)
-        self.total = int(self.offsets[-1])
+                self.numbering.add((name, number), field.numel, field_positions(field.format, bits))
+        self.total = self.numbering.total
 
     def faults(self, chosen: Tensor) -> dict[tuple[str, int], tuple[Tensor, Tensor]]:
         """Candidate numbers in [0, total) as (name, field number) -> (elements, bits)."""
-        out: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
-        if not chosen.numel():
-            return out
-        segment = torch.searchsorted(self.offsets, chosen, right=True) - 1
-        local = chosen - self.offsets[segment]
-        for s in segment.unique().tolist():
-            name, number, positions = self.segments[s]
-            here = local[segment == s]
-            out[(name, number)] = (here // len(positions), positions[here % len(positions)])
-        return out
+        return self.numbering.locate(chosen)
 
     def add_faults(self, corruption: Corruption, chosen: Tensor, op: str) -> Corruption:
         """``corruption`` (the faults of the plain parameters) with the faults of the stored
