@@ -45,7 +45,7 @@ from ..groups import ParameterGroup, select
 from ..losses import accuracy, classification_loss
 from ..train.recipe import Recipe
 from .base import Task, check_int
-from .weights import load_into, load_weights, resolve_device
+from .weights import load_given, load_weights, resolve_device
 
 __all__ = [
     "CIFAR10_RECIPE",
@@ -247,12 +247,9 @@ def _cifar_model(
     """The ResNet initialised from ``seed``, the weights loaded when given; and whether they were."""
     torch.manual_seed(seed)
     net = build_resnet(model, depths, widths)
-    if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-    if state_dict is None:
+    if not load_given(net, checkpoint, state_dict, f"the {model} model (depths {net.depths}, widths {net.widths})"):
         logger.info("cifar10: no checkpoint given, the %s model is untrained", model)
         return net, False
-    load_into(net, state_dict, f"the {model} model (depths {net.depths}, widths {net.widths})")
     return net, True
 
 

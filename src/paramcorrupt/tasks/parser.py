@@ -57,7 +57,7 @@ from ..models.mlp_parser import (
 )
 from ..train.recipe import Recipe, fit_recipe
 from .base import Task, check_int
-from .weights import load_into, load_weights, resolve_device
+from .weights import load_given, resolve_device
 
 __all__ = [
     "PARSER_RECIPE",
@@ -377,19 +377,14 @@ def _parser_task(
     if resolved.type != "cpu":
         for batch in eval_loader.batches:
             batch["features"], batch["target"] = batch["features"].to(resolved), batch["target"].to(resolved)
-    trained = False
     history: list[dict[str, float]] = []
-    if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-    if state_dict is not None:
-        load_into(net, state_dict, "the MLP parser")
-        trained = True
+    loaded = trained = load_given(net, checkpoint, state_dict, "the MLP parser")
     net.to(resolved)
     recipe = PARSER_RECIPE.replace(lr=float(lr), batch_size=check_int(batch_size, "batch_size"))
-    if state_dict is None and epochs > 0:
+    if not loaded and epochs > 0:
         history = fit_recipe(net, train_loader, ParserLoss(), recipe, epochs=epochs)
         trained = True
-    elif state_dict is None:
+    elif not loaded:
         logger.info("%s: no checkpoint given, the parser is untrained", name)
     net.eval()
 

@@ -57,7 +57,7 @@ from ..groups import ParameterGroup, select
 from ..train.recipe import Recipe
 from .base import Task, check_int
 from .lm import CarriedStateLoss, LMOutput, LMWindow, LogPerplexity, Perplexity, WindowLoader
-from .weights import load_into, load_weights, resolve_device
+from .weights import load_given, resolve_device
 
 __all__ = [
     "MODELS",
@@ -208,12 +208,9 @@ def _lm_model(
     """The language model initialised from ``seed``, the weights loaded when given; and whether they were."""
     torch.manual_seed(seed)
     net = build_lm(vocab_size, model, **overrides)
-    if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-    if state_dict is None:
+    if not load_given(net, checkpoint, state_dict, f"the {model} language model"):
         logger.info("ptb-lm: no checkpoint given, the %s language model is untrained", model)
         return net, False
-    load_into(net, state_dict, f"the {model} language model")
     return net, True
 
 

@@ -44,7 +44,7 @@ from ..groups import ParameterGroup, select
 from ..losses import BatchLoss
 from ..train.recipe import Recipe, fit_recipe
 from .base import Task, check_int
-from .weights import load_into, load_weights, resolve_device
+from .weights import load_given, resolve_device
 
 __all__ = [
     "BLEU",
@@ -308,19 +308,16 @@ def _load_or_fit(
     """Load the given weights, else train ``epochs`` epochs here (none: the model stays
     untrained); the model ends on ``device`` in evaluation mode. (Whether it is trained, the
     training history.)"""
-    if checkpoint is not None:
-        state_dict = load_weights(checkpoint)
-    if state_dict is not None:
-        load_into(net, state_dict, what)
+    loaded = load_given(net, checkpoint, state_dict, what)
     net.to(device)
     train_loader, loss_fn, recipe, epochs = training
     history: list[dict[str, float]] = []
-    if state_dict is None and epochs > 0:
+    if not loaded and epochs > 0:
         history = fit_recipe(net, train_loader, loss_fn, recipe, epochs=epochs)
-    elif state_dict is None:
+    elif not loaded:
         logger.info("multi30k: no checkpoint given, the transformer is untrained")
     net.eval()
-    return state_dict is not None or epochs > 0, history
+    return loaded or epochs > 0, history
 
 
 def multi30k_task(

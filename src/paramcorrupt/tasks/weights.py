@@ -112,6 +112,31 @@ def _listed(names: list[str]) -> str:
     return shown + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
 
+def load_given(
+    model: nn.Module,
+    checkpoint: str | os.PathLike[str] | None,
+    state_dict: Mapping[str, Tensor] | None,
+    what: str,
+) -> bool:
+    """Load the weights a task was given — a file (``checkpoint``, read by
+    :func:`load_weights`) or ``state_dict`` — into ``model`` (:func:`load_into`); False when
+    it was given neither (the model keeps its initialisation).
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> load_given(net, None, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, "a linear model")
+        True
+        >>> net.weight.tolist(), load_given(net, None, None, "a linear model")
+        ([[1.0, 1.0]], False)
+    """
+    if checkpoint is not None:
+        state_dict = load_weights(checkpoint)
+    if state_dict is None:
+        return False
+    load_into(model, state_dict, what)
+    return True
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], what: str, *, source: str | None = None) -> None:
     """``model.load_state_dict`` after checking keys and shapes, with a one-sentence error
     naming the mismatch: "the weights do not fit {what}: ...", or with ``source`` "{source}
