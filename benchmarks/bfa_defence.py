@@ -1,7 +1,9 @@
-"""Does the paper's training defend against the Bit-Flip Attack? (issue 20, digits)
+"""Does the paper's training defend against the Bit-Flip Attack? (issue 20: digits, CIFAR-10)
 
 For each training method and seed: train the digits ResNet (the ``digits`` task's recipe, 30
-epochs), then count the flips the progressive bit search (``paramcorrupt.faults.bit_search``,
+epochs) or, with ``--task cifar10``, the CIFAR-10 ResNet-20 (the task's recipe at the 8-epoch
+budget of ``bench_faults.py`` Part B; accuracy on ``--test-images`` test images, the attack
+batch the first 128 training images without augmentation), then count the flips the progressive bit search (``paramcorrupt.faults.bit_search``,
 int8 per tensor, the conv and linear weights, one batch of 512 training images as attack
 data, ``candidates=1``: the conventions of ``benchmarks/bench_faults.py`` Part B) needs to
 bring the model to chance (test accuracy <= 11%, 10 classes), and the random flips (any bit
@@ -14,21 +16,22 @@ Methods (``--methods``, default all):
   ``--l2-eps`` (0.5), alpha = 0.5, n = k), for reference;
 - ``linf``: ``CorruptionResistant`` with L_inf, eps = ``--linf-eps`` (0.005: docs/training.md
   gives no L_inf value for digits; 0.005 moves every one of the k = 19,706 parameters by
-  0.005, an L2 norm of 0.70, between the L2 eps = 0.5 and 1 that train well there),
+  0.005, an L2 norm of 0.70, between the L2 eps = 0.5 and 1 that train well there; for
+  cifar10 the default is 0.001: an L2 norm of 0.52 over its k = 272,474, beside the L2
+  eps = 0.5 of docs/training.md's CIFAR-10 Table 2),
   alpha = 0.5, n = k; ``linf-i2``: the same with ``interval`` = ``--interval`` (2);
 - ``relative``: the relative (ASAM) set, p = 2, eps = ``--relative-eps`` (0.5), eta = 0.01,
   alpha = 0.5; ``relative-i2``: the same with ``interval``.
 
-plain, L2 and the L_inf settings train through ``paramcorrupt.experiments.train_model`` with a
-``MethodConfig`` (what ``paramcorrupt train --task digits --method ...`` runs). MethodConfig
-has no ``relative`` setting (nor ``build_optimizer``), so the relative runs build the same
-recipe's optimiser wrapped in ``CorruptionResistant(relative=True)`` here and train it with
-``paramcorrupt.train.fit`` and the recipe's schedule and options, as ``fit_recipe`` does.
+Every method trains through ``paramcorrupt.experiments.train_model`` with a ``MethodConfig``
+(what ``paramcorrupt train --task digits --method resistant:relative=true:eps=0.5 ...`` runs).
 
 Every model is checkpointed after each epoch and saved (``OUT/<method>/seed<s>/``); each
 finished (method, seed) writes ``result.json``; a rerun resumes and reuses what is done.
 
     .venv/bin/python benchmarks/bfa_defence.py --out runs/bfa-defence > runs/bfa-defence.log 2>&1 &
+    .venv/bin/python benchmarks/bfa_defence.py --task cifar10 --data-dir ../shared/data --seeds 0 \
+        --budget 60 --out runs/bfa-defence-cifar > runs/bfa-defence-cifar.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -55,11 +58,10 @@ from paramcorrupt.experiments.training import (
     task_setup,
     train_model,
 )
-from paramcorrupt.train import CorruptionResistant, fit
-from paramcorrupt.train.recipe import build_scheduler, fit_options
 
 METHOD_ORDER = ("plain", "l2", "linf", "relative", "linf-i2", "relative-i2")
 RANDOM_COUNTS = (1, 10, 100, 1_000, 3_000, 10_000, 30_000, 100_000)
+CIFAR_RANDOM_COUNTS = (1, 10, 100, 1_000, 10_000, 100_000, 300_000, 1_000_000)
 
 
 def method_specs(args) -> dict[str, dict[str, Any]]:
@@ -86,79 +88,54 @@ def label(spec: dict[str, Any]) -> str:
     return f"resistant {kind}p={p}, ε={spec['eps']:g}, α={spec['alpha']:g}{eta}{extra}"
 
 
-def train_relative(config: MethodConfig, spec: dict[str, Any], seed: int, setup, checkpoint: Path, identity: dict) -> tuple[Any, dict[str, Any]]:
-    """The digits recipe's optimiser wrapped in CorruptionResistant(relative=True), its
-    schedule and fit options, trained with ``fit`` (``fit_recipe``'s path with one more
-    setting: MethodConfig and ``build_optimizer`` have no ``relative``)."""
-    task = build_task(setup, seed, config.batch_size)
-    recipe = setup.recipe.replace(lr=config.lr, epochs=config.epochs)
-    if recipe.optimizer != "sgd":
-        raise SystemExit(f"the relative runs build an SGD optimiser; the recipe's is {recipe.optimizer}")
-    model = task.model
-    optimizer = CorruptionResistant(
-        model.parameters(),
-        torch.optim.SGD,
-        eps=spec["eps"],
-        p=spec["p"],
-        n=None,
-        alpha=spec["alpha"],
-        interval=spec["interval"],
-        relative=True,
-        eta=spec["eta"],
-        model=model,
-        max_grad_norm=recipe.max_grad_norm,
-        lr=float(recipe.lr),
-        weight_decay=float(recipe.weight_decay),
-        momentum=float(recipe.momentum),
-        nesterov=bool(recipe.nesterov),
-    )
-    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch=len(task.train_loader), epochs=config.epochs)
-    options = fit_options(recipe, resistant=True)
-    history = fit(model, optimizer, task.train_loader, task.loss_fn, epochs=config.epochs, scheduler=scheduler,
-                  checkpoint=checkpoint, identity=identity, **options)
-    model.eval()
-    return task, {"train_seconds": sum(r["seconds"] for r in history)}
-
-
 def trained(name: str, spec: dict[str, Any], seed: int, folder: Path, setup, base: MethodConfig) -> tuple[Any, str, float]:
     """The trained task of (method, seed): loaded from ``model.pt`` when it is there, else
     trained (resuming from ``checkpoint.pt``) and saved. Returns the task, the model's id
     and the training seconds (the epochs' own times, as ``model.json`` records them)."""
-    fields = {k: v for k, v in spec.items() if k not in ("relative", "eta")}
-    config = replace(base, **fields)
-    settings = method_settings(config)
-    if spec.get("relative"):
-        settings = {**settings, "relative": True, "eta": spec["eta"]}
-    identity = {"recipe": settings, "seed": seed, "task": setup.identity}
+    config = replace(base, **spec)
+    identity = {"recipe": method_settings(config), "seed": seed, "task": setup.identity}
     model_id = digest(identity)
     folder.mkdir(parents=True, exist_ok=True)
     task = build_task(setup, seed, config.batch_size)
     meta = load_saved(task, folder / "model.pt", folder / "model.json", model_id)
     if meta is not None:
         return task, model_id, meta["train_seconds"]
-    if spec.get("relative"):
-        task, record = train_relative(config, spec, seed, setup, folder / "checkpoint.pt", identity)
-    else:
-        task, record = train_model(config, seed, checkpoint=folder / "checkpoint.pt", setup=setup)
+    task, record = train_model(config, seed, checkpoint=folder / "checkpoint.pt", setup=setup, progress=setup.name != "digits")
     meta = {"id": model_id, "identity": identity, "label": label(spec), "train_seconds": record["train_seconds"]}
     save_model(task, folder / "model.pt", meta, folder / "model.json")
     return task, model_id, record["train_seconds"]
+
+
+def evaluation_task(task, args):
+    """(model, attack batches, evaluation loader): the digits task's own; for CIFAR-10 the
+    trained weights in a task of ``--test-images`` test images without augmentation, its
+    attack batch the first 128 training images (``bench_faults.py`` Part B's conventions)."""
+    if args.task == "digits":
+        return task.model.eval(), [next(iter(task.gradient_loader))], task.eval_loader
+    from paramcorrupt.tasks import get_task
+
+    state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+    small = get_task("cifar10", data_dir=args.data_dir, state_dict=state, limit_test=args.test_images, augment=False,
+                     batch_size=128)
+    return small.model.eval(), [next(iter(small.gradient_loader))], small.eval_loader
 
 
 def run_one(name: str, spec: dict[str, Any], seed: int, args, setup, base: MethodConfig) -> dict[str, Any]:
     folder = args.out / name / f"seed{seed}"
     path = folder / "result.json"
     wanted = {"budget": args.budget, "random_trials": args.random_trials, "attack_batch": 512, "format": "int8"}
+    if args.task != "digits":
+        wanted.update(attack_batch=128, test_images=args.test_images)
     task, model_id, seconds = trained(name, spec, seed, folder, setup, base)
     if path.exists():
         previous = json.loads(path.read_text())
         if previous.get("model_id") == model_id and previous.get("search") == wanted:
             return previous
-    model = task.model.eval()
-    attack = [next(iter(task.gradient_loader))]
-    clean = evaluate(model, task.eval_loader, classification_loss, {"accuracy": accuracy})["accuracy"]
-    search = search_to_chance(model, attack, task.eval_loader, args.budget)
-    rand = random_to_chance(model, task.eval_loader, RANDOM_COUNTS, args.random_trials) if args.random_trials else None
+    model, attack, evaluation = evaluation_task(task, args)
+    clean = evaluate(model, evaluation, classification_loss, {"accuracy": accuracy})["accuracy"]
+    search = search_to_chance(model, attack, evaluation, args.budget)
+    counts = RANDOM_COUNTS if args.task == "digits" else CIFAR_RANDOM_COUNTS
+    rand = random_to_chance(model, evaluation, counts, args.random_trials) if args.random_trials else None
     result = {"method": name, "label": label(spec), "seed": seed, "model_id": model_id, "search": wanted,
               "clean": clean, "bit_search": search, "random": rand, "train_seconds": seconds}
     tmp = path.with_name("result.json.tmp")
@@ -221,19 +198,29 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200, help="most bit-search flips per model")
     parser.add_argument("--random-trials", type=int, default=3, help="random-flip draws per count (0: skip)")
     parser.add_argument("--l2-eps", type=float, default=0.5)
-    parser.add_argument("--linf-eps", type=float, default=0.005)
+    parser.add_argument("--linf-eps", type=float, default=None, help="default: 0.005 (digits), 0.001 (cifar10)")
     parser.add_argument("--relative-eps", type=float, default=0.5)
     parser.add_argument("--interval", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the digits recipe's 30)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's; digits 30; cifar10: 8, bench_faults.py's budget)")
+    parser.add_argument("--task", choices=("digits", "cifar10"), default="digits")
+    parser.add_argument("--data-dir", default=None, help="cifar10: the folder holding cifar10_jpg/ (default: $PARAMCORRUPT_DATA)")
+    parser.add_argument("--test-images", type=int, default=1000, help="cifar10: test images for the accuracy")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    if args.linf_eps is None:
+        args.linf_eps = 0.005 if args.task == "digits" else 0.001
     seeds = [int(s) for s in args.seeds.split(",")]
     specs = method_specs(args)
     names = [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in names if m not in specs]
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; the methods are {', '.join(METHOD_ORDER)}")
-    setup, base = task_setup("digits", epochs=args.epochs)
+    if args.task == "digits":
+        setup, base = task_setup("digits", epochs=args.epochs)
+    else:
+        options = {"data_dir": args.data_dir} if args.data_dir else {}
+        setup, base = task_setup("cifar10", options, epochs=args.epochs or 8)
     results: dict[str, list[dict[str, Any]]] = {}
     started = time.perf_counter()
     for name in names:

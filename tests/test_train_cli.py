@@ -11,6 +11,7 @@ import paramcorrupt.train.recipe
 from paramcorrupt.cli import main
 from paramcorrupt.cli.values import parse_method
 from paramcorrupt.experiments import MethodConfig
+from paramcorrupt.experiments.training import method_settings
 
 FAST = ["--epochs", "1", "--batch-size", "256", "--quiet", "--eval-eps", "0.1,0.3", "--random-trials", "1", "--threads", "1"]
 
@@ -88,6 +89,9 @@ def test_compare_writes_table2_and_reuses_finished_runs(tmp_path, capsys):
         pytest.param(["train", "--method", "resistant:rho=1"], "bad method setting", id="bad-setting"),
         pytest.param(["train", "--method", "resistant:alpha=2"], "alpha", id="alpha-out-of-range"),
         pytest.param(["train", "--method", "resistant:eps=0"], "eps", id="eps-zero"),
+        pytest.param(["train", "--method", "resistant:eta=0.1"], "relative=true", id="eta-without-relative"),
+        pytest.param(["train", "--method", "resistant:relative=maybe"], "true or false", id="relative-not-bool"),
+        pytest.param(["train", "--method", "resistant:relative=true:eta=-1"], "eta", id="eta-negative"),
         pytest.param(["train", "--task", "cifar10"], "digits task only", id="other-task"),
         pytest.param(["compare", "--methods", "plain", "plain"], "same settings", id="duplicate"),
     ],
@@ -106,3 +110,42 @@ def test_parse_method_settings():
     config = parse_method("resistant:eps=0.3:p=inf:n=all:interval=4", base)
     assert (config.method, config.eps, config.p, config.n, config.interval) == ("resistant", 0.3, float("inf"), None, 4)
     assert parse_method("regularized", base).method == "regularised"
+
+
+def test_parse_method_relative():
+    config = parse_method("resistant:relative=true:eta=0.05:eps=0.5", MethodConfig())
+    assert (config.relative, config.eta, config.eps) == (True, 0.05, 0.5)
+    assert "relative" in config.label() and "η=0.05" in config.label()
+    # an absolute run's settings (and so the ids of the runs saved before relative existed) are unchanged
+    assert "relative" not in method_settings(parse_method("resistant:eps=0.5", MethodConfig()))
+    assert method_settings(config)["relative"] is True and method_settings(config)["eta"] == 0.05
+
+
+def test_relative_training_is_the_recipes_optimizer_wrapped_relatively():
+    """train_model with relative=True trains as the literal construction: the digits recipe's
+    SGD wrapped in CorruptionResistant(relative=True, eta) by hand, with the recipe's schedule
+    and fit options (the path benchmarks/bfa_defence.py used before MethodConfig had it)."""
+    from paramcorrupt.experiments import train_model
+    from paramcorrupt.experiments.training import build_task, task_setup
+    from paramcorrupt.train import CorruptionResistant, fit
+    from paramcorrupt.train.recipe import build_scheduler, fit_options
+
+    setup, base = task_setup("digits", epochs=1)
+    config = parse_method("resistant:relative=true:eps=0.5:eta=0.01", base)
+    task, _ = train_model(config, 0, setup=setup)
+    ours = {k: v.clone() for k, v in task.model.state_dict().items()}
+
+    reference = build_task(setup, 0, config.batch_size)
+    recipe = setup.recipe.replace(lr=config.lr, epochs=1)
+    optimizer = CorruptionResistant(
+        reference.model.parameters(), torch.optim.SGD, eps=0.5, p=2.0, n=None, alpha=0.5, interval=1,
+        relative=True, eta=0.01, model=reference.model, max_grad_norm=recipe.max_grad_norm, lr=float(recipe.lr),
+        weight_decay=float(recipe.weight_decay), momentum=float(recipe.momentum), nesterov=bool(recipe.nesterov),
+    )
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch=len(reference.train_loader), epochs=1)
+    fit(reference.model, optimizer, reference.train_loader, reference.loss_fn, epochs=1, scheduler=scheduler,
+        **fit_options(recipe, resistant=True))
+    theirs = reference.model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    absolute, _ = train_model(parse_method("resistant:eps=0.5", base), 0, setup=setup)
+    assert not all(torch.equal(ours[k], v) for k, v in absolute.model.state_dict().items())

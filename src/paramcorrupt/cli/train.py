@@ -115,9 +115,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 _TRAIN_EPILOG = """\
 method settings (NAME:key=value[:key=value...], overriding the options below):
   plain         epochs, lr
-  resistant     eps, p, n (an integer >= 1, or all: also k or none), alpha, interval, epochs, lr
+  resistant     eps, p, n (an integer >= 1, or all: also k or none), alpha, interval, epochs, lr,
+                relative (true: ASAM's set |a / (|w| + eta)|_p <= eps), eta (default 0.01)
   regularised   lam, p, epochs, lr
-  e.g. resistant:eps=0.2:alpha=1, resistant:interval=4, regularised:lam=0.05
+  e.g. resistant:eps=0.2:alpha=1, resistant:interval=4, resistant:relative=true:eps=0.5,
+  regularised:lam=0.05
 
 your own model (as for probe): --model FILE.py:FACTORY --data FILE.py:FACTORY
   [--checkpoint PATH [--checkpoint-key KEY]]: --data returns a Task-like object or

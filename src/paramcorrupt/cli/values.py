@@ -363,6 +363,7 @@ def task_option_values(factory: Callable[..., Any], options: Mapping[str, Any], 
 _METHOD_FIELDS: dict[str, Callable[[str], Any]] = {
     "eps": lambda text: number(text, "eps"), "p": parse_p, "n": lambda text: parse_n(text, "n"),
     "alpha": float, "interval": int, "lam": float, "epochs": int, "lr": float,
+    "relative": lambda text: _as_type(text, bool), "eta": lambda text: number(text, "eta"),
 }
 
 

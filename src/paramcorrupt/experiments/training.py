@@ -50,6 +50,8 @@ class MethodConfig:
     n: int | None = None
     alpha: float = 0.5
     interval: int = 1
+    relative: bool = False
+    eta: float = 0.01
     lam: float = 0.25
     epochs: int = 30
     lr: float = 0.1
@@ -62,6 +64,8 @@ class MethodConfig:
             return f"regularised (λ={self.lam:g}, p={_p_text(self.p)})"
         extra = f", interval={self.interval}" if self.interval != 1 else ""
         n = "" if self.n is None else f", n={self.n}"
+        if self.relative:
+            return f"resistant relative (ε={self.eps:g}, α={self.alpha:g}, p={_p_text(self.p)}, η={self.eta:g}{n}{extra})"
         return f"resistant (ε={self.eps:g}, α={self.alpha:g}, p={_p_text(self.p)}{n}{extra})"
 
     def slug(self) -> str:
@@ -70,6 +74,8 @@ class MethodConfig:
         if self.method == "regularised":
             return f"regularised-lam{self.lam:g}-p{_p_text(self.p)}-e{self.epochs}"
         n = "" if self.n is None else f"-n{self.n}"
+        if self.relative:
+            n += f"-rel{self.eta:g}"
         return f"resistant-eps{self.eps:g}-a{self.alpha:g}-p{_p_text(self.p)}{n}-i{self.interval}-e{self.epochs}"
 
 
@@ -85,6 +91,10 @@ def validate(config: MethodConfig) -> None:
             raise ParamCorruptError(f"alpha must be in [0, 1], got {config.alpha}")
         if config.interval < 1:
             raise ParamCorruptError(f"interval must be >= 1, got {config.interval}")
+        if not (isinstance(config.eta, (int, float)) and math.isfinite(config.eta) and config.eta >= 0):
+            raise ParamCorruptError(f"eta must be a finite number >= 0, got {config.eta!r}")
+        if not config.relative and config.eta != MethodConfig.eta:
+            raise ParamCorruptError(f"eta={config.eta:g} is a setting of the relative set: give relative=true with it")
     if config.method == "regularised" and config.lam < 0:
         raise ParamCorruptError(f"lam must be >= 0, got {config.lam}")
     if config.epochs < 1:
@@ -228,6 +238,8 @@ def train_model(
     settings = None
     if config.method == "resistant":
         settings = {"eps": config.eps, "p": config.p, "n": config.n, "alpha": config.alpha, "interval": config.interval}
+        if config.relative:
+            settings.update(relative=True, eta=config.eta)
     penalty = RegularizedLoss(config.lam, config.p) if config.method == "regularised" else None
     started = time.perf_counter()
     history = fit_recipe(
@@ -251,7 +263,10 @@ def train_model(
 
 
 def method_settings(config: MethodConfig) -> dict[str, Any]:
-    """The settings that the method uses (what decides whether a finished run can be reused)."""
-    used = {"plain": (), "resistant": ("eps", "p", "n", "alpha", "interval"), "regularised": ("lam", "p")}[config.method]
+    """The settings that the method uses (what decides whether a finished run can be reused;
+    ``relative`` and ``eta`` only when relative, so that the runs before them keep their ids)."""
+    used: tuple[str, ...] = {"plain": (), "resistant": ("eps", "p", "n", "alpha", "interval"), "regularised": ("lam", "p")}[config.method]
+    if config.method == "resistant" and config.relative:
+        used = (*used, "relative", "eta")
     keys = ("method", "epochs", "lr", "batch_size", *used)
     return {k: v for k, v in asdict(config).items() if k in keys}

@@ -184,7 +184,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The recipe's optimiser over ``model``'s parameters; wrapped in
     :class:`~paramcorrupt.train.CorruptionResistant` when ``resistant`` gives its settings
-    (``eps``, ``p``, ``n``, ``alpha``, optionally ``interval``), which then clips the combined
+    (``eps``, ``p``, ``n``, ``alpha``, optionally ``interval``, ``relative`` and ``eta``), which then clips the combined
     gradient at the recipe's ``max_grad_norm`` itself.
 
     Raises:
@@ -201,6 +201,8 @@ def build_optimizer(
             n=resistant.get("n"),
             alpha=resistant.get("alpha", 0.5),
             interval=resistant.get("interval", 1),
+            relative=resistant.get("relative", False),
+            eta=resistant.get("eta", 0.01) if resistant.get("relative") else 0.0,
             model=model,
             max_grad_norm=recipe.max_grad_norm,
             **kwargs,
