@@ -40,10 +40,12 @@ import torch
 
 from .. import parallel as D
 from ..errors import ParamCorruptError
+from ..probe.report.outcomes import outcome_summary
 from ..probe.report.summary import summary
 from ..tasks import TASKS, Task, get_task
 from ..tasks.user import load_checkpoint_into, task_identity, user_task
 from . import CLIError
+from .outcomes import add_outcome_arguments, outcome_options
 from .values import (
     N_HELP,
     fault_settings,
@@ -99,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(DATE 2009): n = t^2 p(1-p) / E^2 with p = 0.5 (e.g. 0.01: 9604 trials at 95%%)")
     sweep_args.add_argument("--confidence", type=float, default=None,
                             help="with --margin: the confidence in (0, 1) (default: 0.95)")
+    add_outcome_arguments(sweep_args)  # --outcomes, --tolerance
     sweep_args.add_argument("--p", default="inf", help="norms, e.g. inf,2 (default: inf)")
     sweep_args.add_argument("--n", "--top-n", default="all", help="numbers of changed parameters, each " + N_HELP + ", e.g. all,100 (default: all; under torchrun write --top-n: torchrun reads --n as one of its own options)")
     sweep_args.add_argument("--eps", default="1e-3,1e-2,1e-1", help="radii (default: 1e-3,1e-2,1e-1)")
@@ -110,6 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "before it (equal rows up to float rounding; see paramcorrupt.probe.reuse)",
     )
     sweep_args.add_argument("--no-gradient-data", action="store_true", help="skip the loss on the gradient's data per row (no Theorem 2 ratio)")
+    sweep_args.add_argument("--second-order", action="store_true",
+                            help="add ½ aᵀHa, the predicted ratio and the random mean tr(H)/k·E‖a‖²/2 to each row (docs/curvature.md)")
+    sweep_args.add_argument("--trace-samples", type=int, default=None, metavar="N",
+                            help="--second-order: Hutchinson probes per group for tr(H) (default: 100)")
     sweep_args.add_argument("--allow-nonfinite", action="store_true",
                             help="probe a model with NaN/Inf weights or a NaN/Inf clean loss (refused by default: "
                             "every row would compare against a non-finite model)")
@@ -274,6 +281,11 @@ def _config(args: argparse.Namespace, task: Task | None, identity: str, grouping
         if getattr(args, option) < 0:
             raise ParamCorruptError(f"--{option} must be >= 0, got {getattr(args, option)}")
     methods, settings = fault_settings(args)
+    samples = getattr(args, "trace_samples", None)
+    if samples is not None and not getattr(args, "second_order", False):
+        raise ParamCorruptError("--trace-samples goes with --second-order")
+    if samples is not None and samples < 2:
+        raise ParamCorruptError(f"--trace-samples must be >= 2 (its standard error needs two probes), got {samples}")
     # the metric the task declares (a user's task may declare none: the sweep's default)
     declared = task is not None and task.info.get("declared_metric", True) and task.primary_metric in task.metrics
     return SweepConfig(
@@ -291,6 +303,8 @@ def _config(args: argparse.Namespace, task: Task | None, identity: str, grouping
         measure_gradient_data=not args.no_gradient_data,
         quantize=getattr(args, "quantize", None),
         quantize_options=quantize_options(getattr(args, "quantize", None), getattr(args, "quantize_option", None)),
+        **outcome_options(args),
+        second_order=(samples or 100) if getattr(args, "second_order", False) else None,
     )
 
 
@@ -480,6 +494,6 @@ def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> in
                 file=sys.stderr, flush=True,
             )
         raise
-    print(summary(rows))
+    print(summary(rows) + outcome_summary(rows))  # the outcome classes' rates where the rows have them
     print(f"{len(rows)} rows in {args.out} ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..constraint import parse_p
 from ..errors import InputTypeError, ParamCorruptError
-from ..faults import FAULTS, FaultModel, get_fault
+from ..faults import FAULTS, FaultModel, LpFault, get_fault
 from ..formats import get_quantizer
 from ..groups import ParameterGroup
 
@@ -107,6 +107,16 @@ class SweepConfig:
             scales and zero points) and restores the float weights afterwards. Part of the
             sweep_id; left out of :meth:`as_dict` when None.
         quantize_options: the quantiser's options (``group_size``, ``pad``, ...).
+        outcomes: class every example of every row as masked, SDC or DUE against the
+            fault-free run and write the counts into the rows
+            (:mod:`paramcorrupt.probe.outcome_rows`). Part of the sweep_id; left out of
+            :meth:`as_dict` when False.
+        tolerance: with ``outcomes``: ``None`` for the top-1 criterion, else the largest
+            absolute change of an output element still masked (>= 0).
+        second_order: Hutchinson probes per group (at least 2) for the second-order columns
+            (``second_order``, ``predicted_ratio``, ``predicted_mean``, ...: see
+            :mod:`paramcorrupt.probe.second_order`); ``None``: none. Part of the sweep_id;
+            left out of :meth:`as_dict` when None.
 
     Raises:
         ValueError: for an unknown method, a bad p, n, eps, trials or setting.
@@ -132,6 +142,9 @@ class SweepConfig:
     settings: Mapping[str, Mapping[str, Any]] | None = None
     quantize: str | None = None
     quantize_options: Mapping[str, Any] | None = None
+    outcomes: bool = False
+    tolerance: float | None = None
+    second_order: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -167,6 +180,12 @@ class SweepConfig:
             if not isinstance(getattr(self, name), str):
                 raise InputTypeError(f"{name} must be a string, got {getattr(self, name)!r}")
         _check_quantize(self)
+        _check_outcomes(self)
+        if self.second_order is not None:
+            if isinstance(self.second_order, bool) or not isinstance(self.second_order, int) or self.second_order < 2:
+                raise ParamCorruptError(f"second_order (Hutchinson probes per group) must be an integer >= 2, got {self.second_order!r}")
+            if not any(issubclass(FAULTS[m], LpFault) for m in methods):
+                raise ParamCorruptError(f"second_order needs an L_p method (random, gradient, iterative, relative-*): {', '.join(methods)} add no delta a for ½ aᵀHa")
 
     def faults(self, method: str) -> list[FaultModel]:
         """Every setting ``method`` runs at, as fault models, in grid order (its parameters'
@@ -199,6 +218,10 @@ class SweepConfig:
             out["settings"] = {m: {k: [_p_text(v) for v in vs] for k, vs in d.items()} for m, d in settings.items()}
         if self.quantize is not None:  # absent for a float model: earlier sweep_ids unchanged
             out.update(quantize=self.quantize, quantize_options=dict(self.quantize_options or {}))
+        if self.outcomes:  # absent without outcome classes: earlier sweep_ids unchanged
+            out.update(outcomes=True, tolerance=self.tolerance)
+        if self.second_order is not None:  # absent when off: earlier sweep_ids unchanged
+            out["second_order"] = self.second_order
         return out
 
     @classmethod
@@ -254,6 +277,17 @@ def _check_quantize(config: SweepConfig) -> None:
         valid = ", ".join(quantizer.defaults) or "none"
         raise ParamCorruptError(f"unknown option {', '.join(unknown)} for format {config.quantize!r}; its options: {valid}")
     object.__setattr__(config, "quantize_options", dict(sorted(options.items())))
+
+
+def _check_outcomes(config: SweepConfig) -> None:
+    """``outcomes`` a bool; ``tolerance`` >= 0 and only with outcomes."""
+    from .outcomes import check_tolerance
+
+    if not isinstance(config.outcomes, bool):
+        raise InputTypeError(f"outcomes must be True or False, got {config.outcomes!r}")
+    if config.tolerance is not None and not config.outcomes:
+        raise ParamCorruptError(f"tolerance={config.tolerance!r} is given without outcomes (it is the SDC criterion of the outcome classes)")
+    object.__setattr__(config, "tolerance", check_tolerance(config.tolerance))
 
 
 def _p_text(p: Any) -> Any:

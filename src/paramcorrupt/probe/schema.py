@@ -42,6 +42,7 @@ __all__ = [
     "check_resumed",
     "MAX_LINE_BYTES",
     "RowSchema",
+    "SECOND_ORDER_KINDS",
     "chance_metadata",
     "config_differences",
     "extension_problems",
@@ -65,6 +66,14 @@ FIELD_KINDS: dict[str, str] = {
     "metric_before": "number", "metric_after": "number", "grad_loss_before": "number?",
     "grad_loss_after": "number?", "first_order": "number?", "G": "number?", "ratio": "number?",
     "seconds": "number?",
+}
+
+#: the fields a second-order sweep (``config.second_order``) adds to every row
+#: (:mod:`paramcorrupt.probe.second_order`)
+SECOND_ORDER_KINDS: dict[str, str] = {
+    "second_order": "number?", "predicted_ratio": "number?", "predicted_mean": "number?",
+    "predicted_mean_stderr": "number?", "trace_per_k": "number?", "trace_per_k_stderr": "number?",
+    "lambda_max": "number?",
 }
 
 _KIND_TEXT = {"text": "a string", "int": "an integer", "number": "a number", "int?": "an integer or null",
@@ -183,11 +192,16 @@ class RowSchema:
         if row.get("sweep_id") not in self.sweep_ids:
             return [f"its sweep_id is {row.get('sweep_id')!r}, not this file's {self.sweep_id!r}"]
         out = []
-        for name, kind in FIELD_KINDS.items():
+        kinds = {**FIELD_KINDS, **(SECOND_ORDER_KINDS if self.config.second_order is not None else {})}
+        for name, kind in kinds.items():
             if name not in row:
                 out.append(f"field {name!r} is missing")
             elif not _of_kind(row[name], kind):
                 out.append(f"field {name!r} is {row[name]!r}, not {_KIND_TEXT[kind]}")
+        if self.config.outcomes:  # outcome counts (paramcorrupt.probe.outcome_rows): integers that add up
+            counts = [row.get(name) for name in ("masked", "sdc", "due", "examples")]
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) or sum(counts[:3]) != counts[3]:
+                out.append(f"its outcome counts masked, sdc, due, examples are {counts}, not integers >= 0 adding up to examples")
         if out:
             return out
         label, fault, trial = self.rows[key]

@@ -74,8 +74,10 @@ from ..formats.model import Quantized, default_weights, quantize
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
+from .outcome_rows import RowEvaluator, check_sweep, evaluate_row, outcome_fields
 from .plan import SweepConfig, probed_groups, row_seed, row_settings, sweep_id
 from .schema import check_resumed
+from .second_order import for_sweep
 from .store import ResultsStore
 
 __all__ = [
@@ -252,6 +254,7 @@ def sweep(
     probed = probed_groups(config, groups)
     for group in probed.values():
         group.tensors(model)  # every name must exist in the model
+    check_sweep(model, config, probed, evaluator, eval_loader, loss_fn)  # outcomes, activation faults' modules
     sid = sweep_id(config, groups)
 
     distributed = D.use_distributed(distributed)
@@ -359,10 +362,13 @@ def _run(
             plan.gradient = {name: gradient[name] for name in plan.group.names}
             plan.G = lp_norm(plan.gradient, 2)
 
+    todo_groups = {p.label: p.group for p in plans if any(s[-1] not in finished for s in p.settings)}
+    second = for_sweep(config, model, gradient_loader, loss_fn, todo_groups, distributed)  # issue 24: ½ aᵀHa columns
     # the clean model, once
-    full = FullEvaluator(model, eval_loader, gradient_loader if config.measure_gradient_data else None, loss_fn, metrics)
+    # FullEvaluator's passes; with config.outcomes the golden run kept and each row's examples classed (outcome_rows)
+    full = RowEvaluator(model, eval_loader, gradient_loader if config.measure_gradient_data else None, loss_fn, metrics, outcomes=config.outcomes, tolerance=config.tolerance)
     with D.local():  # every rank measures the clean model itself: rows bit-identical to one process
-        clean = full.evaluate()
+        clean = full.evaluate_clean()
     check_clean_loss(clean["eval"], model, allow_nonfinite=allow_nonfinite)  # no row against a NaN loss
     check_resumed(finished, clean)
     evaluator = evaluator or full
@@ -381,9 +387,11 @@ def _run(
         )
         corruption = fault.corrupt(ctx)
         # info["during"]: what a fault model holds open while the row is evaluated (activation faults' hooks)
-        with corrupted(model, corruption), corruption.info.get("during", nullcontext()):
-            after = evaluator.evaluate(plan.group)
-        row = _row(config, sid, plan, fault, ctx, corruption, trial, key, clean, after, metric)
+        with corrupted(model, corruption), corruption.info.get("during", nullcontext()) as during:
+            after = evaluate_row(evaluator, plan.group, during)
+        row = _row(config, sid, plan, fault, ctx, corruption, trial, key, clean, after, metric) | outcome_fields(evaluator)
+        if second is not None:
+            row.update(second.fields(plan.label, fault, ctx, corruption, row["first_order"]))
         if stored is not None:  # the float model's clean values beside the quantised ones
             row.update(quantized=config.quantize, loss_float=stored[1]["loss"], metric_float=stored[1][metric])
         row["seconds"] = time.perf_counter() - start
