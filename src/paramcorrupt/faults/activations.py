@@ -38,10 +38,7 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -50,48 +47,12 @@ from torch import Tensor, nn
 from ..corruption.apply import frozen_norm_stats
 from ..errors import InputTypeError, ParamCorruptError
 from ..formats import NumberFormat, get_format
-from ..groups import ParameterGroup
+from .activation_select import modules_in_scope, select_modules
 from .bits import OPS, _distinct
 
-__all__ = ["MODES", "ActivationFaults", "activation_faults", "select_modules"]
+__all__ = ["MODES", "ActivationFaults", "activation_faults", "modules_in_scope", "select_modules"]
 
 MODES = ("transient", "permanent")
-
-
-def select_modules(model: nn.Module, modules: Any) -> dict[str, nn.Module]:
-    """The modules whose outputs are faulted, name -> module, in model order.
-
-    Args:
-        model: the network.
-        modules: a module name pattern (``fnmatch`` on the whole name, ``"re:..."`` a
-            regular expression) or several; or a :class:`ParameterGroup` (the modules that
-            own its parameters, e.g. ``groups_by_type(model)["conv"]``).
-
-    Raises:
-        ParamCorruptError: a pattern that matches no module, a group naming no module of
-            the model; InputTypeError for any other kind of value.
-    """
-    named = dict(model.named_modules())
-    if isinstance(modules, ParameterGroup):
-        owners = list(dict.fromkeys(n.rpartition(".")[0] for n in modules.names))
-        missing = [o for o in owners if o not in named]
-        if missing or not owners:
-            raise ParamCorruptError(f"group {modules.name!r} names no module of the model ({missing[0] if missing else 'no parameters'!r})")
-        return {n: named[n] for n in named if n in owners}
-    patterns = (modules,) if isinstance(modules, str) else modules
-    if not isinstance(patterns, Iterable) or isinstance(patterns, (bytes, nn.Module)):
-        raise InputTypeError(f"modules must be a name pattern, a list of them or a ParameterGroup, got {type(modules).__name__}")
-    patterns = tuple(patterns)
-    if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise InputTypeError(f"modules must be name patterns (strings), got {modules!r}")
-    chosen: dict[str, nn.Module] = {}
-    for pattern in patterns:
-        hits = [n for n in named if (re.fullmatch(pattern[3:], n) if pattern.startswith("re:") else fnmatch.fnmatchcase(n, pattern))]
-        if not hits:
-            near = ", ".join(n for n in list(named)[1:6])
-            raise ParamCorruptError(f"module pattern {pattern!r} matches no module of the model (its modules: {near}, ...)")
-        chosen.update((n, named[n]) for n in hits)
-    return {n: named[n] for n in named if n in chosen}
 
 
 class ActivationFaults:
@@ -121,6 +82,9 @@ class ActivationFaults:
     Attributes:
         modules: name -> module, the hooked modules.
         calls: name -> how many times each hooked module ran inside the context.
+        counting: whether faults written now are counted (default True); faults are
+            written either way (the sweep counts the evaluation data only: it sets this
+            False while the gradient's data is evaluated).
         bit_errors: faulty (element, bit) pairs drawn since the last :meth:`arm` (or entry).
         changed: output elements whose value changed since then.
         records: one dict per faulted module call since then: ``module``, ``bit_errors``,
@@ -153,19 +117,31 @@ class ActivationFaults:
         if op not in OPS:
             raise ParamCorruptError(f"unknown fault op {op!r}; expected one of {', '.join(OPS)}")
         if mode not in MODES:
-            raise ParamCorruptError(f"unknown activation fault mode {mode!r}; expected one of {', '.join(MODES)}")
+            raise ParamCorruptError(
+                f"unknown activation fault mode {mode!r}; expected one of {', '.join(MODES)}"
+            )
         _check_what(ber, flips, index)
-        if not isinstance(per_example, bool) or not isinstance(item, int) or isinstance(item, bool) or item < 0:
-            raise InputTypeError(f"per_example must be a bool and item an integer >= 0, got per_example={per_example!r}, item={item!r}")
+        if (
+            not isinstance(per_example, bool)
+            or not isinstance(item, int)
+            or isinstance(item, bool)
+            or item < 0
+        ):
+            raise InputTypeError(
+                f"per_example must be a bool and item an integer >= 0, got per_example={per_example!r}, item={item!r}"
+            )
         if generator is None and index is None:
             raise ParamCorruptError("random activation faults (ber or flips) need a generator")
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            raise InputTypeError(
+                f"generator must be a torch.Generator, got {type(generator).__name__}"
+            )
         self.model = model
         self.modules = select_modules(model, modules)
         self.ber, self.flips, self.index, self.op, self.mode = ber, flips, index, op, mode
         self.per_example, self.item, self.generator = per_example, item, generator
         self.rearm = bool(rearm)
+        self.counting = True
         self.calls = dict.fromkeys(self.modules, 0)
         self._handles: list[Any] = []
         self._permanent: dict[str, tuple[tuple[int, ...], Tensor]] = {}
@@ -180,6 +156,11 @@ class ActivationFaults:
         refuse (one line) a hooked module whose output is not a floating-point tensor or a
         tuple of tensors; the check's hooks are removed whatever happens."""
         inputs = example if isinstance(example, tuple) else (example,)
+        self.check_run(lambda: self.model(*inputs))
+
+    def check_run(self, run: Any) -> None:
+        """As :meth:`check`, with ``run()`` doing the forward pass (e.g. a task's loss on one
+        batch)."""
         handles = []
 
         def checker(name: str) -> Any:
@@ -192,7 +173,7 @@ class ActivationFaults:
             for name, module in self.modules.items():
                 handles.append(module.register_forward_hook(checker(name)))
             with torch.no_grad(), frozen_norm_stats(self.model):
-                self.model(*inputs)
+                run()
         finally:
             for handle in handles:
                 handle.remove()
@@ -259,25 +240,47 @@ class ActivationFaults:
         what = f"module {name!r} ({type(self.modules[name]).__name__})"
         if isinstance(output, tuple):
             if not all(isinstance(t, Tensor) for t in output):
-                raise ParamCorruptError(f"{what} returns a tuple holding a {next(type(t).__name__ for t in output if not isinstance(t, Tensor))}; activation faults need a tensor or a tuple of tensors")
+                raise ParamCorruptError(
+                    f"{what} returns a tuple holding a {next(type(t).__name__ for t in output if not isinstance(t, Tensor))}; activation faults need a tensor or a tuple of tensors"
+                )
             if self.item >= len(output):
-                raise ParamCorruptError(f"{what} returns a tuple of {len(output)} tensors; item={self.item} is out of range")
+                raise ParamCorruptError(
+                    f"{what} returns a tuple of {len(output)} tensors; item={self.item} is out of range"
+                )
             output = output[self.item]
         if not isinstance(output, Tensor):
-            raise ParamCorruptError(f"{what} returns a {type(output).__name__}; activation faults need a tensor or a tuple of tensors")
+            raise ParamCorruptError(
+                f"{what} returns a {type(output).__name__}; activation faults need a tensor or a tuple of tensors"
+            )
         if not output.is_floating_point():
-            raise ParamCorruptError(f"{what} returns a {output.dtype} tensor; activation faults need floating-point outputs")
+            raise ParamCorruptError(
+                f"{what} returns a {output.dtype} tensor; activation faults need floating-point outputs"
+            )
         if (self.per_example or self.mode == "permanent") and output.dim() == 0:
-            raise ParamCorruptError(f"{what} returns a scalar; per-example or permanent faults need a batch dimension")
+            raise ParamCorruptError(
+                f"{what} returns a scalar; per-example or permanent faults need a batch dimension"
+            )
         return output
 
     def _draw(self, n: int, generator: torch.Generator, m: int | None = None) -> Tensor:
         """Distinct candidate pairs (element * |bits| + bit slot) among n elements."""
         total = n * self.positions.numel()
         if m is None:
-            m = self.flips if self.flips is not None else int(torch.binomial(torch.tensor([float(total)], dtype=torch.float64), torch.tensor([float(self.ber)], dtype=torch.float64), generator=generator))
+            m = (
+                self.flips
+                if self.flips is not None
+                else int(
+                    torch.binomial(
+                        torch.tensor([float(total)], dtype=torch.float64),
+                        torch.tensor([float(self.ber)], dtype=torch.float64),
+                        generator=generator,
+                    )
+                )
+            )
         if m > total:
-            raise ParamCorruptError(f"flips={m} exceeds the {total:,} candidate bits of one activation")
+            raise ParamCorruptError(
+                f"flips={m} exceeds the {total:,} candidate bits of one activation"
+            )
         return _distinct(m, total, generator)
 
     def _index_pairs(self, shape: tuple[int, ...]) -> Tensor:
@@ -288,9 +291,13 @@ class ActivationFaults:
         elif len(index) == len(shape) and all(0 <= i < s for i, s in zip(index, shape)):
             flat = sum(i * math.prod(shape[d + 1 :]) for d, i in enumerate(index))
         else:
-            raise ParamCorruptError(f"index={self.index!r} does not fit an activation of shape {tuple(shape)}")
+            raise ParamCorruptError(
+                f"index={self.index!r} does not fit an activation of shape {tuple(shape)}"
+            )
         if not 0 <= flat < numel:
-            raise ParamCorruptError(f"index={self.index!r} is out of range for an activation of {numel:,} elements")
+            raise ParamCorruptError(
+                f"index={self.index!r} is out of range for an activation of {numel:,} elements"
+            )
         slots = self.positions.numel()
         return flat * slots + torch.arange(slots)
 
@@ -298,7 +305,11 @@ class ActivationFaults:
         """Flat (whole-tensor) candidate pairs of this call; and faulty bits per example."""
         slots = self.positions.numel()
         if not (self.per_example or self.mode == "permanent"):
-            pairs = self._index_pairs(tuple(out.shape)) if self.index is not None else self._draw(out.numel(), self.generator)
+            pairs = (
+                self._index_pairs(tuple(out.shape))
+                if self.index is not None
+                else self._draw(out.numel(), self.generator)
+            )
             return pairs, None
         batch, shape = out.shape[0], tuple(out.shape[1:])
         size = math.prod(shape)
@@ -306,9 +317,15 @@ class ActivationFaults:
             if self.mode == "permanent" and name in self._permanent:
                 first, pairs = self._permanent[name]
                 if first != shape:
-                    raise ParamCorruptError(f"module {name!r}: a permanent fault was placed in outputs of shape {first}, now {shape}")
+                    raise ParamCorruptError(
+                        f"module {name!r}: a permanent fault was placed in outputs of shape {first}, now {shape}"
+                    )
             else:
-                pairs = self._index_pairs(shape) if self.index is not None else self._draw(size, self.generator)
+                pairs = (
+                    self._index_pairs(shape)
+                    if self.index is not None
+                    else self._draw(size, self.generator)
+                )
                 if self.mode == "permanent":
                     self._permanent[name] = (shape, pairs)
             per = torch.full((batch,), pairs.numel(), dtype=torch.long)
@@ -319,14 +336,24 @@ class ActivationFaults:
         if self.flips is not None:
             counts = torch.full((batch,), self.flips, dtype=torch.long)
         else:
-            counts = torch.binomial(torch.full((batch,), float(total), dtype=torch.float64), torch.full((batch,), float(self.ber), dtype=torch.float64), generator=self.generator).long()
+            counts = torch.binomial(
+                torch.full((batch,), float(total), dtype=torch.float64),
+                torch.full((batch,), float(self.ber), dtype=torch.float64),
+                generator=self.generator,
+            ).long()
         if int(counts.max()) > total:
-            raise ParamCorruptError(f"flips={self.flips} exceeds the {total:,} candidate bits of one example's activation")
+            raise ParamCorruptError(
+                f"flips={self.flips} exceeds the {total:,} candidate bits of one example's activation"
+            )
         if int(counts.max()) <= 1:  # one fault per example at most: one draw for the batch
             hit = torch.nonzero(counts).reshape(-1)
             pairs = torch.randint(0, total, (hit.numel(),), generator=self.generator) + hit * total
             return pairs, counts
-        pieces = [self._draw(size, self.generator, int(c)) + b * total for b, c in enumerate(counts.tolist()) if c]
+        pieces = [
+            self._draw(size, self.generator, int(c)) + b * total
+            for b, c in enumerate(counts.tolist())
+            if c
+        ]
         return torch.cat(pieces), counts
 
     @torch.no_grad()
@@ -337,11 +364,12 @@ class ActivationFaults:
     def _fault(self, name: str, out: Tensor) -> Tensor | None:
         pairs, per = self._pairs(name, out)
         m = pairs.numel()
-        self.bit_errors += m
         record: dict[str, Any] = {"module": name, "bit_errors": m, "changed": 0}
         if per is not None:
             record["per_example"] = per
-        self.records.append(record)
+        if self.counting:
+            self.bit_errors += m
+            self.records.append(record)
         if m == 0:
             return None
         slots = self.positions.numel()
@@ -356,30 +384,45 @@ class ActivationFaults:
         flat = new.view(-1)
         local = unique.to(out.device)
         codes = self._codes(flat[local], None if scale is None else scale.to(out.device)).cpu()
-        faulty = codes ^ mask if self.op == "flip" else (codes | mask if self.op == "stuck-1" else codes & ~mask)
-        keep = faulty != codes  # a stuck bit that held its value changes nothing (no rounding either)
+        faulty = (
+            codes ^ mask
+            if self.op == "flip"
+            else (codes | mask if self.op == "stuck-1" else codes & ~mask)
+        )
+        keep = (
+            faulty != codes
+        )  # a stuck bit that held its value changes nothing (no rounding either)
         if not bool(keep.any()):
             return None
         decoded = fmt.decode_values(faulty[keep], None if scale is None else scale[keep])
         flat[local[keep.to(out.device)]] = decoded.to(device=out.device, dtype=out.dtype)
         changed = int(keep.sum())
         record["changed"] = changed
-        self.changed += changed
+        if self.counting:
+            self.changed += changed
         return new
 
 
 def _check_what(ber: Any, flips: Any, index: Any) -> None:
     given = [n for n, v in (("ber", ber), ("flips", flips), ("index", index)) if v is not None]
     if len(given) != 1:
-        raise ParamCorruptError(f"give exactly one of ber, flips and index, got ber={ber!r}, flips={flips!r}, index={index!r}")
-    if ber is not None and (isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0.0 <= ber <= 1.0):
+        raise ParamCorruptError(
+            f"give exactly one of ber, flips and index, got ber={ber!r}, flips={flips!r}, index={index!r}"
+        )
+    if ber is not None and (
+        isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0.0 <= ber <= 1.0
+    ):
         raise ParamCorruptError(f"ber must be a number in [0, 1], got ber={ber!r}")
     if flips is not None and (isinstance(flips, bool) or not isinstance(flips, int) or flips < 0):
         raise ParamCorruptError(f"flips must be an integer >= 0, got flips={flips!r}")
     if index is not None:
         parts = index if isinstance(index, tuple) else (index,)
-        if not parts or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in parts):
-            raise ParamCorruptError(f"index must be a flat index or a tuple of indices, each an integer >= 0, got index={index!r}")
+        if not parts or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in parts
+        ):
+            raise ParamCorruptError(
+                f"index must be a flat index or a tuple of indices, each an integer >= 0, got index={index!r}"
+            )
 
 
 def activation_faults(model: nn.Module, modules: Any, **settings: Any) -> ActivationFaults:

@@ -65,11 +65,14 @@ __all__ = [
     "OUTCOMES",
     "SDC",
     "GoldenRun",
+    "check_tolerance",
+    "criterion_view",
     "OutcomeClasses",
     "classify_output",
     "golden_run",
     "outcome_classes",
     "outcome_rates",
+    "output_tensor",
 ]
 
 MASKED, SDC, DUE = 0, 1, 2
@@ -78,10 +81,17 @@ OUTCOMES = ("masked", "sdc", "due")
 
 #: a fault as :func:`outcome_classes` takes it: a corruption of the weights, a context
 #: manager that injects faults (e.g. hooks on activations), or ``model -> context manager``
-Fault = Corruption | Mapping[str, Tensor] | AbstractContextManager | Callable[[nn.Module], AbstractContextManager]
+Fault = (
+    Corruption
+    | Mapping[str, Tensor]
+    | AbstractContextManager
+    | Callable[[nn.Module], AbstractContextManager]
+)
 
 
-def _check_tolerance(tolerance: object) -> float | None:
+def check_tolerance(tolerance: object) -> float | None:
+    """``tolerance`` as a float (``None``: the top-1 criterion); a negative, NaN or infinite
+    one is one line (``ParamCorruptError``), a value that is no number ``InputTypeError``."""
     if tolerance is None:
         return None
     if isinstance(tolerance, bool) or not isinstance(tolerance, Real):
@@ -102,23 +112,32 @@ def _default_forward(model: nn.Module, batch: Any) -> Any:
     )
 
 
-def _output_tensor(result: Any) -> Tensor:
-    """The output tensor of what ``forward`` returned (a tensor, a BatchLoss, or logits)."""
+def output_tensor(result: Any) -> Tensor:
+    """The output tensor of what ``forward`` returned: a tensor, a BatchLoss carrying the
+    output, an object or mapping with ``logits`` (a Hugging Face output), or a tuple whose
+    first item is the logits (an LSTM's ``(logits, hidden)``, the tasks' named outputs)."""
     if isinstance(result, BatchLoss):
         result = result.output
-    elif not isinstance(result, Tensor) and isinstance(getattr(result, "logits", None), Tensor):
-        result = result.logits  # a Hugging Face model output
+    if not isinstance(result, Tensor):
+        if isinstance(getattr(result, "logits", None), Tensor):
+            result = result.logits  # a Hugging Face model output, the tasks' named tuples
+        elif isinstance(result, Mapping) and isinstance(result.get("logits"), Tensor):
+            result = result["logits"]
+        elif isinstance(result, (tuple, list)) and result and isinstance(result[0], Tensor):
+            result = result[0]
     if not isinstance(result, Tensor):
         raise InputTypeError(
             f"forward returned a {type(result).__name__}; outcome classes need the model output as a tensor "
             "(or a BatchLoss carrying it)"
         )
     if result.dim() == 0:
-        raise ParamCorruptError("forward returned a scalar; outcome classes need one output per example (examples first)")
+        raise ParamCorruptError(
+            "forward returned a scalar; outcome classes need one output per example (examples first)"
+        )
     return result.detach()
 
 
-def _criterion_view(output: Tensor, tolerance: float | None) -> Tensor:
+def criterion_view(output: Tensor, tolerance: float | None) -> Tensor:
     """What the golden run keeps of a batch's output: the argmax (top-1) or the output."""
     if tolerance is not None:
         return output
@@ -139,14 +158,16 @@ def classify_output(kept: Tensor, output: Tensor, tolerance: float | None = None
         output: the faulty run's output of the same batch (examples first).
         tolerance: ``None`` for top-1, else the largest absolute difference still masked.
     """
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     size = output.shape[0]
     due = ~torch.isfinite(output).reshape(size, -1).all(1)
     if tolerance is None:
-        changed = (_criterion_view(output, None) != kept).reshape(size, -1).any(1)
+        changed = (criterion_view(output, None) != kept).reshape(size, -1).any(1)
     else:
         if output.shape != kept.shape:
-            raise ParamCorruptError(f"the output has shape {tuple(output.shape)}, the golden one {tuple(kept.shape)}")
+            raise ParamCorruptError(
+                f"the output has shape {tuple(output.shape)}, the golden one {tuple(kept.shape)}"
+            )
         changed = ((output - kept).abs() > tolerance).reshape(size, -1).any(1)
     codes = torch.where(changed, SDC, MASKED)
     return torch.where(due, DUE, codes).to(torch.int8).cpu()
@@ -181,7 +202,10 @@ def _evaluation(model: nn.Module) -> Iterator[None]:
 
 
 def golden_run(
-    model: nn.Module, loader: Iterable[Any], *, forward: Callable[[nn.Module, Any], Any] | None = None,
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
     tolerance: float | None = None,
 ) -> GoldenRun:
     """Run ``model`` fault-free over ``loader`` once and keep what the SDC criterion needs.
@@ -201,17 +225,17 @@ def golden_run(
             holding Inf or NaN (every trial would be DUE), an output without class scores
             under the top-1 criterion.
     """
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     forward = forward or _default_forward
     kept = []
     with _evaluation(model):
         for index, batch in enumerate(loader):
-            output = _output_tensor(forward(model, batch))
+            output = output_tensor(forward(model, batch))
             if not torch.isfinite(output).all():
                 raise ParamCorruptError(
                     f"the fault-free output of batch {index} holds Inf or NaN: outcome classes need a finite golden run"
                 )
-            kept.append(_criterion_view(output, tolerance).clone())
+            kept.append(criterion_view(output, tolerance).clone())
     if not kept:
         raise ParamCorruptError("the loader yielded no batch: nothing to class")
     return GoldenRun(tuple(kept), tolerance)
@@ -226,7 +250,9 @@ def _injection(fault: Any, model: nn.Module, trial: int) -> AbstractContextManag
         manager = fault(model)
         if isinstance(manager, AbstractContextManager):
             return manager
-        raise InputTypeError(f"fault {trial} returned a {type(manager).__name__}, not a context manager")
+        raise InputTypeError(
+            f"fault {trial} returned a {type(manager).__name__}, not a context manager"
+        )
     raise InputTypeError(
         f"fault {trial} is a {type(fault).__name__}; give a Corruption, a mapping name -> delta, "
         "a context manager or model -> context manager"
@@ -244,7 +270,9 @@ class OutcomeClasses:
     golden: GoldenRun
     errors: list[tuple[int, int, str]] = field(default_factory=list)
 
-    def rates(self, *, per: str = "example", confidence: float = 0.95, method: str = "wilson") -> dict[str, Any]:
+    def rates(
+        self, *, per: str = "example", confidence: float = 0.95, method: str = "wilson"
+    ) -> dict[str, Any]:
         """The masked / SDC / DUE counts, rates and intervals (see :func:`outcome_rates`)."""
         return outcome_rates(self.classes, per=per, confidence=confidence, method=method)
 
@@ -286,14 +314,18 @@ def outcome_classes(
             of the kinds above (``InputTypeError``), a corruption that does not fit the
             model (before it changes anything).
     """
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     forward = forward or _default_forward
     if golden is None:
         golden = golden_run(model, loader, forward=forward, tolerance=tolerance)
     elif not isinstance(golden, GoldenRun):
-        raise InputTypeError(f"golden must be a GoldenRun from golden_run(), got {type(golden).__name__}")
+        raise InputTypeError(
+            f"golden must be a GoldenRun from golden_run(), got {type(golden).__name__}"
+        )
     elif golden.tolerance != tolerance:
-        raise ParamCorruptError(f"the golden run was kept for tolerance={golden.tolerance}, not {tolerance}")
+        raise ParamCorruptError(
+            f"the golden run was kept for tolerance={golden.tolerance}, not {tolerance}"
+        )
     rows: list[Tensor] = []
     errors: list[tuple[int, int, str]] = []
     for trial, fault in enumerate(faults):
@@ -301,22 +333,35 @@ def outcome_classes(
         with _injection(fault, model, trial), _evaluation(model):
             for index, batch in enumerate(loader):
                 if index >= len(golden.kept):
-                    raise ParamCorruptError(f"the loader yielded more batches than the golden run's {len(golden.kept)}")
-                row.append(_trial_batch(model, batch, forward, golden.kept[index], tolerance, (trial, index), errors))
+                    raise ParamCorruptError(
+                        f"the loader yielded more batches than the golden run's {len(golden.kept)}"
+                    )
+                row.append(
+                    _trial_batch(
+                        model, batch, forward, golden.kept[index], tolerance, (trial, index), errors
+                    )
+                )
         if len(row) != len(golden.kept):
-            raise ParamCorruptError(f"the loader yielded {len(row)} batches, the golden run {len(golden.kept)}")
+            raise ParamCorruptError(
+                f"the loader yielded {len(row)} batches, the golden run {len(golden.kept)}"
+            )
         rows.append(torch.cat(row))
     classes = torch.stack(rows) if rows else torch.empty(0, golden.examples, dtype=torch.int8)
     return OutcomeClasses(classes, golden, errors)
 
 
 def _trial_batch(
-    model: nn.Module, batch: Any, forward: Callable[[nn.Module, Any], Any], kept: Tensor,
-    tolerance: float | None, where: tuple[int, int], errors: list[tuple[int, int, str]],
+    model: nn.Module,
+    batch: Any,
+    forward: Callable[[nn.Module, Any], Any],
+    kept: Tensor,
+    tolerance: float | None,
+    where: tuple[int, int],
+    errors: list[tuple[int, int, str]],
 ) -> Tensor:
     size = int(kept.shape[0])
     try:
-        output = _output_tensor(forward(model, batch))
+        output = output_tensor(forward(model, batch))
     except ParamCorruptError:
         raise
     except Exception as error:  # a crash of the faulty forward pass: the batch is DUE
@@ -350,13 +395,17 @@ def outcome_rates(
     if per not in ("example", "trial"):
         raise ParamCorruptError(f"per must be 'example' or 'trial', got {per!r}")
     if method not in INTERVAL_METHODS:
-        raise ParamCorruptError(f"unknown interval method {method!r}; choose one of {', '.join(INTERVAL_METHODS)}")
+        raise ParamCorruptError(
+            f"unknown interval method {method!r}; choose one of {', '.join(INTERVAL_METHODS)}"
+        )
     if not isinstance(classes, Tensor) or classes.dim() != 2:
         raise InputTypeError("classes must be a (trials, examples) tensor from outcome_classes()")
     observed = classes.amax(1) if per == "trial" and classes.shape[1] else classes.reshape(-1)
     n = int(observed.numel())
     if n == 0:
-        raise ParamCorruptError("no trial or example to count: the rates need at least one observation")
+        raise ParamCorruptError(
+            "no trial or example to count: the rates need at least one observation"
+        )
     counts = torch.bincount(observed.to(torch.int64), minlength=len(OUTCOMES)).tolist()
     out: dict[str, Any] = {}
     for code, name in enumerate(OUTCOMES):

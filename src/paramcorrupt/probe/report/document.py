@@ -10,6 +10,7 @@ from .display import _ordered, _p_label, short_name
 from .faults import FaultSection, is_fault_row
 from .heatmaps import HeatmapSection
 from .methods import method_sort
+from .outcomes import outcome_lines
 from .rows import PathArg, _as_paths, _normalise, _Notes, load_rows
 from .tables import Table1Section
 from .theorem1 import Theorem1Section
@@ -106,7 +107,7 @@ def write_report(
         body += report.heatmaps()
         body += report.curves()
         body += report.theorem1()
-    body += fault_body
+    body += fault_body + outcome_lines(raw)  # outcome_lines: SDC and DUE rates with intervals (rows with counts)
     lines += body
     _delete_stale(out / "figures", report.figures, notes)
     lines.append("## Notes")
