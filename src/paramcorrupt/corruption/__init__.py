@@ -6,6 +6,7 @@
 * :mod:`.gradient`: gradient-based corruption (Definition 4, the closed form of Prop. 1);
 * :mod:`.relative`: relative corruption ||a / (|w| + eta)||_p = eps (ASAM's set);
 * :mod:`.iterative`: multi-step projected ascent (beyond the paper);
+* :mod:`.iterative_relative`: projected ascent on the relative set (APGD's schedule);
 * :mod:`.apply`: :func:`corrupted`, in place, restored bit for bit.
 """
 
@@ -15,6 +16,7 @@ from .apply import corrupted, restore_in_place, write_in_place
 from .base import MODES, Corruption, split_flat
 from .gradient import gradient_corruption
 from .iterative import iterative_corruption
+from .iterative_relative import iterative_relative_corruption
 from .random import random_corruption, random_values
 from .relative import (
     relative_gradient_corruption,
@@ -29,6 +31,7 @@ __all__ = [
     "corrupted",
     "gradient_corruption",
     "iterative_corruption",
+    "iterative_relative_corruption",
     "random_corruption",
     "random_values",
     "relative_gradient_corruption",

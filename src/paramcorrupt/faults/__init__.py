@@ -26,7 +26,7 @@
 # the import order is the registry's order: the paper's methods first
 # isort: off
 from .base import FAULTS, FaultContext, FaultModel, get_fault, key_text, register_fault
-from .lp import GradientLp, IterativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp
+from .lp import GradientLp, IterativeLp, IterativeRelativeLp, LpFault, RandomLp, RelativeGradientLp, RelativeRandomLp
 from .values import RandomValues
 from ..formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
@@ -52,6 +52,7 @@ __all__ = [
     "FaultModel",
     "GradientLp",
     "IterativeLp",
+    "IterativeRelativeLp",
     "LpFault",
     "RandomLp",
     "RandomValues",

@@ -1,6 +1,7 @@
 """The paper's corruptions as fault models: L_p-bounded random (Definition 3), gradient-based
 (Definition 4) and the multi-step ascent, over one grid of (p, n, eps); and their relative
-(multiplicative) versions, ||a / |w| ||_p = eps, on the same grid."""
+(multiplicative) versions, ||a / |w| ||_p = eps, on the same grid, with the iterative worst
+case there (APGD's projected ascent, ||a / |w| ||_p <= eps)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..constraint import Constraint, dual_norm, parse_p
 from ..corruption.base import Corruption
 from ..corruption.gradient import gradient_corruption
 from ..corruption.iterative import iterative_corruption
+from ..corruption.iterative_relative import check_ascent, iterative_relative_corruption
 from ..corruption.random import random_corruption
 from ..corruption.relative import (
     relative_gradient_corruption,
@@ -22,6 +24,7 @@ from .base import FaultContext, FaultModel, register_fault
 __all__ = [
     "GradientLp",
     "IterativeLp",
+    "IterativeRelativeLp",
     "LpFault",
     "RandomLp",
     "RelativeGradientLp",
@@ -84,7 +87,9 @@ class RandomLp(LpFault):
     theorem1_trials = True
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
-        return random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
+        return random_corruption(
+            ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator
+        )
 
 
 @register_fault
@@ -117,8 +122,13 @@ class IterativeLp(LpFault):
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         return iterative_corruption(
-            ctx.model, self.constraint(ctx.k), ctx.loader, ctx.loss_fn, ctx.group,
-            steps=self.setting["steps"], gradient=ctx.gradient,
+            ctx.model,
+            self.constraint(ctx.k),
+            ctx.loader,
+            ctx.loss_fn,
+            ctx.group,
+            steps=self.setting["steps"],
+            gradient=ctx.gradient,
         )
 
 
@@ -141,7 +151,9 @@ class RelativeRandomLp(_Relative):
     stochastic = True
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
-        return relative_random_corruption(ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator)
+        return relative_random_corruption(
+            ctx.model, self.constraint(ctx.k), ctx.group, generator=ctx.generator
+        )
 
 
 @register_fault
@@ -151,5 +163,44 @@ class RelativeGradientLp(_Relative):
     name = "relative-gradient"
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
-        return relative_gradient_corruption(ctx.model, ctx.gradient, self.constraint(ctx.k), ctx.group)
+        return relative_gradient_corruption(
+            ctx.model, ctx.gradient, self.constraint(ctx.k), ctx.group
+        )
 
+
+@register_fault
+class IterativeRelativeLp(_Relative):
+    """The iterative worst case on the relative set: projected ascent on
+    {||a / |w| ||_p <= eps} from the one-step closed form (see
+    :func:`~paramcorrupt.corruption.iterative_relative_corruption`). ``steps``, ``step_factor``
+    (the step in a / |w| is step_factor x eps; APGD starts at 2) and ``schedule`` (``apgd`` or
+    ``constant``) take one value per sweep."""
+
+    name = "iterative-relative"
+    fixed = ("steps", "step_factor", "schedule")
+    defaults = {"steps": 20, "step_factor": 2.0, "schedule": "apgd"}
+    label, colour, order = "multi-step relative", "tab:pink", 5
+
+    def check(self, setting: dict[str, Any]) -> dict[str, Any]:
+        steps, factor, schedule = setting["steps"], setting["step_factor"], setting["schedule"]
+        check_ascent(steps, factor, schedule, "step_factor")
+        return {
+            **super().check(setting),
+            "steps": steps,
+            "step_factor": float(factor),
+            "schedule": schedule,
+        }
+
+    def corrupt(self, ctx: FaultContext) -> Corruption:
+        s = self.setting
+        return iterative_relative_corruption(
+            ctx.model,
+            self.constraint(ctx.k),
+            ctx.loader,
+            ctx.loss_fn,
+            ctx.group,
+            steps=s["steps"],
+            step_size=s["step_factor"] * s["eps"],
+            schedule=s["schedule"],
+            gradient=ctx.gradient,
+        )
