@@ -195,7 +195,7 @@ def test_activation_faults_at_modules_owning_no_parameters_from_the_cli(
     [
         (
             ["--fault", "activation-bitflip", "--flips", "1", "--fault-setting", "modules=conv2d"],
-            "modules='conv2d' matches no module inside module 'embed' (the scope of group 'embed'); its module classes: Linear",
+            "modules='conv2d' matches no module inside module 'embed' (the scope of group 'embed'); its module classes: Linear (a functional call such as F.relu has no module to hook)",
         ),
         (
             [
@@ -206,7 +206,7 @@ def test_activation_faults_at_modules_owning_no_parameters_from_the_cli(
                 "--fault-setting",
                 "modules=re:nothing",
             ],
-            "modules='re:nothing' matches no module inside module 'embed' (the scope of group 'embed'); its module classes: Linear",
+            "modules='re:nothing' matches no module inside module 'embed' (the scope of group 'embed'); its module classes: Linear (a functional call such as F.relu has no module to hook)",
         ),
         (
             ["--fault", "bitflip", "--flips", "1", "--outcomes", "--tolerance", "-1"],

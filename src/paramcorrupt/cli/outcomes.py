@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ParamCorruptError
 
-__all__ = ["add_outcome_arguments", "outcome_options"]
+__all__ = ["add_outcome_arguments", "checks_before_training", "outcome_options"]
 
 
 def add_outcome_arguments(group: Any) -> None:
@@ -45,3 +45,13 @@ def outcome_options(args: argparse.Namespace) -> dict[str, Any]:
             "--outcomes does not go with --reuse (the outcome classes need the sweep's full passes)"
         )
     return {"outcomes": outcomes, "tolerance": tolerance}
+
+
+def checks_before_training(model: Any, config: Any, groups: Any) -> None:
+    """What needs only the architecture, checked before a task's model is trained: the
+    --quantize options against the weights, the activation faults' module selections."""
+    from ..probe.outcome_rows import check_selection
+    from ..probe.sweep import check_quantization
+
+    check_quantization(model, config)
+    check_selection(model, config, groups)

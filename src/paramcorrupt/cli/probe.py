@@ -45,7 +45,7 @@ from ..probe.report.summary import summary
 from ..tasks import TASKS, Task, get_task
 from ..tasks.user import load_checkpoint_into, task_identity, user_task
 from . import CLIError
-from .outcomes import add_outcome_arguments, outcome_options
+from .outcomes import add_outcome_arguments, checks_before_training, outcome_options
 from .values import (
     N_HELP,
     fault_settings,
@@ -445,7 +445,7 @@ def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> in
             grouping, groups, keep = _groups(args, shell)
             shell_config = _config(args, shell, identity, grouping, keep)
             _check_store(store, shell_config, groups)
-            check_quantization(shell.model, shell_config)  # --quantize options against the weights, before training
+            checks_before_training(shell.model, shell_config, groups)  # --quantize options, activation faults' modules
             if not args.quiet and shell.name == "digits":  # the one task trained here
                 print(f"training the {shell.name} model (seed {args.seed}, {args.epochs} epochs) ...", flush=True)
         task, identity = _builtin_task(args, train=True)

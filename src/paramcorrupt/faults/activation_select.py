@@ -127,6 +127,6 @@ def modules_in_scope(
         kinds = ", ".join(dict.fromkeys(type(m).__name__ for m in inside.values()))
         where = f"module {scope!r}" if scope else "the model"
         raise ParamCorruptError(
-            f"modules={spec!r} matches no module inside {where} (the scope of group {group.name!r}); its module classes: {kinds}"
+            f"modules={spec!r} matches no module inside {where} (the scope of group {group.name!r}); its module classes: {kinds} (a functional call such as F.relu has no module to hook)"
         )
     return chosen

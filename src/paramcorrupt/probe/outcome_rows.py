@@ -55,6 +55,7 @@ from .outcomes import (
 __all__ = [
     "OUTCOME_FIELDS",
     "RowEvaluator",
+    "check_selection",
     "check_sweep",
     "evaluate_row",
     "outcome_fields",
@@ -213,21 +214,33 @@ def check_sweep(
         )
     from ..faults.activations import ActivationFaults
 
-    chosen: dict[str, nn.Module] = {}
-    for method in config.methods:
-        for fault in config.faults(method):
-            select = getattr(fault, "hooked_modules", None)
-            if select is not None:
-                for group in groups.values():
-                    chosen.update(select(model, group))
+    chosen = check_selection(model, config, groups)
     if not chosen:
         return
     first = next(iter(eval_loader), None)
     if first is None:
         return  # the clean evaluation refuses an empty loader
-    ActivationFaults(model, list(chosen), flips=0, generator=torch.Generator()).check_run(
-        lambda: loss_fn(model, first)
-    )
+    ActivationFaults(
+        model, list(chosen), flips=0, per_example=True, generator=torch.Generator()
+    ).check_run(lambda: loss_fn(model, first))
+
+
+def check_selection(
+    model: nn.Module, config: Any, groups: Mapping[str, ParameterGroup]
+) -> dict[str, nn.Module]:
+    """Every activation fault's module selection against every group ``config`` probes (a
+    selection matching no module is one line); returns the modules chosen, name -> module.
+    Needs the architecture alone (``probe`` checks it before training the model)."""
+    from .plan import probed_groups
+
+    chosen: dict[str, nn.Module] = {}
+    for method in config.methods:
+        for fault in config.faults(method):
+            select = getattr(fault, "hooked_modules", None)
+            if select is not None:
+                for group in probed_groups(config, groups).values():
+                    chosen.update(select(model, group))
+    return chosen
 
 
 # -- rates from rows ---------------------------------------------------------------------
