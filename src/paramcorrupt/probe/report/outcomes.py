@@ -39,7 +39,7 @@ def _criterion(rows: Iterable[Mapping[str, Any]]) -> str:
 def _table(cells: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| fault | setting | trials × examples | SDC rate per example | DUE rate per example "
-        "| trials with SDC | trials with DUE |",
+        "| trials, worst example SDC | trials, worst example DUE |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in cells:
