@@ -10,7 +10,10 @@ from torch import nn
 
 from paramcorrupt import accuracy, classification_loss, evaluate, select
 from paramcorrupt.errors import ParamCorruptError
+from paramcorrupt.faults.activations import ActivationFaults
+from paramcorrupt.groups import GROUPINGS
 from paramcorrupt.probe import ResultsStore, SweepConfig, sweep
+from paramcorrupt.probe.plan import row_seed
 
 
 def tiny_classifier():
@@ -94,7 +97,7 @@ def test_activation_faults_in_a_sweep_equal_literal_references_and_resume(tmp_pa
     assert [r["metric_after"] for r in again] == [r["metric_after"] for r in rows]
 
 
-def test_a_group_module_that_never_runs_is_one_line_and_unhooked():
+def test_a_group_module_that_never_runs_is_one_line_and_unhooked(tmp_path):
     class Skips(nn.Module):
         def __init__(self):
             super().__init__()
@@ -109,7 +112,11 @@ def test_a_group_module_that_never_runs_is_one_line_and_unhooked():
     config = SweepConfig(
         methods=["activation-bitflip"], settings={"activation-bitflip": {"ber": [0.01]}}
     )
-    with pytest.raises(ParamCorruptError, match="module 'unused' of group 'all' never ran"):
+    # found by the check pass before the first row (the store never opened)
+    with pytest.raises(
+        ParamCorruptError,
+        match=r"^module 'unused' \(Linear\) never runs in the model's forward pass",
+    ):
         sweep(
             model,
             config,
@@ -118,6 +125,86 @@ def test_a_group_module_that_never_runs_is_one_line_and_unhooked():
             classification_loss,
             {"accuracy": accuracy},
             groups={"all": select(model)},
+            store=ResultsStore(tmp_path / "x.jsonl"),
+            progress=False,
+        )
+    assert no_hooks(model) and not (tmp_path / "x.jsonl").exists()
+
+
+def test_attention_outputs_without_weights_are_faulted_and_its_unrun_out_proj_refused():
+    """nn.MultiheadAttention returns (output, None) without weights: faulted at item 0. Its
+    out_proj owns parameters but never runs (the attention reads them): 'owners' is refused."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attn, self.head = (
+                nn.Linear(4, 16),
+                nn.MultiheadAttention(16, 2, batch_first=True),
+                nn.Linear(16, 3),
+            )
+
+        def forward(self, x):
+            h = self.embed(x)
+            a, _ = self.attn(h, h, h, need_weights=False)
+            return self.head((h + a).mean(1))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(20, 5, 4, generator=g), torch.randint(0, 3, (20,), generator=g))]
+    groups = GROUPINGS["type"](model)
+    clean = [model(x).detach() for x, _ in data]
+    setting = {"flips": [1], "bits": ["sign"], "modules": ["multiheadattention"]}
+    config = SweepConfig(
+        groups=["attention"],
+        methods=["activation-bitflip"],
+        trials=2,
+        outcomes=True,
+        settings={"activation-bitflip": setting},
+    )
+    rows = sweep(
+        model,
+        config,
+        data,
+        data,
+        classification_loss,
+        {"accuracy": accuracy},
+        groups=groups,
+        progress=False,
+    )
+    for row in rows:
+        assert (
+            row["bit_errors"] == row["changed"] == row["examples"] == 20
+        )  # one sign flip per example's attention output
+    # the same draws by hand at item 0 of the attention's output give the row's accuracy
+    generator = torch.Generator().manual_seed(row_seed(0, rows[1]["key"]))
+    with ActivationFaults(
+        model, "attn", bits="sign", flips=1, per_example=True, rearm=True, generator=generator
+    ):
+        faulty = [model(x).detach() for x, _ in data]
+    literal = sum(int((f.argmax(1) == y).sum()) for f, (_, y) in zip(faulty, data)) / 20
+    assert rows[1]["metric_after"] == pytest.approx(literal, abs=1e-12)
+    assert rows[1]["sdc"] == sum(
+        int((f.argmax(1) != c.argmax(1)).sum()) for f, c in zip(faulty, clean)
+    )
+    owners = SweepConfig(
+        groups=["attention"],
+        methods=["activation-bitflip"],
+        settings={"activation-bitflip": {"flips": [1]}},
+    )
+    with pytest.raises(
+        ParamCorruptError,
+        match=r"^module 'attn.out_proj' \(NonDynamicallyQuantizableLinear\) never runs",
+    ):
+        sweep(
+            model,
+            owners,
+            data,
+            data,
+            classification_loss,
+            {"accuracy": accuracy},
+            groups=groups,
             progress=False,
         )
     assert no_hooks(model)

@@ -158,14 +158,16 @@ class ActivationFaults:
         inputs = example if isinstance(example, tuple) else (example,)
         self.check_run(lambda: self.model(*inputs))
 
-    def check_run(self, run: Any) -> None:
+    def check_run(self, run: Any) -> set[str]:
         """As :meth:`check`, with ``run()`` doing the forward pass (e.g. a task's loss on one
-        batch)."""
+        batch); returns the names of the hooked modules that ran."""
         handles = []
+        ran: set[str] = set()
 
         def checker(name: str) -> Any:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
                 self._output_tensor(name, output)
+                ran.add(name)
 
             return hook
 
@@ -177,6 +179,7 @@ class ActivationFaults:
         finally:
             for handle in handles:
                 handle.remove()
+        return ran
 
     # -- the context ---------------------------------------------------------------------
 
@@ -238,8 +241,10 @@ class ActivationFaults:
 
     def _output_tensor(self, name: str, output: Any) -> Tensor:
         what = f"module {name!r} ({type(self.modules[name]).__name__})"
-        if isinstance(output, tuple):
-            if not all(isinstance(t, Tensor) for t in output):
+        if isinstance(
+            output, tuple
+        ):  # None beside the tensors: attention's (output, None) without weights
+            if not all(isinstance(t, Tensor) or t is None for t in output):
                 raise ParamCorruptError(
                     f"{what} returns a tuple holding a {next(type(t).__name__ for t in output if not isinstance(t, Tensor))}; activation faults need a tensor or a tuple of tensors"
                 )

@@ -202,8 +202,9 @@ def check_sweep(
     loss_fn: LossFn,
 ) -> None:
     """Before anything runs: outcomes need the sweep's own evaluator; every activation fault's
-    module selection must match modules of every probed group, and their outputs (one pass
-    of the first evaluation batch, no fault written) must be tensors or tuples of tensors."""
+    module selection must match modules of every probed group, and in one pass of the first
+    evaluation batch (no fault written) every chosen module must run and return a tensor or
+    a tuple of tensors."""
     if (
         getattr(config, "outcomes", False)
         and evaluator is not None
@@ -220,9 +221,17 @@ def check_sweep(
     first = next(iter(eval_loader), None)
     if first is None:
         return  # the clean evaluation refuses an empty loader
-    ActivationFaults(
+    faults = ActivationFaults(
         model, list(chosen), flips=0, per_example=True, generator=torch.Generator()
-    ).check_run(lambda: loss_fn(model, first))
+    )
+    ran = faults.check_run(lambda: loss_fn(model, first))
+    idle = [name for name in chosen if name not in ran]
+    if idle:
+        raise ParamCorruptError(
+            f"module {idle[0]!r} ({type(chosen[idle[0]]).__name__}) never runs in the model's forward pass (another "
+            "module reads its parameters, or a fused path skips it): no fault would reach it; choose the modules "
+            "with --fault-setting modules=CLASS|PATTERN"
+        )
 
 
 def check_selection(
