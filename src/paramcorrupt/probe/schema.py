@@ -13,6 +13,9 @@ the schema of the sweep (:class:`RowSchema`):
 - every field of :data:`FIELD_KINDS` is present with a value of its kind (text, integer,
   number, number or null; ``"inf"``/``"nan"`` strings are numbers);
 - ``group``, ``method`` and ``trial`` are the key's, ``task`` and ``grouping`` the sweep's;
+- in a sweep with outcome classes (``config.outcomes``), ``masked``, ``sdc``, ``due`` and
+  ``examples`` are integers >= 0 with ``masked + sdc + due == examples``
+  (:mod:`paramcorrupt.probe.outcome_rows`);
 - the fields its fault model declares for the row's setting
   (:meth:`~paramcorrupt.faults.FaultModel.row_fields`: the L_p models' ``p``, ``eps``,
   ``n``, ``n_requested``; a bit fault's ``format``, ``bits``, ...) hold that setting's values.
