@@ -54,10 +54,11 @@ def test_the_nf4_levels_written_here_are_the_packages():
 
 def image_of(st) -> dict[str, np.ndarray]:
     """The stored fields as raw memory: uint8 bytes (codes, E8M0 scales, zero points) or
-    uint32 words (float32 scales), copied."""
+    uint32 words (float32 scales), copied (codes re-derived from the weights where quantize
+    does not hold them: Field.held)."""
     out = {}
     for name, field in st.fields.items():
-        data = field.data.detach().contiguous().reshape(-1)
+        data = field.held().data.detach().contiguous().reshape(-1)
         width = data.element_size()
         raw = data.view({1: torch.uint8, 4: torch.int32}[width]).numpy().copy()
         out[name] = raw.view(np.uint32) if width == 4 else raw

@@ -61,8 +61,9 @@ def _model(seed: int = 0, columns: int = 64) -> nn.Module:
 
 
 def _flipped(field: pc.formats.Field, faults: list[tuple[int, int]]) -> pc.formats.Field:
-    """The field with bit b of entry j flipped on a copy of its integer view (Field.locate)."""
-    data = field.data.clone()
+    """The field with bit b of entry j flipped on a copy of its integer view (Field.locate);
+    a field whose codes are derived from the weights (quantize's) is first held."""
+    data = field.held().data.clone()
     copy = type(field)(data, field.format, field.bits, field.count, field.packing)
     view = copy.integer_view().reshape(-1)
     for entry, bit in faults:

@@ -19,6 +19,7 @@ from ._progress import progress_bar
 from ._state import frozen_norm_stats, mode
 from .errors import ParamCorruptError
 from .evaluate import nonfinite_tensors
+from .formats.torchao import refuse_torchao
 from .groups import ParameterGroup, as_group
 from .losses import LossFn, as_batch_loss
 from .parallel.comm import all_reduce_sums, use_distributed
@@ -77,6 +78,7 @@ def dataset_gradient(
     """
     group = as_group(model, group)
     params = group.tensors(model)
+    refuse_torchao(params, "the data set gradient")  # torchao's tensors have no gradient here: one clear line
     names = list(params)
     tensors = [params[n] for n in names]
     sums: list[Tensor] | None = None

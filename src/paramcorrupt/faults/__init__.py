@@ -31,6 +31,7 @@ from .values import RandomValues
 from ..formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
 from .stored import stored_faults
+from ..formats.torchao import check_methods
 from .search import BitSearch, BitSearchFault, bit_search
 from .activation_models import ActivationBitFlip, ActivationStuckAt
 from .activations import activation_faults
@@ -60,6 +61,7 @@ __all__ = [
     "RelativeRandomLp",
     "activation_faults",
     "bit_search",
+    "check_methods",
     "get_fault",
     "get_format",
     "key_text",

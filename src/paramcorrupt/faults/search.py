@@ -49,8 +49,10 @@ from ..formats import StoredTensor, bits_setting, get_format
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .base import FaultContext, FaultModel, register_fault
-from .search_stored import FIELDS, StoredSearchImage
+from .search_stored import FIELDS
+from .search_torchao import search_image
 from .stored import row_fields as stored_row_fields
+from .torchao import row_fields as torchao_row_fields
 
 __all__ = ["BitSearch", "BitSearchFault", "Flip", "bit_search", "k_top_setting"]
 
@@ -95,10 +97,7 @@ class BitSearch:
             raise ParamCorruptError("the bit search needs at least one batch of attack data")
         params = self.group.tensors(self.model)
         # a quantised model: its stored weights' candidates are their stored bits (search_stored.py)
-        self._image = None
-        if self.stored is not None:
-            image = StoredSearchImage(params, self.stored, self.bits, self.fields)
-            self._image = image if image.tensors else None
+        self._image = search_image(params, self.stored, self.bits, self.fields)  # or torchao weights: search_torchao.py
         params = {n: p for n, p in params.items() if self._image is None or n not in self._image.tensors}
         self._scales = {n: self._fmt.scales(p) for n, p in params.items()}
         self._clean = {n: self._fmt.encode(p, torch.arange(p.numel(), device=p.device), self._scales[n]) for n, p in params.items()}
@@ -153,7 +152,8 @@ class BitSearch:
         params = self.group.tensors(self.model)
         image = self._image
         with corrupted(self.model, self.corruption()):
-            gradient = dataset_gradient(self.model, self.data, self.loss_fn, self.group)
+            grad_of = dataset_gradient if image is None else image.gradient  # w.r.t. the decoded weights
+            gradient = grad_of(self.model, self.data, self.loss_fn, self.group)
             best: tuple[float, Flip] | None = None
             for name, param in params.items():
                 if image is not None and name in image.tensors:  # its stored bits: codes, scales, zero points
@@ -161,14 +161,14 @@ class BitSearch:
                 else:
                     ranked = [(name, idx, bit) for idx, bit in self._ranked(name, param, gradient[name])]
                 for flip in ranked:
-                    if len(flip) == 4:
-                        at, value = image.values(flip)
+                    if len(flip) == 4:  # a stored bit: the image's own write (decoded values, or torchao's integers)
+                        candidate = image.candidate(self.model, flip, self.group)
                     else:
-                        at = torch.tensor([flip[1]])
+                        at = torch.tensor([flip[1]], device=param.device)
                         code = self._codes[name][flip[1]] ^ (1 << flip[2])
-                        value = self._fmt.decode(param, at.to(param.device), code.reshape(1), self._scales[name])
-                    at, value = at.to(param.device), value.to(param.device)
-                    with corrupted(self.model, Corruption.from_values({name: value}, {name: at}, group=self.group)):
+                        value = self._fmt.decode(param, at, code.reshape(1), self._scales[name]).to(param.device)
+                        candidate = Corruption.from_values({name: value}, {name: at}, group=self.group)
+                    with corrupted(self.model, candidate):
                         loss = evaluate(self.model, self.data, self.loss_fn)["loss"]
                     loss = math.inf if math.isnan(loss) else loss  # an output made NaN counts as the worst
                     if best is None or loss > best[0]:
@@ -343,5 +343,6 @@ class BitSearchFault(FaultModel):
         if corruption is not None:
             out["bit_errors"] = corruption.info["bit_errors"]
             out["search_loss"] = corruption.info["search_loss"]
-            out.update(stored_row_fields(corruption.info))  # a quantised model: flips in codes / scales / zero points
+            # a quantised model: flips in codes / scales / zero points (torchao's: in scales / zero points)
+            out.update(stored_row_fields(corruption.info) or torchao_row_fields(corruption.info))
         return out

@@ -22,13 +22,17 @@ entries (codes that decode no weight) are not candidates: their flips change not
 the scale and zero-point bits are always candidates (a block has no single |g|).
 
 The stored tensors are never changed: the search keeps the codes of the entries it flipped
-(name -> field -> entry -> code) and decodes through them.
+(name -> field -> entry -> code) and decodes through them. Memory: the search holds the
+codes of its group's stored weights as stored (1 byte per int8 weight, half a byte per
+4-bit one: ``StoredTensor.held``), where a sweep's random faults re-derive them from the
+weights (``paramcorrupt.formats.derive``): it ranks with its flips applied to the weights.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +40,7 @@ from torch import Tensor
 from ..corruption.base import Corruption
 from ..errors import ParamCorruptError
 from ..formats import StoredTensor
+from ..gradient import dataset_gradient
 from .stored import (
     _check_stored,
     _entries_and_groups,
@@ -89,6 +94,9 @@ class StoredSearchImage:
                     f"{name!r} does not hold the decoded values of its stored tensor ({st.format}): quantise the model "
                     "with paramcorrupt.quantize and search it with what quantize returned"
                 )
+        # the search ranks with its flips applied to the weights, where codes re-derived from
+        # them would be those of the flipped weights: it holds the codes of its group instead
+        self.tensors = {name: st.held() for name, st in self.tensors.items()}
         self.positions = {
             name: {f: field_bits(st.fields[f], bits) for f in FIELDS if f in st.fields and f in fields}
             for name, st in self.tensors.items()
@@ -133,6 +141,17 @@ class StoredSearchImage:
         weights = weights_of_codes(st, at) if field_name == "codes" else weights_of_groups(st, at)
         changed = self._changed(name, (field_name, entry, self.code_now(flip) ^ (1 << bit)))
         return weights, decode_at(st, weights, changed)
+
+    def candidate(self, model: Any, flip: StoredFlip, group: Any) -> Corruption:
+        """The corruption of one more flip: the decoded values of the weights it changes."""
+        at, value = self.values(flip)
+        device = self.params[flip[0]].device
+        return Corruption.from_values({flip[0]: value.to(device)}, {flip[0]: at.to(device)}, group=group)
+
+    @staticmethod
+    def gradient(model: Any, data: Any, loss_fn: Any, group: Any) -> dict[str, Tensor]:
+        """The data set gradient (the weights hold the decoded values)."""
+        return dataset_gradient(model, data, loss_fn, group)
 
     # -- ranking ------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..corruption.base import Corruption
 from ..errors import InputTypeError, ParamCorruptError
 from ..formats import Field, StoredTensor
+from ..formats.layout import entries_and_groups, weights_of_codes, weights_of_groups
 from ..groups import ParameterGroup, as_group
 from .segments import BitSegments
 
@@ -68,15 +69,13 @@ def entries_of(field: Field) -> int:
     """The entries the field holds in memory (a packed byte's unused nibble included; an
     entry narrower than its container, an unpacked FP4/FP6 code in a byte, counts its
     format's bits alone)."""
-    return field.data.numel() * (2 if field.packing is not None else 1)
+    return field.entries
 
 
 def codes_at(field: Field, entries: Tensor, changed: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """The codes (int64) of ``entries``, with ``changed`` = (sorted entries, their new codes)
-    read instead of what is stored."""
-    view = field.integer_view().reshape(-1)
-    index, shift = field.locate(entries, torch.zeros_like(entries))
-    codes = (view[index.to(view.device)].long() >> shift.to(view.device)) & ((1 << field.bits) - 1)
+    """The codes (int64) of ``entries`` (held, or re-derived from the weights: ``Field.at``),
+    with ``changed`` = (sorted entries, their new codes) read instead of what is stored."""
+    codes = field.at(entries.cpu())
     if changed is not None and changed[0].numel():
         where, new = changed[0].to(codes.device), changed[1].to(codes.device)
         pos = torch.searchsorted(where, entries.to(codes.device)).clamp(max=where.numel() - 1)
@@ -85,61 +84,8 @@ def codes_at(field: Field, entries: Tensor, changed: tuple[Tensor, Tensor] | Non
     return codes
 
 
-# -- where each stored entry sits among the weights ---------------------------------------------
-
-
-def _numel(stored: StoredTensor) -> int:
-    return int(torch.Size(stored.shape).numel())
-
-
-def _group_length(stored: StoredTensor) -> int | None:
-    """The flat run of weights one scale covers, for the layouts without rows (nf4 blocks,
-    fp8 per channel); None for the row layouts and the formats without scales."""
-    lay = stored.layout
-    if "padded_columns" in lay or stored.scales is None:
-        return None
-    if "block_size" in lay:
-        return int(lay["block_size"])
-    return _numel(stored) // stored.scales.count
-
-
-def weights_of_codes(stored: StoredTensor, entries: Tensor) -> Tensor:
-    """The flat weight index of each code entry (padding entries dropped)."""
-    lay = stored.layout
-    if "padded_columns" in lay:
-        rows, columns, padded = lay["rows"], lay["columns"], lay["padded_columns"]
-        r, c = entries // padded, entries % padded
-        keep = (c < columns) & (r < rows)
-        return r[keep] * columns + c[keep]
-    return entries[entries < _numel(stored)]
-
-
-def weights_of_groups(stored: StoredTensor, groups: Tensor) -> Tensor:
-    """The flat indices of the weights each scale (or zero point) entry decodes."""
-    lay = stored.layout
-    if "padded_columns" in lay:
-        size, columns, padded = lay["group_size"], lay["columns"], lay["padded_columns"]
-        per_row = padded // size
-        groups = groups[groups < lay["rows"] * per_row]
-        cols = (groups % per_row).unsqueeze(1) * size + torch.arange(size)
-        flat = (groups // per_row).unsqueeze(1) * columns + cols
-        return flat[cols < columns]
-    length = _group_length(stored)
-    if length is None:
-        return groups.new_zeros(0)
-    flat = (groups.unsqueeze(1) * length + torch.arange(length)).reshape(-1)
-    return flat[flat < _numel(stored)]
-
-
-def _entries_and_groups(stored: StoredTensor, weights: Tensor) -> tuple[Tensor, Tensor | None]:
-    """(code entry, scale entry or None) of each flat weight index."""
-    lay = stored.layout
-    if "padded_columns" in lay:
-        columns, padded, size = lay["columns"], lay["padded_columns"], lay["group_size"]
-        r, c = weights // columns, weights % columns
-        return r * padded + c, r * (padded // size) + c // size
-    length = _group_length(stored)
-    return weights, None if length is None else weights // length
+# where each stored entry sits among the weights: formats/layout.py (the derived codes use it too)
+_entries_and_groups = entries_and_groups
 
 
 def decode_at(stored: StoredTensor, weights: Tensor, changed: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
@@ -320,7 +266,7 @@ def stored_faults(
         >>> model = nn.Linear(64, 2)
         >>> q = pc.quantize(model, "int4", group_size=32)
         >>> fault = stored_faults(model, q, [("weight", "scales", 1, 30)])  # scale of row 0, columns 32..63
-        >>> fault.info["scale_faults"], fault.indices["weight"].tolist() == list(range(32, 64))
+        >>> fault.info["scale_faults"], set(fault.indices["weight"].tolist()) <= set(range(32, 64))  # (a code 0 stays 0)
         (1, True)
         >>> q.restore(model)
     """

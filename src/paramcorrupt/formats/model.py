@@ -7,6 +7,12 @@ them back bit for bit (:meth:`Quantized.restore`). :func:`quantized` is the same
 context manager that restores on exit. The clean metric of the model inside is the deployed
 (quantised) model's.
 
+No second copy of the weights: the model's weights hold the decoded values, and the codes
+are re-derived from them where a fault needs them (:mod:`~paramcorrupt.formats.derive`); the
+stored tensors hold the scales and zero points (and the few codes the weights do not
+determine). The float weights are kept for the restore in memory (``restorable=True``), in a
+temporary file (``restorable="file"``: what a sweep does) or not at all (``False``).
+
 The default weights are every parameter with two or more dimensions outside normalisation
 modules: the weight matrices of linear layers (attention's projections included), conv
 kernels, embeddings. Biases and normalisation parameters stay float, as deployed models keep
@@ -28,8 +34,13 @@ from torch import Tensor, nn
 
 from ..errors import InputTypeError, ParamCorruptError
 from ..groups import ParameterGroup, as_group, parameter_types
+from .derive import derive_codes
+from .offload import FloatFile
 from .quantizers import check_quantize, get_quantizer, quantize_tensor
 from .stored import StoredTensor
+
+#: where :func:`quantize` keeps the float weights: in memory, in a temporary file, nowhere
+RESTORABLE = (True, "file", False)
 
 __all__ = ["Quantized", "default_weights", "quantize", "quantized"]
 
@@ -37,13 +48,14 @@ __all__ = ["Quantized", "default_weights", "quantize", "quantized"]
 @dataclass
 class Quantized(Mapping):
     """What :func:`quantize` stored: name -> :class:`StoredTensor` (a mapping), the format
-    and its options, and the float weights it replaced (``originals``; None when the call
-    was made with ``restorable=False``)."""
+    and its options, and the float weights it replaced (``originals`` in memory, or
+    ``offload``, a temporary file; both None when the call was made with ``restorable=False``)."""
 
     format: str
     options: dict[str, Any]
     stored: dict[str, StoredTensor]
     originals: dict[str, Tensor] | None = field(default=None, repr=False)
+    offload: FloatFile | None = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> StoredTensor:
         return self.stored[name]
@@ -59,6 +71,13 @@ class Quantized(Mapping):
         """The bits of everything stored (codes, scales, zero points, padding)."""
         return sum(s.nbits for s in self.stored.values())
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes held in memory beside the model: the float copy (``restorable=True``)
+        and what each stored tensor holds (scales, zero points, kept codes)."""
+        copy = sum(t.numel() * t.element_size() for t in (self.originals or {}).values())
+        return copy + sum(s.held_bytes for s in self.stored.values())
+
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
         """Write the float weights back into ``model``, bit for bit.
@@ -66,11 +85,15 @@ class Quantized(Mapping):
         Raises:
             ParamCorruptError: when the float weights were not kept (``restorable=False``).
         """
-        if self.originals is None:
+        if self.originals is None and self.offload is None:
             raise ParamCorruptError("this quantisation kept no float weights (restorable=False): it cannot be undone")
-        params = ParameterGroup("quantized", tuple(self.originals)).tensors(model)
-        for name, value in self.originals.items():
-            params[name].copy_(value)
+        names = tuple(self.originals if self.originals is not None else self.offload.where)  # those saved
+        params = ParameterGroup("quantized", names).tensors(model)
+        for name in names:
+            if self.originals is not None:
+                params[name].copy_(self.originals[name])
+            else:
+                self.offload.load_into(name, params[name])
 
 
 def default_weights(model: nn.Module) -> ParameterGroup:
@@ -86,7 +109,7 @@ def quantize(
     format: str,
     groups: ParameterGroup | str | Iterable[str] | None = None,
     *,
-    restorable: bool = True,
+    restorable: bool | str = True,
     **options: Any,
 ) -> Quantized:
     """Replace the chosen weights of ``model`` by their stored values, in place.
@@ -97,8 +120,9 @@ def quantize(
             bfloat16, int8, int8-channel, int8-group, int4, nf4, fp8-e4m3, fp8-e5m2, mxfp8,
             mxfp6, mxfp4).
         groups: the parameters (a group, name patterns); default: :func:`default_weights`.
-        restorable: keep a copy of the float weights (memory: one float copy of them) so
-            that :meth:`Quantized.restore` puts them back; False makes the call one-way.
+        restorable: where to keep the float weights that :meth:`Quantized.restore` puts
+            back: True, a copy in memory (one float copy of them); ``"file"``, a temporary
+            file (no memory; what a sweep does); False, nowhere (the call is one-way).
         **options: the format's options (``group_size``, ``asymmetric``, ``pad``,
             ``block_size``, ``per_channel``), as :func:`~paramcorrupt.formats.quantize_tensor`.
 
@@ -108,7 +132,8 @@ def quantize(
 
     Raises:
         ParamCorruptError: an unknown format or option, a group size that does not divide a
-            weight's rows (without ``pad=True``), ...; raised before any weight changes.
+            weight's rows (without ``pad=True``), a ``restorable`` outside True, "file",
+            False, ...; raised before any weight changes.
         InputTypeError: a chosen parameter that is not floating point.
 
     Example:
@@ -119,19 +144,31 @@ def quantize(
         >>> stored.restore(model)
     """
     get_quantizer(format)
+    if not any(restorable is r or (isinstance(r, str) and restorable == r) for r in RESTORABLE):
+        raise ParamCorruptError(f"restorable must be True, 'file' or False, got restorable={restorable!r}")
     group = default_weights(model) if groups is None else as_group(model, groups)
     params = group.tensors(model)  # validates the names
     for name, param in params.items():  # every check before anything changes
         if not param.is_floating_point():
             raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point weights can be quantised")
         check_quantize(format, param.shape, dict(options), name)
-    stored, originals = {}, {} if restorable else None
-    for name, param in params.items():
-        stored[name] = quantize_tensor(param.detach(), format, name, **options)
-        if originals is not None:
-            originals[name] = param.detach().clone()
-        param.copy_(stored[name].dequantize())
-    return Quantized(format, dict(options), stored, originals)
+    stored: dict[str, StoredTensor] = {}
+    done = Quantized(format, dict(options), stored, {} if restorable is True else None, FloatFile() if restorable == "file" else None)
+    try:
+        for name, param in params.items():
+            held = quantize_tensor(param.detach(), format, name, **options)
+            if done.originals is not None:
+                done.originals[name] = param.detach().clone()
+            elif done.offload is not None:
+                done.offload.save(name, param)
+            param.copy_(held.dequantize())
+            stored[name] = derive_codes(held, param, name)  # the codes: re-derived from the weights
+            del held
+    except BaseException:
+        if restorable is not False:  # the weights quantised so far come back; one-way: as they are
+            done.restore(model)
+        raise
+    return done
 
 
 @contextmanager
@@ -139,10 +176,13 @@ def quantized(
     model: nn.Module,
     format: str,
     groups: ParameterGroup | str | Iterable[str] | None = None,
+    *,
+    restorable: bool | str = True,
     **options: Any,
 ) -> Iterator[Quantized]:
     """:func:`quantize` for the duration of a ``with`` block; the float weights come back bit
-    for bit on exit (an exception included).
+    for bit on exit (an exception included), from memory (``restorable=True``) or from a
+    temporary file (``restorable="file"``).
 
     Example:
         >>> model = nn.Linear(32, 2)
@@ -153,8 +193,12 @@ def quantized(
         >>> torch.equal(model.weight, before)
         True
     """
-    done = quantize(model, format, groups, restorable=True, **options)
+    if restorable is False:
+        raise ParamCorruptError("quantized() restores the float weights on exit: restorable must be True or 'file'")
+    done = quantize(model, format, groups, restorable=restorable, **options)
     try:
         yield done
     finally:
         done.restore(model)
+        if done.offload is not None:
+            done.offload.close()

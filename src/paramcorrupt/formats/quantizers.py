@@ -69,6 +69,9 @@ class Quantizer:
     encode: Callable[..., tuple[dict[str, Field], dict[str, Any]]] = field(repr=False)
     decode: Callable[[StoredTensor], Tensor] = field(repr=False)
     grouped: bool = False  # groups along rows: group_size / pad checked
+    #: (stored, weight values, their scales or None, zero points or None) -> the codes that
+    #: decode to them (see :mod:`~paramcorrupt.formats.derive`)
+    invert: Callable[..., Tensor] | None = field(default=None, repr=False)
 
 
 def _rows(w: Tensor) -> Tensor:
@@ -115,6 +118,26 @@ def _cast_decode(stored: StoredTensor) -> Tensor:
     return stored.codes.values().reshape(stored.shape).to(stored.dtype)
 
 
+def _element_invert(stored: StoredTensor, values: Tensor, scales: Tensor | None, zero_points: Tensor | None) -> Tensor:
+    """The inverse of a format whose codes are an element format's, times a scale where it
+    has one (casts, fp8, nf4 with its absmax, MX with its 2^e): the element's rounding of
+    w / s; saturating where scaled, except in a format with an Inf code (an Inf weight is
+    then that code: a scaled max that overflowed decodes to Inf too, and is kept)."""
+    element = stored.codes.element
+    if scales is None and element.kind == "torch" and values.dtype in (element.dtype, torch.float32):
+        # the bits themselves (NaN payloads kept, which a cast would not): bfloat16 is the
+        # top half of a float32, float16 is exact in float32 but not a bit slice of it
+        if values.dtype == element.dtype:
+            return element.encode(values)
+        if element.dtype == torch.bfloat16:
+            return (values.contiguous().view(torch.int32).long() >> 16) & 0xFFFF
+    if scales is None:
+        return element.encode(values)
+    scaled = values.double() / scales.double()
+    scaled = torch.where(scales == 0, torch.zeros_like(scaled), scaled)
+    return element.encode(scaled, saturate=element.special != "ieee")
+
+
 # -- integers ----------------------------------------------------------------------------
 
 
@@ -147,6 +170,17 @@ def _int_encode(bits: int, per: str) -> Callable[..., Any]:
         return fields, dict(layout, asymmetric=asymmetric)
 
     return encode
+
+
+def _int_invert(stored: StoredTensor, values: Tensor, scales: Tensor, zero_points: Tensor | None) -> Tensor:
+    """code = round(w / s) (+ z), clamped to the element's range: exact where the decoded
+    value w = (code - z) s (float32) determines the code."""
+    element = stored.codes.element
+    # an Inf weight (a product that overflowed) is the code furthest out on its side
+    q = torch.nan_to_num(torch.round(values.double() / scales.double()), nan=0.0, posinf=1e9, neginf=-1e9)
+    if zero_points is not None:
+        q = q + zero_points.double()
+    return q.clamp(element.low, element.high).long() & ((1 << element.bits) - 1)
 
 
 def _int_decode(stored: StoredTensor) -> Tensor:
@@ -245,16 +279,16 @@ def _mx_decode(stored: StoredTensor) -> Tensor:
 
 
 def _registry() -> dict[str, Quantizer]:
-    out = [Quantizer(n, {}, _cast_encode(n), _cast_decode) for n in ("float32", "float16", "bfloat16")]
+    out = [Quantizer(n, {}, _cast_encode(n), _cast_decode, invert=_element_invert) for n in ("float32", "float16", "bfloat16")]
     out += [
-        Quantizer("int8", {}, _int_encode(8, "tensor"), _int_decode),
-        Quantizer("int8-channel", {}, _int_encode(8, "row"), _int_decode),
-        Quantizer("int8-group", {"group_size": 128, "pad": False}, _int_encode(8, "group"), _int_decode, grouped=True),
-        Quantizer("int4", {"group_size": 128, "asymmetric": False, "pad": False}, _int_encode(4, "group"), _int_decode, grouped=True),
-        Quantizer("nf4", {"block_size": 64}, _nf4_encode, _nf4_decode),
+        Quantizer("int8", {}, _int_encode(8, "tensor"), _int_decode, invert=_int_invert),
+        Quantizer("int8-channel", {}, _int_encode(8, "row"), _int_decode, invert=_int_invert),
+        Quantizer("int8-group", {"group_size": 128, "pad": False}, _int_encode(8, "group"), _int_decode, True, _int_invert),
+        Quantizer("int4", {"group_size": 128, "asymmetric": False, "pad": False}, _int_encode(4, "group"), _int_decode, True, _int_invert),
+        Quantizer("nf4", {"block_size": 64}, _nf4_encode, _nf4_decode, invert=_element_invert),
     ]
-    out += [Quantizer(n, {"per_channel": False}, _fp8_encode(n), _fp8_decode) for n in ("fp8-e4m3", "fp8-e5m2")]
-    out += [Quantizer(n, {"pad": False}, _mx_encode(n), _mx_decode, grouped=True) for n in MX_ELEMENTS]
+    out += [Quantizer(n, {"per_channel": False}, _fp8_encode(n), _fp8_decode, invert=_element_invert) for n in ("fp8-e4m3", "fp8-e5m2")]
+    out += [Quantizer(n, {"pad": False}, _mx_encode(n), _mx_decode, True, _element_invert) for n in MX_ELEMENTS]
     return {q.name: q for q in out}
 
 
@@ -331,4 +365,4 @@ def quantize_tensor(tensor: Tensor, format: str, name: str = "tensor", **options
     quantizer = get_quantizer(format)
     options = check_quantize(format, tensor.shape, options, name)
     fields, layout = quantizer.encode(tensor, **options)
-    return StoredTensor(format, tensor.shape, tensor.dtype, fields, dict(layout, **options), quantizer.decode)
+    return StoredTensor(format, tensor.shape, tensor.dtype, fields, dict(layout, **options), quantizer.decode, quantizer.invert)

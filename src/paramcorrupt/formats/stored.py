@@ -56,6 +56,9 @@ class Field:
     bits: int
     count: int
     packing: str | None = None
+    #: a field whose codes are not held: entries (int64) -> their codes, re-derived (``data``
+    #: is then a ``meta`` tensor: the shape and dtype the codes would have in memory)
+    derive: Callable[[Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def element(self) -> ElementFormat:
@@ -63,13 +66,43 @@ class Field:
 
     @property
     def nbits(self) -> int:
-        """The bits this field holds in memory (padding entries included)."""
+        """The bits this field takes in the stored image (padding entries included), held or not."""
         return self.data.numel() * self.data.element_size() * 8
+
+    @property
+    def derived(self) -> bool:
+        """Whether the codes are re-derived on demand instead of held (see :meth:`StoredTensor.derived`)."""
+        return self.derive is not None
+
+    @property
+    def entries(self) -> int:
+        """The entries the field holds in memory (a packed byte's unused nibble included)."""
+        return self.data.numel() * (2 if self.packing is not None else 1)
+
+    def held(self) -> Field:
+        """This field with its codes held in memory (itself when they are)."""
+        if self.derive is None:
+            return self
+        codes = self.derive(torch.arange(self.entries))
+        data = encode_field(codes, self.data.dtype, self.bits, self.packing, self.data.shape)
+        return Field(data, self.format, self.bits, self.count, self.packing)
 
     def integer_view(self) -> Tensor:
         """``data`` viewed (not copied) as unsigned bytes or signed 16/32-bit integers, one
-        entry per element of ``data`` (a packed byte holds two 4-bit entries)."""
-        return self.data.view(_INT_VIEWS[self.data.element_size() * 8])
+        entry per element of ``data`` (a packed byte holds two 4-bit entries); of a derived
+        field, a new tensor holding the re-derived codes (writing into it changes nothing)."""
+        data = self.held().data
+        return data.view(_INT_VIEWS[data.element_size() * 8])
+
+    def at(self, entries: Tensor) -> Tensor:
+        """The codes (int64) of ``entries`` (storage order), read from memory or re-derived:
+        O(entries) work and memory."""
+        entries = entries.long()
+        if self.derive is not None:
+            return self.derive(entries)
+        view = self.data.view(_INT_VIEWS[self.data.element_size() * 8]).reshape(-1)
+        index, shift = self.locate(entries, torch.zeros_like(entries))
+        return (view[index.to(view.device)].long() >> shift.to(view.device)) & ((1 << self.bits) - 1)
 
     def locate(self, entries: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
         """Where bit ``bits[j]`` of entry ``entries[j]`` sits: (index into the flat
@@ -81,6 +114,8 @@ class Field:
 
     def codes(self) -> Tensor:
         """Every entry's code, int64 in [0, 2^bits), in storage order."""
+        if self.derive is not None:
+            return self.derive(torch.arange(self.entries))[: self.count]
         if self.packing is not None:
             return unpack_nibbles(self.integer_view(), self.packing)[: self.count]
         return self.integer_view().long() & ((1 << self.bits) - 1)
@@ -91,7 +126,7 @@ class Field:
 
     def with_codes(self, codes: Tensor) -> Field:
         """The same field holding ``codes`` (int64 in [0, 2^bits), ``count`` of them)."""
-        return replace(self, data=encode_field(codes, self.data.dtype, self.bits, self.packing, self.data.shape))
+        return replace(self, data=encode_field(codes, self.data.dtype, self.bits, self.packing, self.data.shape), derive=None)
 
 
 def encode_field(codes: Tensor, dtype: torch.dtype, bits: int, packing: str | None, shape: Any = None) -> Tensor:
@@ -125,6 +160,10 @@ class StoredTensor:
         fields: ``codes`` and, where the format has them, ``scales`` and ``zero_points``.
         layout: what the quantiser needs to decode (``group_size``, ``rows``, ``columns``,
             ``padded_columns``, ...): plain numbers and strings.
+
+    A stored tensor of :func:`~paramcorrupt.quantize` does not hold its codes: its codes
+    field is *derived* from the model's weights (which hold the decoded values) and the
+    held scales and zero points (:func:`~paramcorrupt.formats.derive.derive_codes`).
     """
 
     format: str
@@ -133,6 +172,11 @@ class StoredTensor:
     fields: dict[str, Field]
     layout: dict[str, Any] = field(default_factory=dict)
     decoder: Callable[[StoredTensor], Tensor] | None = field(default=None, repr=False, compare=False)
+    #: the quantiser's inverse: (self, weight values, their scales, their zero points) -> codes
+    inverter: Callable[..., Tensor] | None = field(default=None, repr=False, compare=False)
+    #: where the codes field is derived: (entries, codes) of the entries whose code the
+    #: weights do not determine, kept (see :func:`~paramcorrupt.formats.derive.derive_codes`)
+    kept: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def codes(self) -> Field:
@@ -150,6 +194,19 @@ class StoredTensor:
     def nbits(self) -> int:
         """The bits of the whole stored image (every field, padding included)."""
         return sum(f.nbits for f in self.fields.values())
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes this stored tensor holds in memory: its held fields (a derived codes
+        field holds none) and the codes kept beside a derived field (``layout["kept"]``)."""
+        kept = sum(t.numel() * t.element_size() for t in self.kept or ())
+        return kept + sum(f.data.numel() * f.data.element_size() for f in self.fields.values() if not f.derived)
+
+    def held(self) -> StoredTensor:
+        """A copy whose fields all hold their codes in memory (itself when they do)."""
+        if not any(f.derived for f in self.fields.values()):
+            return self
+        return replace(self, fields={name: f.held() for name, f in self.fields.items()})
 
     def with_field(self, name: str, new: Field) -> StoredTensor:
         """A copy whose field ``name`` is ``new`` (the others shared)."""

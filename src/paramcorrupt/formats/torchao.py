@@ -22,7 +22,7 @@ anything changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,9 @@ from .numbers import NumberFormat
 
 __all__ = [
     "SUPPORTED",
+    "TORCHAO_METHODS",
+    "check_methods",
+    "refuse_torchao",
     "StoredField",
     "as_signed",
     "field_positions",
@@ -106,6 +109,37 @@ def _unsupported(name: str, kind: str, why: str = "") -> ParamCorruptError:
         f"parameter {name!r} is a torchao {kind}{why}, which cannot be corrupted; "
         f"supported torchao tensor types: {', '.join(SUPPORTED)}"
     )
+
+
+#: the fault models that reach torchao weights (their stored fields); activation faults
+#: (``activation-*``) leave the weights alone and run too
+TORCHAO_METHODS = ("bitflip", "stuck-at", "bit-search")
+
+
+def refuse_torchao(params: Mapping[str, Any], what: str) -> None:
+    """Refuse ``what`` (an L_p corruption, the data set gradient) on a group holding a
+    torchao weight: one :class:`~paramcorrupt.errors.ParamCorruptError` naming the first such
+    parameter and what works, raised before anything changes.
+
+    Example:
+        >>> refuse_torchao({"weight": torch.zeros(2)}, "the 'random' corruption")  # no torchao weight: nothing
+    """
+    for name, tensor in params.items():
+        kind = torchao_type(tensor)
+        if kind is not None:
+            raise ParamCorruptError(
+                f"parameter {name!r} is a torchao {kind}: {what} needs float weights, and a torchao weight holds "
+                f"codes and scales; what works on it: bit faults in place ({', '.join(TORCHAO_METHODS)}), "
+                "or leave it out of the group"
+            )
+
+
+def check_methods(params: Mapping[str, Any], methods: Sequence[str]) -> None:
+    """Refuse, before anything changes, a fault model other than :data:`TORCHAO_METHODS` (and
+    the activation faults) on a group holding a torchao weight (:func:`refuse_torchao`)."""
+    for method in methods:
+        if method not in TORCHAO_METHODS and not method.startswith("activation-"):
+            refuse_torchao(params, f"the {method!r} corruption")
 
 
 def stored_fields(tensor: Tensor, name: str = "") -> list[StoredField]:

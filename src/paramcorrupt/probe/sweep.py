@@ -68,7 +68,7 @@ from ..constraint import lp_norm
 from ..corruption.apply import corrupted
 from ..errors import ParamCorruptError
 from ..evaluate import check_clean_loss, evaluate
-from ..faults import FaultContext, FaultModel, get_fault
+from ..faults import FaultContext, FaultModel, check_methods, get_fault
 from ..formats import check_quantize
 from ..formats.model import Quantized, default_weights, quantize
 from ..gradient import dataset_gradient
@@ -253,7 +253,7 @@ def sweep(
         raise ParamCorruptError(f"unknown metric {metric!r}; available: loss, {', '.join(metrics)}")
     probed = probed_groups(config, groups)
     for group in probed.values():
-        group.tensors(model)  # every name must exist in the model
+        check_methods(group.tensors(model), config.methods)  # every name exists; torchao weights: bit faults only
     check_sweep(model, config, probed, evaluator, eval_loader, loss_fn)  # outcomes, activation faults' modules
     sid = sweep_id(config, groups)
 
@@ -293,7 +293,7 @@ def _quantize(
     options = check_quantization(model, config)  # bad options refused before any pass
     with D.local():  # every rank measures the float model itself
         float_clean = FullEvaluator(model, eval_loader, None, loss_fn, metrics).evaluate()["eval"]
-    return quantize(model, config.quantize, **options), float_clean
+    return quantize(model, config.quantize, restorable="file", **options), float_clean  # float weights: a temp file
 
 
 def check_quantization(model: nn.Module, config: SweepConfig) -> dict[str, Any]:
