@@ -345,7 +345,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         ): "second_order needs an L_p method",
         ("--second-order", "--trace-samples", "0"): "--trace-samples must be >= 2",
         ("--second-order", "--trace-samples", "1"): "--trace-samples must be >= 2",
-        ("--trace-samples", "10"): "--trace-samples goes with --second-order",
+        ("--trace-samples", "10"): "--trace-samples 10 goes with --second-order",
     }
     for argv, expected in cases.items():
         code = main(["probe", "--epochs", "1", "--quiet", "--out", str(out), *argv])

@@ -46,6 +46,7 @@ from ..tasks import TASKS, Task, get_task
 from ..tasks.user import load_checkpoint_into, task_identity, user_task
 from . import CLIError
 from .outcomes import add_outcome_arguments, checks_before_training, outcome_options
+from .second_order import add_second_order_arguments, second_order_option
 from .values import (
     N_HELP,
     fault_settings,
@@ -113,10 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "before it (equal rows up to float rounding; see paramcorrupt.probe.reuse)",
     )
     sweep_args.add_argument("--no-gradient-data", action="store_true", help="skip the loss on the gradient's data per row (no Theorem 2 ratio)")
-    sweep_args.add_argument("--second-order", action="store_true",
-                            help="add ½ aᵀHa, the predicted ratio and the random mean tr(H)/k·E‖a‖²/2 to each row (docs/curvature.md)")
-    sweep_args.add_argument("--trace-samples", type=int, default=None, metavar="N",
-                            help="--second-order: Hutchinson probes per group for tr(H) (default: 100)")
+    add_second_order_arguments(sweep_args)  # --second-order, --trace-samples
     sweep_args.add_argument("--allow-nonfinite", action="store_true",
                             help="probe a model with NaN/Inf weights or a NaN/Inf clean loss (refused by default: "
                             "every row would compare against a non-finite model)")
@@ -281,11 +279,6 @@ def _config(args: argparse.Namespace, task: Task | None, identity: str, grouping
         if getattr(args, option) < 0:
             raise ParamCorruptError(f"--{option} must be >= 0, got {getattr(args, option)}")
     methods, settings = fault_settings(args)
-    samples = getattr(args, "trace_samples", None)
-    if samples is not None and not getattr(args, "second_order", False):
-        raise ParamCorruptError("--trace-samples goes with --second-order")
-    if samples is not None and samples < 2:
-        raise ParamCorruptError(f"--trace-samples must be >= 2 (its standard error needs two probes), got {samples}")
     # the metric the task declares (a user's task may declare none: the sweep's default)
     declared = task is not None and task.info.get("declared_metric", True) and task.primary_metric in task.metrics
     return SweepConfig(
@@ -304,7 +297,7 @@ def _config(args: argparse.Namespace, task: Task | None, identity: str, grouping
         quantize=getattr(args, "quantize", None),
         quantize_options=quantize_options(getattr(args, "quantize", None), getattr(args, "quantize_option", None)),
         **outcome_options(args),
-        second_order=(samples or 100) if getattr(args, "second_order", False) else None,
+        second_order=second_order_option(args),
     )
 
 

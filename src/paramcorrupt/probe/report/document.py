@@ -14,6 +14,7 @@ from .outcomes import outcome_lines
 from .rows import PathArg, _as_paths, _normalise, _Notes, load_rows
 from .tables import Table1Section
 from .theorem1 import Theorem1Section
+from .theorem2 import theorem2_lines
 
 __all__ = ["write_report"]
 
@@ -106,7 +107,7 @@ def write_report(
         body += report.table1()
         body += report.heatmaps()
         body += report.curves()
-        body += report.theorem1()
+        body += report.theorem1() + theorem2_lines(lp_rows, report, notes)  # issue 24: probe --second-order's rows
     body += fault_body + outcome_lines(raw)  # outcome_lines: SDC and DUE rates with intervals (rows with counts)
     lines += body
     _delete_stale(out / "figures", report.figures, notes)
