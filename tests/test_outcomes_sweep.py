@@ -356,3 +356,27 @@ def test_a_sweep_without_outcomes_keeps_its_sweep_id_and_rows():
         {"all": select(model)},
     )
     assert all("sdc" not in r and "examples" not in r for r in rows) and outcome_table(rows) == []
+
+
+def test_reuse_does_not_count_activation_faults_over_the_gradient_pass():
+    from paramcorrupt.probe.reuse import ReusingEvaluator
+
+    model, grads, evals = digits_sized()
+    config = SweepConfig(
+        methods=["activation-bitflip"],
+        trials=3,
+        settings={"activation-bitflip": {"bits": ["exponent"], "flips": [1]}},
+    )
+    groups = {"last": select(model, include=["2.*"])}
+    plain = run(model, config, grads, evals, groups)
+    evaluator = ReusingEvaluator(model, evals, grads, classification_loss, {"accuracy": accuracy})
+    reused = run(model, config, grads, evals, groups, evaluator=evaluator)
+    assert evaluator.stats["full_evaluations"] > 0  # the rows went through the reusing evaluator
+    # its first row also runs the reuse check (one faulted forward of the first eval batch, 40
+    # examples: the split graph then differs from the model's forward, and full passes follow);
+    # the 60 examples of the gradient's pass are never counted
+    assert reused[0]["bit_errors"] == 120 + 40
+    for a, b in zip(plain[1:], reused[1:]):
+        assert a["bit_errors"] == b["bit_errors"] == 120
+        assert a["metric_after"] == b["metric_after"]
+    assert no_hooks(model) and evaluator.loaders["gradient"] is grads

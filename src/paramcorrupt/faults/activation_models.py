@@ -16,7 +16,7 @@ trial over the evaluation data:
 
 Rows record ``bit_errors`` (faulty bits written while the evaluation data was evaluated: the
 sweep's evaluator stops counting during the gradient's data pass, whose faults still hit
-the model; an evaluator of the user's own, such as ``--reuse``'s, counts every pass) and
+the model; see :func:`paramcorrupt.probe.outcome_rows.evaluate_row` for ``--reuse``) and
 ``changed`` (output elements changed). The weights are untouched (the row's corruption is empty); the
 hooks live only while the row is evaluated.
 """

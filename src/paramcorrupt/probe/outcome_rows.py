@@ -180,10 +180,43 @@ class RowEvaluator:
 def evaluate_row(
     evaluator: Any, group: ParameterGroup, during: Any = None
 ) -> dict[str, dict[str, float]]:
-    """One row's evaluation: a :class:`RowEvaluator` is told what the row holds open."""
+    """One row's evaluation: a :class:`RowEvaluator` is told what the row holds open. Another
+    evaluator that keeps its data in ``loaders`` (``{"eval": ..., "gradient": ...}``, as
+    ``ReusingEvaluator`` does) has its gradient's data wrapped for the row, so that a
+    ``during`` object with a ``counting`` attribute counts on the evaluation data only."""
     if isinstance(evaluator, RowEvaluator):
         return evaluator.evaluate(group, during)
-    return evaluator.evaluate(group)
+    loaders = getattr(evaluator, "loaders", None)
+    if (
+        not hasattr(during, "counting")
+        or not isinstance(loaders, dict)
+        or "gradient" not in loaders
+    ):
+        return evaluator.evaluate(group)
+    original = loaders["gradient"]
+    loaders["gradient"] = _Uncounted(original, during)
+    try:
+        return evaluator.evaluate(group)
+    finally:
+        loaders["gradient"] = original
+
+
+class _Uncounted:
+    """A loader whose batches ``during`` does not count (its ``counting`` off while they are
+    drawn and evaluated, on again when the pass ends)."""
+
+    def __init__(self, loader: Iterable[Any], during: Any) -> None:
+        self.loader, self.during = loader, during
+
+    def __iter__(self) -> Any:
+        self.during.counting = False
+        try:
+            yield from self.loader
+        finally:
+            self.during.counting = True
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
 
 
 def outcome_fields(evaluator: Any) -> dict[str, int]:
