@@ -230,3 +230,69 @@ def test_bad_outcome_and_module_input_is_one_line_before_anything_runs(
     assert code == 2
     assert err.strip().splitlines()[-1] == f"paramcorrupt probe: error: {message}"
     assert stdout == "" and not out.exists()
+
+
+DICT_MODEL = """
+import torch
+from torch import nn
+from paramcorrupt import accuracy, classification_loss
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return {"logits": self.inner(x)}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pair, self.head = Pair(), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(self.pair(x)["logits"])
+
+
+def make_model():
+    torch.manual_seed(0)
+    return Net()
+
+
+def make_data():
+    x = torch.randn(12, 2)
+    batches = [(x, torch.arange(12) % 3)]
+    return batches, batches, classification_loss, {"accuracy": accuracy}
+"""
+
+
+def test_a_module_whose_output_is_not_a_tensor_is_one_line_from_the_cli(tmp_path, capsys):
+    source = tmp_path / "dict_model.py"
+    source.write_text(DICT_MODEL)
+    out = tmp_path / "bad.jsonl"
+    code, stdout, err = probe(
+        capsys,
+        "--model",
+        f"{source}:make_model",
+        "--data",
+        f"{source}:make_data",
+        "--groups",
+        "all=*",
+        "--fault",
+        "activation-bitflip",
+        "--flips",
+        "1",
+        "--fault-setting",
+        "modules=pair",
+        "--outcomes",
+        "--out",
+        out,
+    )
+    assert code == 2
+    message = (
+        "module 'pair' (Pair) returns a dict; activation faults need a tensor or a tuple of tensors"
+    )
+    assert err.strip().splitlines()[-1] == f"paramcorrupt probe: error: {message}"
+    assert stdout == "" and not out.exists()
