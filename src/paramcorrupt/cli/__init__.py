@@ -38,7 +38,7 @@ USER_ERRORS = (ParamCorruptError, FileNotFoundError)
 _HINT = "(run with -v for the traceback)"
 
 #: the subcommand modules, in the order ``--help`` lists them
-COMMANDS = ("demo", "probe", "report", "train")
+COMMANDS = ("demo", "probe", "landscape", "report", "train")
 
 
 class CLIError(ParamCorruptError):

@@ -19,6 +19,7 @@ import argparse
 import difflib
 import functools
 import inspect
+import math
 import os
 import types
 import typing
@@ -48,6 +49,7 @@ __all__ = [
     "parse_n",
     "parse_p",
     "quantize_options",
+    "span",
     "task_option_values",
     "task_options",
 ]
@@ -99,6 +101,22 @@ def number(text: str, option: str = "value") -> float:
 def floats(text: str, option: str) -> list[float]:
     """Comma-separated numbers, e.g. ``--eps 1e-3,1e-2`` or ``--p inf,2``."""
     return [number(item, option) for item in items(text, option)]
+
+
+def span(text: str, option: str) -> tuple[float, float]:
+    """A range ``LOW:HIGH`` of two numbers with LOW < HIGH, e.g. ``--t-range -1:1``.
+
+    Example:
+        >>> span("-1:1", "--t-range")
+        (-1.0, 1.0)
+    """
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise ParamCorruptError(f"{option} takes LOW:HIGH, got {text!r}")
+    low_value, high_value = number(low.strip(), option), number(high.strip(), option)
+    if not low_value < high_value or not all(map(math.isfinite, (low_value, high_value))):
+        raise ParamCorruptError(f"{option} {text!r} is an empty or infinite range: give LOW:HIGH with LOW < HIGH, both finite")
+    return low_value, high_value
 
 
 def ints(text: str, option: str) -> list[int]:
