@@ -25,10 +25,14 @@ def _as_corruption(corruption: Corruption | Mapping[str, Tensor]) -> Corruption:
         return corruption
     if isinstance(corruption, Mapping):
         return Corruption.from_deltas(corruption)
-    raise InputTypeError(f"expected a Corruption or a mapping name -> delta tensor, got {type(corruption).__name__}")
+    raise InputTypeError(
+        f"expected a Corruption or a mapping name -> delta tensor, got {type(corruption).__name__}"
+    )
 
 
-def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Parameter, Tensor | None, Tensor]]:
+def _validate(
+    model: nn.Module, corruption: Corruption
+) -> list[tuple[nn.Parameter, Tensor | None, Tensor]]:
     plan = []
     seen: dict[int, str] = {}
     what = "values" if corruption.mode == "set" else "delta"
@@ -37,33 +41,56 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
         if param is None:
             raise ParamCorruptError(f"the model has no parameter named {name!r}")
         if id(param) in seen:
-            raise ParamCorruptError(f"{name!r} and {seen[id(param)]!r} are the same (tied) parameter; corrupt it once")
+            raise ParamCorruptError(
+                f"{name!r} and {seen[id(param)]!r} are the same (tied) parameter; corrupt it once"
+            )
         seen[id(param)] = name
-        if is_torchao_tensor(param):  # its stored fields, written as integers (formats/torchao.py)
-            plan.extend(stored_writes(
-                name, param, corruption.indices.get(name), value, mode=corruption.mode, method=corruption.method,
-                layout=corruption.info.get("stored_fields", {}).get(name),
-            ))
+        plain = type(param) is nn.Parameter or type(param) is Tensor  # no walk of its classes
+        # a torchao weight: its stored fields, written as integers (formats/torchao.py)
+        if not plain and is_torchao_tensor(param):
+            plan.extend(
+                stored_writes(
+                    name,
+                    param,
+                    corruption.indices.get(name),
+                    value,
+                    mode=corruption.mode,
+                    method=corruption.method,
+                    layout=corruption.info.get("stored_fields", {}).get(name),
+                )
+            )
             continue
         if not param.is_floating_point():
-            raise InputTypeError(f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted")
+            raise InputTypeError(
+                f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted"
+            )
         if not isinstance(value, Tensor):
-            raise InputTypeError(f"the {what} for {name!r} is a {type(value).__name__}, expected a Tensor")
+            raise InputTypeError(
+                f"the {what} for {name!r} is a {type(value).__name__}, expected a Tensor"
+            )
         idx = corruption.indices.get(name)
         if idx is None:
             if value.shape != param.shape:
-                raise ParamCorruptError(f"the {what} for {name!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
+                raise ParamCorruptError(
+                    f"the {what} for {name!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                )
         else:
             if idx.dim() != 1 or value.shape != idx.shape:
-                raise ParamCorruptError(f"the sparse {what} for {name!r} needs 1-D indices and values of one length")
+                raise ParamCorruptError(
+                    f"the sparse {what} for {name!r} needs 1-D indices and values of one length"
+                )
             # a builder that drew distinct indices inside a tensor of this size says so (the
             # faults of paramcorrupt.faults): the checks below would only repeat its own
             drawn = corruption.info.get("distinct_indices_of", {}).get(name) == param.numel()
             low, high = torch.aminmax(idx) if idx.numel() and not drawn else (0, 0)
             if idx.numel() and (int(low) < 0 or int(high) >= param.numel()):
-                raise ParamCorruptError(f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})")
+                raise ParamCorruptError(
+                    f"an index of the sparse {what} for {name!r} is outside [0, {param.numel()})"
+                )
             if corruption.mode == "set" and not drawn and idx.unique().numel() != idx.numel():
-                raise ParamCorruptError(f"the values for {name!r} write one index twice; which value wins would be undefined")
+                raise ParamCorruptError(
+                    f"the values for {name!r} write one index twice; which value wins would be undefined"
+                )
         # a fault that sets values may write Inf or NaN (a flipped exponent bit); a delta may not
         if corruption.mode == "add" and not torch.isfinite(value).all():
             raise ParamCorruptError(f"the delta for {name!r} contains NaN or Inf")
@@ -71,13 +98,16 @@ def _validate(model: nn.Module, corruption: Corruption) -> list[tuple[nn.Paramet
     return plan
 
 
-def _write(param: Tensor, idx: Tensor | None, value: Tensor, mode: str) -> tuple[Tensor | None, Tensor]:
+def _write(
+    param: Tensor, idx: Tensor | None, value: Tensor, mode: str
+) -> tuple[Tensor | None, Tensor]:
     """Change ``param`` in place; return (indices, saved originals) to restore it from.
 
     "add" adds the delta, "set" copies the values themselves (never w + (v - w), which is
     not v in floating point).
     """
-    value = value.to(param.dtype)
+    if value.dtype != param.dtype:
+        value = value.to(param.dtype)
     if idx is None:
         saved = param.detach().clone()
         if mode == "set":
@@ -85,22 +115,26 @@ def _write(param: Tensor, idx: Tensor | None, value: Tensor, mode: str) -> tuple
         else:
             param.add_(value)
         return None, saved
+    # take/put_ read and write flat (logical) indices of any layout, one call each
+    if mode == "set":
+        saved = torch.take(param, idx)
+        param.put_(idx, value)
+        return idx, saved
     contiguous = param.is_contiguous()
-    # advanced indexing copies: the n overwritten values, saved
-    saved = param.view(-1)[idx] if contiguous else param.detach().clone()
+    # take copies: the n overwritten values, saved
+    saved = torch.take(param, idx) if contiguous else param.detach().clone()
     # a non-contiguous parameter is changed through a flat copy, then written back whole
     flat = param.view(-1) if contiguous else param.detach().reshape(-1).clone()
-    if mode == "set":
-        flat.index_copy_(0, idx, value)
-    else:
-        flat.index_add_(0, idx, value)
+    flat.index_add_(0, idx, value)
     if not contiguous:
         param.copy_(flat.view_as(param))
     return (idx if contiguous else None), saved
 
 
 @contextmanager
-def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -> Iterator[nn.Module]:
+def corrupted(
+    model: nn.Module, corruption: Corruption | Mapping[str, Tensor]
+) -> Iterator[nn.Module]:
     """Evaluate ``model`` at w + a: change the parameters in place, restore them on exit.
 
     A corruption adds its delta (``mode="add"``, w + a) or writes its values
@@ -137,7 +171,10 @@ def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -
     plan = _validate(model, corruption)
     with frozen_norm_stats(model):
         saved = write_in_place(
-            [param for param, _, _ in plan], [idx for _, idx, _ in plan], [value for _, _, value in plan], corruption.mode
+            [param for param, _, _ in plan],
+            [idx for _, idx, _ in plan],
+            [value for _, _, value in plan],
+            corruption.mode,
         )
         try:
             yield model
@@ -147,7 +184,10 @@ def corrupted(model: nn.Module, corruption: Corruption | Mapping[str, Tensor]) -
 
 @torch.no_grad()
 def write_in_place(
-    params: Sequence[Tensor], indices: Sequence[Tensor | None], values: Sequence[Tensor], mode: str = "add"
+    params: Sequence[Tensor],
+    indices: Sequence[Tensor | None],
+    values: Sequence[Tensor],
+    mode: str = "add",
 ) -> list[Saved]:
     """Change each parameter in place — add ``values`` (``mode="add"``) or write them
     (``mode="set"``) at the flat ``indices`` (``None``: the whole tensor) — and return what
@@ -173,5 +213,5 @@ def restore_in_place(saved: Sequence[Saved]) -> None:
     for param, idx, original in reversed(saved):
         if idx is None:
             param.copy_(original)
-        else:
-            param.view(-1).index_copy_(0, idx, original)
+        else:  # put_ writes flat indices of any layout; an index written twice gets its one saved value
+            param.put_(idx, original)
