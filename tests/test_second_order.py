@@ -7,6 +7,7 @@ means of ½ aᵀHa over random corruptions drawn by the test."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,3 +356,39 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     for bad in (0, 1, -3, True, 2.5):
         with pytest.raises((ParamCorruptError, TypeError), match="second_order"):
             SweepConfig(second_order=bad)
+
+
+@pytest.mark.slow
+def test_probe_second_order_on_a_user_model(tmp_path, capsys):
+    example = Path(__file__).resolve().parents[1] / "examples" / "user_model.py"
+    out = tmp_path / "so.jsonl"
+    argv = [
+        "probe",
+        "--model",
+        f"{example}:make_model",
+        "--data",
+        f"{example}:make_data",
+        "--by",
+        "type",
+        "--methods",
+        "random,gradient",
+        "--trials",
+        "2",
+        "--eps",
+        "1e-2",
+        "--p",
+        "2",
+        "--second-order",
+        "--trace-samples",
+        "4",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    header, rows = read_results(out)
+    assert header["config"]["second_order"] == 4 and rows
+    for row in rows:
+        assert math.isfinite(row["second_order"]) and math.isfinite(row["lambda_max"])
+        assert (row["predicted_mean"] is not None) == (row["method"] == "random")
