@@ -27,14 +27,32 @@ def _probe(path, *, chance=None, groups=None, methods=("random", "gradient"), se
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, generator=g)
     data = [(x, x[:, :3].argmax(1))]
-    all_groups = {name.replace(".", "-"): select(model, name, name=name) for name, _ in model.named_parameters()}
+    all_groups = {
+        name.replace(".", "-"): select(model, name, name=name)
+        for name, _ in model.named_parameters()
+    }
     config = SweepConfig(
-        groups=groups, methods=methods, settings=settings, trials=2, eps_values=[1e-2, 1e-1, 1.0],
-        task="toy", grouping="tensor", metric="accuracy",
+        groups=groups,
+        methods=methods,
+        settings=settings,
+        trials=2,
+        eps_values=[1e-2, 1e-1, 1.0],
+        task="toy",
+        grouping="tensor",
+        metric="accuracy",
     )
     store = ResultsStore(path, metadata=chance_metadata("accuracy", chance))
-    return sweep(model, config, data, data, classification_loss, {"accuracy": accuracy}, groups=all_groups,
-                 store=store, progress=False)
+    return sweep(
+        model,
+        config,
+        data,
+        data,
+        classification_loss,
+        {"accuracy": accuracy},
+        groups=all_groups,
+        store=store,
+        progress=False,
+    )
 
 
 @pytest.fixture
@@ -93,7 +111,14 @@ def test_curves_have_the_task_one_legend_no_empty_slot_and_the_chance_line(tmp_p
         legends = _legends(fig)
         assert len(legends) == 1, name
         labels = [t.get_text() for t in legends[0].get_texts()]
-        assert {"random", "gradient-based", "original", "chance"} <= set(labels)
+        # the random trials' count and band in the legend (issue 21): two trials per eps here
+        assert {
+            "random: mean of 2 trials per point",
+            "random: 10th-90th percentile of trials",
+            "gradient-based",
+            "original",
+            "chance",
+        } <= set(labels)
         cells, size = _slots(fig)
         assert len(cells) == size, f"{name}: an empty grid slot"
         panels = [ax for ax in fig.axes if ax.axison]
@@ -111,7 +136,7 @@ def test_four_panels_are_two_by_two_with_the_legend_below(tmp_path, figures):
     path = tmp_path / "results.jsonl"
     _probe(path, chance=CHANCE, groups=["0-weight", "0-bias", "2-weight", "2-bias"])
     write_report(path, tmp_path / "report")
-    (name, fig), = [(n, f) for n, f in figures if n.startswith("curves")]
+    ((name, fig),) = [(n, f) for n, f in figures if n.startswith("curves")]
     spec = fig.axes[0].get_subplotspec().get_gridspec()
     assert (spec.nrows, spec.ncols) == (2, 2) and len(fig.axes) == 4
     assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
@@ -123,11 +148,11 @@ def test_a_file_without_chance_reports_without_the_line(tmp_path, figures):
     assert "chance" not in read_results(path)[0]
     text = write_report(path, tmp_path / "report").read_text()
     assert "chance level" not in text
-    (name, fig), = [(n, f) for n, f in figures if n.startswith("curves")]
+    ((name, fig),) = [(n, f) for n, f in figures if n.startswith("curves")]
     assert "task toy" in fig._suptitle.get_text()
     assert not any(_chance_lines(ax) for ax in fig.axes)
     labels = [t.get_text() for t in _legends(fig)[0].get_texts()]
-    assert "chance" not in labels and "random" in labels
+    assert "chance" not in labels and "random: mean of 2 trials per point" in labels
     width, _ = fig.get_size_inches() * fig.dpi
     assert width >= 500  # one panel: still wide enough for its two-line title
 
@@ -136,8 +161,13 @@ def test_the_chance_level_changes_neither_rows_nor_sweep_id(tmp_path):
     plain = _probe(tmp_path / "plain.jsonl", groups=["0-weight"])
     marked = _probe(tmp_path / "marked.jsonl", chance=CHANCE, groups=["0-weight"])
     for a, b in zip(plain, marked, strict=True):
-        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
-    header_plain, header_marked = read_results(tmp_path / "plain.jsonl")[0], read_results(tmp_path / "marked.jsonl")[0]
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
+    header_plain, header_marked = (
+        read_results(tmp_path / "plain.jsonl")[0],
+        read_results(tmp_path / "marked.jsonl")[0],
+    )
     assert header_plain["sweep_id"] == header_marked["sweep_id"]
     assert {k: v for k, v in header_marked.items() if k != "chance"} == header_plain
     # a file written without it resumes under a store that has it: nothing recomputed, header kept
@@ -158,10 +188,15 @@ def test_metadata_may_not_overwrite_the_sweeps_header_entries(tmp_path):
 
 def test_fault_curves_draw_the_chance_line(tmp_path, figures):
     path = tmp_path / "faults.jsonl"
-    _probe(path, chance=CHANCE, groups=["0-weight", "2-weight"], methods=["bitflip"],
-           settings={"bitflip": {"format": ["int8"], "ber": [1e-3, 1e-1]}})
+    _probe(
+        path,
+        chance=CHANCE,
+        groups=["0-weight", "2-weight"],
+        methods=["bitflip"],
+        settings={"bitflip": {"format": ["int8"], "ber": [1e-3, 1e-1]}},
+    )
     write_report(path, tmp_path / "report")
-    (name, fig), = [(n, f) for n, f in figures if n.endswith("_curves")]
+    ((name, fig),) = [(n, f) for n, f in figures if n.endswith("_curves")]
     panels = [ax for ax in fig.axes if ax.lines]
     assert len(panels) == 2
     for ax in panels:

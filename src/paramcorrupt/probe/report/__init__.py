@@ -9,7 +9,8 @@
 2. **Heatmaps** group × eps (the paper's Figures 4, 5 and 7), one per (grouping, method, p, n):
    the colour is the metric's damage (its drop, in display units), warmer = more damage.
 3. **Curves** of the metric against eps on a log axis (the paper's Figure 3): random as the
-   mean with a ±1 std band, gradient-based (and multi-step) as lines, one panel per group.
+   mean with the band of the 10th to 90th percentile of the trials (:mod:`.trials`; the legend
+   gives the number of trials), gradient-based (and multi-step) as lines, one panel per group.
 4. **Theorem 1** (the paper's Table 3): empirical quantiles of |loss change| over the random
    trials beside the first-order quantiles eps·G·x_p of Theorem 1, eps·G and the loss change
    of the gradient-based corruption; a table and a figure.

@@ -17,19 +17,23 @@ from .display import (
 )
 from .methods import method_display, method_sort
 from .rows import _Row
+from .trials import BAND_TEXT, trial_band, trials_text
 
 #: groups per figure of curves
 _CURVES_PER_FIGURE = 12
 
 
 class CurvesSection(ReportBase):
-
     def curves(self) -> list[str]:
         lines = ["## Metric vs eps", ""]
         lines.append(
-            "Random corruption: mean over trials with a ±1 std band; gradient-based (and "
-            "multi-step) corruption: lines. Dashed: the original value"
-            + ("; dotted: the chance level" if any(c is not None for c in self.chance.values()) else "")
+            f"Random corruption: the mean over trials (their number in the legend); {BAND_TEXT}. "
+            "Gradient-based (and multi-step) corruption: lines. Dashed: the original value"
+            + (
+                "; dotted: the chance level"
+                if any(c is not None for c in self.chance.values())
+                else ""
+            )
             + ". As in the paper's Figure 3."
         )
         lines.append("")
@@ -88,7 +92,16 @@ class CurvesSection(ReportBase):
                     else f"part{start // _CURVES_PER_FIGURE + 1}"
                 )
                 path = self._save(
-                    fig, _slug("curves", self.names[task], grouping or "nogrouping", _p_label(p), "n", nk, part)
+                    fig,
+                    _slug(
+                        "curves",
+                        self.names[task],
+                        grouping or "nogrouping",
+                        _p_label(p),
+                        "n",
+                        nk,
+                        part,
+                    ),
                 )
                 lines.append(f"**{title}**" + (f" ({part})" if part else ""))
                 lines.append("")
@@ -101,21 +114,35 @@ class CurvesSection(ReportBase):
         return lines
 
     @staticmethod
-    def _curve_panel(ax, rows: list[_Row], disp: MetricDisplay, chance: float | None = None) -> None:
+    def _curve_panel(
+        ax, rows: list[_Row], disp: MetricDisplay, chance: float | None = None
+    ) -> None:
         from matplotlib.ticker import NullLocator
 
         for m in sorted({r.method for r in rows}, key=method_sort):
             shown = method_display(m)
             eps_values = sorted({r.eps for r in rows if r.method == m})
-            stats = [
-                _mean_std([disp.show(r.after) for r in rows if r.method == m and r.eps == e])
+            trials = [
+                [disp.show(r.after) for r in rows if r.method == m and r.eps == e]
                 for e in eps_values
             ]
-            mu = np.array([s[0] for s in stats])
-            line = ax.plot(eps_values, mu, marker="o", ms=3, color=shown.colour, label=shown.label)[0]
-            if shown.stochastic:  # trials: a ±1 std band
-                sd = np.array([s[1] for s in stats])
-                ax.fill_between(eps_values, mu - sd, mu + sd, color=line.get_color(), alpha=0.25, lw=0)
+            mu = np.array([_mean_std(t)[0] for t in trials])
+            label = shown.label + (
+                f": mean of {trials_text(map(len, trials))}" if shown.stochastic else ""
+            )
+            line = ax.plot(eps_values, mu, marker="o", ms=3, color=shown.colour, label=label)[0]
+            # trials: the band of the middle trials (never outside the metric's range)
+            if shown.stochastic:
+                band = np.array([trial_band(t) for t in trials])
+                ax.fill_between(
+                    eps_values,
+                    band[:, 0],
+                    band[:, 1],
+                    color=line.get_color(),
+                    alpha=0.25,
+                    lw=0,
+                    label=f"{shown.label}: 10th-90th percentile of trials",
+                )
         original = _median(r.before for r in rows)
         if original is not None:
             ax.axhline(disp.show(original), color="grey", ls="--", lw=0.8, label="original")

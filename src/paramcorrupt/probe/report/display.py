@@ -31,6 +31,16 @@ class MetricDisplay:
         return " (%)" if self.scale == 100.0 else ""
 
     @property
+    def symbol(self) -> str:
+        """The unit after a shown value: "%" for a fraction shown in percent, else none."""
+        return "%" if self.scale == 100.0 else ""
+
+    @property
+    def points(self) -> str:
+        """The unit of a difference of shown values: " points" (percentage points) or none."""
+        return " points" if self.scale == 100.0 else ""
+
+    @property
     def damage_label(self) -> str:
         what = "drop" if self.higher_is_better else "rise"
         unit = " (points)" if self.scale == 100.0 else ""
@@ -68,7 +78,11 @@ def metric_display(
     """
     if info is None or info.higher_is_better is None:
         guessed = metric_info_by_name(name, values)
-        info = guessed if info is None else MetricInfo(guessed.higher_is_better, info.display_name, info.scale, info.unit)
+        info = (
+            guessed
+            if info is None
+            else MetricInfo(guessed.higher_is_better, info.display_name, info.scale, info.unit)
+        )
     higher = info.higher_is_better if higher_is_better is None else bool(higher_is_better)
     return MetricDisplay(str(name) if name else "metric", info.scale, bool(higher))
 
@@ -82,7 +96,6 @@ def star(value: float, original: float, threshold: float = STAR_THRESHOLD) -> bo
     return abs(value - original) < threshold
 
 
-
 def _p_label(p: float) -> str:
     if math.isinf(p):
         return "L_inf"
@@ -93,7 +106,6 @@ def _n_label(n_key: str, k: float | None = None) -> str:
     if n_key == "k":
         return "n = k" + (f" = {int(k):,}" if k is not None else "")
     return f"n = {n_key}"
-
 
 
 def _ordered(values: Iterable[Any]) -> list[Any]:
@@ -133,7 +145,11 @@ def short_name(identity: str | None) -> str:
     'hf(path=gpt2-tiny,seed=0)'
     """
     text = str(identity or "")
-    parts = dict(part.partition("=")[::2] for part in text.split(";")) if text.startswith("model=") else {}
+    parts = (
+        dict(part.partition("=")[::2] for part in text.split(";"))
+        if text.startswith("model=")
+        else {}
+    )
     if parts:
         spec = parts.get("model") or parts.get("data") or text
         return re.split(r"[:/\\]", spec.rstrip(":"))[-1] or spec
@@ -158,4 +174,3 @@ def _sci(value: float | None, sign: bool = False) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:+.3e}" if sign else f"{value:.3e}"
-

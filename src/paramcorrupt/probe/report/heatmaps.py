@@ -17,22 +17,23 @@ _HEATMAP_ROWS = 40
 
 
 class HeatmapSection(ReportBase):
-
     def heatmaps(self) -> list[str]:
         lines = ["## Heatmaps: damage by group and eps", ""]
         lines.append(
             "Colour: the metric's damage (its drop, or its rise for lower-is-better metrics) in "
             "display units, mean over trials, on a diverging scale centred on 0: red = damage, as in "
             "the paper's Figures 4, 5 and 7, blue = the corruption improved the metric, white = no "
-            "change. Rows are the groups with their size k. The colour scale is shared by the "
-            "methods of one grouping, norm and n, so random and gradient-based maps compare."
+            "change. Rows are the groups with their size k. One colour scale for each family of "
+            "maps (the methods of one grouping, norm and n, so random and gradient-based maps "
+            "compare), its range stated under the family's title."
         )
         lines.append("")
         groupings = _ordered((r.task, r.grouping) for r in self.rows)
         keys = _ordered((r.task, r.grouping, r.method, r.p, r.n_key) for r in self.rows)
         keys.sort(key=lambda x: (groupings.index(x[:2]), method_sort(x[2]), x[3], _n_sort(x[4])))
         drawn = 0
-        single: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # one group: its curves show the same
+        # one group: its curves show the same
+        single: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
         for task, grouping, method, p, nk in keys:
             disp = self.displays[task]
             sel = [
@@ -46,7 +47,9 @@ class HeatmapSection(ReportBase):
                 continue
             groups = _ordered(r.group for r in sel)
             if len(groups) == 1:
-                single[self._group_label(task, grouping, groups[0])].append((method, _p_label(p), _n_label(nk)))
+                single[self._group_label(task, grouping, groups[0])].append(
+                    (method, _p_label(p), _n_label(nk))
+                )
                 continue
             eps_values = sorted({r.eps for r in sel})
             cells: dict[tuple[str, float], list[float]] = defaultdict(list)
@@ -60,6 +63,11 @@ class HeatmapSection(ReportBase):
             vmin, vmax = self._damage_range(task, grouping, p, nk)
             lines.append(f"**{title}**")
             lines.append("")
+            lines.append(
+                f"Colour scale {vmin:.3g} to {vmax:.3g} ({disp.damage_label}), the same for every method "
+                f"of grouping `{grouping}` at {_p_label(p)}, {_n_label(nk)}."
+            )
+            lines.append("")
             for start in range(0, len(groups), _HEATMAP_ROWS):
                 part = "" if len(groups) <= _HEATMAP_ROWS else f"part{start // _HEATMAP_ROWS + 1}"
                 rows_ = slice(start, start + _HEATMAP_ROWS)
@@ -68,7 +76,8 @@ class HeatmapSection(ReportBase):
                     [self._group_label(task, grouping, g) for g in groups[rows_]],
                     eps_values,
                     (vmin, vmax),
-                    (f"{self.names[task]}: " if task else "") + f"{method}, {_p_label(p)}, {_n_label(nk)}",
+                    (f"{self.names[task]}: " if task else "")
+                    + f"{method}, {_p_label(p)}, {_n_label(nk)}",
                     disp.damage_label,
                     _slug(
                         "heatmap",
@@ -87,10 +96,13 @@ class HeatmapSection(ReportBase):
         if single:
             listed = [
                 f"{label} ({len(maps)} map{'s' if len(maps) > 1 else ''}: "
-                + "; ".join(", ".join(_ordered(m[i] for m in maps)) for i in range(3)) + ")"
+                + "; ".join(", ".join(_ordered(m[i] for m in maps)) for i in range(3))
+                + ")"
                 for label, maps in single.items()
             ]
-            lines.append(f"_No heatmap of a single group, its curves (next section) show the same values: {'; '.join(listed)}._")
+            lines.append(
+                f"_No heatmap of a single group, its curves (next section) show the same values: {'; '.join(listed)}._"
+            )
             lines.append("")
         elif not drawn:
             lines.append("_No heatmap could be drawn (see Notes)._")
@@ -103,7 +115,10 @@ class HeatmapSection(ReportBase):
         vmin, vmax = limits
         # tall enough for the colour bar's label, also with one row; wide enough for the
         # title (10 pt: about 0.075 in a character), also with one eps column
-        width = max(2.2 + 0.9 * len(eps_values), 0.8 + 0.075 * len(title) + 0.07 * max(map(len, labels), default=0))
+        width = max(
+            2.2 + 0.9 * len(eps_values),
+            0.8 + 0.075 * len(title) + 0.07 * max(map(len, labels), default=0),
+        )
         fig = self._figure(width, max(2.8, 1.3 + 0.42 * len(labels)))
         ax = fig.add_subplot()
         norm = Normalize(vmin=vmin, vmax=vmax)
@@ -115,7 +130,9 @@ class HeatmapSection(ReportBase):
         for i in range(mat.shape[0]):
             for j in range(mat.shape[1]):
                 if np.isfinite(mat[i, j]):
-                    colour = "white" if mat[i, j] > 0.6 * vmax or mat[i, j] < 0.6 * vmin else "black"
+                    colour = (
+                        "white" if mat[i, j] > 0.6 * vmax or mat[i, j] < 0.6 * vmin else "black"
+                    )
                     ax.text(
                         j, i, f"{mat[i, j]:.3g}", ha="center", va="center", fontsize=7, color=colour
                     )

@@ -88,7 +88,8 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     ``"_metric_info"`` its :class:`~paramcorrupt.losses.MetricInfo` where the header records
     it (``"metrics"``; files written before it did have none); ``"_display"`` and ``"_data"``
     the task's short name and data source where the header gives them (``task_display``,
-    ``task_data``). A row repeated
+    ``task_data``); ``"_quantized"`` the header's record of a quantised model (format,
+    options, scope, size). A row repeated
     with the same (``sweep_id``, ``key``) keeps its last copy.
 
     Raises:
@@ -102,14 +103,18 @@ def load_rows(paths: PathArg | Sequence[PathArg]) -> list[dict[str, Any]]:
     for path in files:
         chance: dict[str, float] = {}
         infos: dict[str, MetricInfo] = {}
-        described: dict[str, str] = {}  # the header's task_display / task_data -> _display / _data
+        described: dict[str, Any] = {}  # the header's task_display / task_data -> _display / _data
         for obj in read_jsonl(path):
             if isinstance(obj, dict) and "method" not in obj:
                 chance = _chance_levels(obj.get("chance")) or chance  # a header's chance levels
                 infos = _metric_infos(obj.get("metrics")) or infos  # and its metrics' infos
-                for entry in ("task_display", "task_data"):  # the task's short name, where its data came from
+                # the task's short name, where its data came from
+                for entry in ("task_display", "task_data"):
                     if isinstance(obj.get(entry), str):
                         described["_" + entry[5:]] = obj[entry]
+                # a quantised sweep: what its model stores
+                if isinstance(obj.get("quantized"), dict):
+                    described["_quantized"] = obj["quantized"]
                 continue
             if not isinstance(obj, dict):
                 continue
@@ -174,7 +179,6 @@ def _n_key(n: float | None, k: float | None) -> str:
     if k is not None and n == k:
         return "k"
     return str(int(n)) if float(n).is_integer() else f"{n:g}"
-
 
 
 @dataclass
