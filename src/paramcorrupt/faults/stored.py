@@ -75,12 +75,15 @@ def entries_of(field: Field) -> int:
 def codes_at(field: Field, entries: Tensor, changed: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The codes (int64) of ``entries`` (held, or re-derived from the weights: ``Field.at``),
     with ``changed`` = (sorted entries, their new codes) read instead of what is stored."""
-    codes = field.at(entries.cpu())
-    if changed is not None and changed[0].numel():
-        where, new = changed[0].to(codes.device), changed[1].to(codes.device)
-        pos = torch.searchsorted(where, entries.to(codes.device)).clamp(max=where.numel() - 1)
-        hit = where[pos] == entries.to(codes.device)
-        codes = torch.where(hit, new[pos], codes)
+    entries = entries.cpu()
+    if changed is None or not changed[0].numel():
+        return field.at(entries)
+    where, new = changed[0].cpu(), changed[1].cpu()
+    pos = torch.searchsorted(where, entries).clamp(max=where.numel() - 1)
+    hit = where[pos] == entries
+    codes = new[pos].clone()
+    if not bool(hit.all()):  # the others read (or re-derived) alone
+        codes[~hit] = field.at(entries[~hit]).to(codes.device)
     return codes
 
 
