@@ -487,6 +487,9 @@ def _probe(args: argparse.Namespace, store: Any, user: bool, start: float) -> in
                 file=sys.stderr, flush=True,
             )
         raise
-    print(summary(rows) + outcome_summary(rows))  # the outcome classes' rates where the rows have them
+    from ..losses import metric_info  # the metric's own display: fault and L_p rows in one unit
+
+    info = metric_info(task.metrics[rows[0]["metric"]]) if rows and rows[0].get("metric") in task.metrics else None
+    print(summary(rows, info) + outcome_summary(rows))  # the outcome classes' rates where the rows have them
     print(f"{len(rows)} rows in {args.out} ({time.perf_counter() - start:.0f} s)")
     return 0
