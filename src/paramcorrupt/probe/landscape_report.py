@@ -146,7 +146,7 @@ def _group_summary(result: Landscape, metric: str | None, figures: Sequence[str]
         + (f", {metric} {result.clean[metric]:.4g}" if metric else "")
         + ".",
         "",
-        f"| direction | ‖d‖_p | ‖d‖_2 | loss at {result.t[0]:g} | loss at {result.t[-1]:g} | largest loss | "
+        "| direction | ‖d‖_p | ‖d‖_2 | loss at the first step | loss at the last step | largest loss | "
         + (f"{metric} at the last step |" if metric else "|"),
         "|---|---|---|---|---|---|" + ("---|" if metric else ""),
     ]
@@ -211,7 +211,8 @@ def _first_and_second_order(result: Landscape) -> list[str]:
         - 2 * clean
     ) / small**2
     return [
-        "Along a_hat (the loss change against the first-order estimate t ‖top_n(g)‖_q, g on the gradient's data):",
+        "Along a_hat, the loss change against the first-order estimate t ‖top_n(g)‖_q (g on the gradient's data: "
+        "the two agree to first order only where the loss is measured on that data too, `--on gradient`):",
         "",
         "| t = eps | measured ΔL | first order | ratio |",
         "|---|---|---|---|",
