@@ -318,3 +318,33 @@ def test_bad_input_is_one_line_before_anything_runs(options, words):
 def test_linspace_refuses_an_empty_range_and_fewer_than_two_points(low, high, points):
     with pytest.raises(ParamCorruptError):
         linspace(low, high, points)
+
+
+def test_the_summary_along_a_hat_matches_the_exact_hessian_and_the_first_order_slope():
+    """On the gradient's own data, at t = 1e-3 (float64): the second difference along a_hat
+    equals d^T H d of the exact Hessian-vector product, and the measured rise equals
+    t ||g||_2 + t^2 / 2 d^T H d; the slope is ||g||_2 of the gradient by hand."""
+    from paramcorrupt import quadratic_form
+    from paramcorrupt.probe.landscape_report import along_a_hat
+
+    model, data = tiny_mlp(), batches((4,))
+    t = 1e-3
+    result = landscape(
+        model,
+        data,
+        classification_loss,
+        t_values=[-t, 0.0, t],
+        directions=["gradient"],
+        grid_points=0,
+    )
+    d = unit_a_hat_by_hand(model, data, 2.0, None)
+    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    g_norm = float(torch.cat([g.reshape(-1) for g in grads]).norm())
+    dhd = quadratic_form(model, data, classification_loss, d)
+    found = along_a_hat(result)
+    assert found["slope"] == pytest.approx(g_norm, rel=1e-12)
+    assert found["second"] == pytest.approx(dhd, rel=1e-5)
+    ((step, rise),) = found["rises"]
+    assert step == t
+    assert rise == pytest.approx(t * g_norm + 0.5 * t**2 * dhd, rel=1e-6)

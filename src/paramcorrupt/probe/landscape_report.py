@@ -17,7 +17,7 @@ from ..groups import ParameterGroup
 from ..losses import LossFn, Metric
 from .landscape import Landscape, landscape, write_csv
 
-__all__ = ["curve_figure", "landscape_files", "slice_figure", "summary_markdown"]
+__all__ = ["along_a_hat", "curve_figure", "landscape_files", "slice_figure", "summary_markdown"]
 
 #: how each direction is drawn: label, colour, line style
 STYLE = {
@@ -186,30 +186,45 @@ def _group_summary(result: Landscape, metric: str | None, figures: Sequence[str]
     return lines
 
 
-def _first_and_second_order(result: Landscape) -> list[str]:
-    """Along a_hat: the measured rise against the first-order estimate t ||top_n(g)||_q, and the
-    curvature d^T H d from the symmetric second difference at the smallest step."""
+def along_a_hat(result: Landscape) -> dict[str, Any] | None:
+    """Along a_hat: the slope of the first-order estimate (||top_n(g)||_q), the measured rise
+    L(w + t d) - L(w) at the smallest and the largest t > 0 whose -t is a step too, and the
+    curvature d^T H d from the symmetric second difference at the smallest of them
+    (``second``; None without symmetric steps). None without the gradient direction."""
     if "gradient" not in result.curves:
-        return []
-    slope = result.info["first_order"]
-    clean = result.clean["loss"]
+        return None
+    slope, clean = result.info["first_order"], result.clean["loss"]
     positive = [t for t in result.t if t > 0 and _value(result, "gradient", -t) is not None]
     if not positive:
+        return {"slope": slope, "rises": [], "second": None, "small": None}
+    small = min(positive)
+    rises = [
+        (t, _value(result, "gradient", t)["loss"] - clean) for t in sorted({small, max(positive)})
+    ]
+    at = (_value(result, "gradient", small)["loss"], _value(result, "gradient", -small)["loss"])
+    return {
+        "slope": slope,
+        "rises": rises,
+        "second": (at[0] + at[1] - 2 * clean) / small**2,
+        "small": small,
+    }
+
+
+def _first_and_second_order(result: Landscape) -> list[str]:
+    """The Markdown of :func:`along_a_hat`."""
+    found = along_a_hat(result)
+    if found is None:
+        return []
+    slope, second, small = found["slope"], found["second"], found["small"]
+    if second is None:
         return [
             f"First-order slope along a_hat: ‖top_n(g)‖_q = {slope:.6g} (no symmetric steps to compare with).",
             "",
         ]
-    small, large = min(positive), max(positive)
-    rows = []
-    for t in sorted({small, large}):
-        rise = _value(result, "gradient", t)["loss"] - clean
-        ratio = f"{rise / (t * slope):.4g}" if slope > 0 else "n/a"
-        rows.append(f"| {t:g} | {rise:.6g} | {t * slope:.6g} | {ratio} |")
-    second = (
-        _value(result, "gradient", small)["loss"]
-        + _value(result, "gradient", -small)["loss"]
-        - 2 * clean
-    ) / small**2
+    rows = [
+        f"| {t:g} | {rise:.6g} | {t * slope:.6g} | {f'{rise / (t * slope):.4g}' if slope > 0 else 'n/a'} |"
+        for t, rise in found["rises"]
+    ]
     return [
         "Along a_hat, the loss change against the first-order estimate t ‖top_n(g)‖_q (g on the gradient's data: "
         "the two agree to first order only where the loss is measured on that data too, `--on gradient`):",
