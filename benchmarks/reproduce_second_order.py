@@ -36,11 +36,15 @@ GRID = {2.0: (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), math.inf: (1e-6, 1e-5, 1e-4, 1e-3)}
 SMOKE_GRID = {2.0: (1e-2,), math.inf: (1e-4,)}
 
 
-def build(name: str, smoke: bool, data_dir: str | None) -> tuple[Any, str]:
+def build(name: str, smoke: bool, data_dir: str | None, epochs: int | None) -> tuple[Any, str]:
     if name == "digits":
-        epochs = 1 if smoke else 30
+        epochs = 1 if smoke else epochs or 30
         return get_task("digits", epochs=epochs, seed=0), f"digits(seed=0,epochs={epochs})"
-    options: dict[str, Any] = {"epochs": 1 if smoke else 8, "seed": 0, "data_dir": data_dir}
+    options: dict[str, Any] = {
+        "epochs": 1 if smoke else epochs or 8,
+        "seed": 0,
+        "data_dir": data_dir,
+    }
     if smoke:
         options.update(limit_train_sentences=50, limit_eval_sentences=20)
     task = get_task("ptb-dep", **options)
@@ -51,12 +55,23 @@ def build(name: str, smoke: bool, data_dir: str | None) -> tuple[Any, str]:
 
 def run_task(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     start = time.perf_counter()
-    task, identity = build(name, args.smoke, args.data_dir)
+    task, identity = build(name, args.smoke, args.data_dir, args.epochs)
     trained = time.perf_counter() - start
     print(f"{name}: built and trained in {trained:.0f} s", flush=True)
     groups = task.groupings["type"](task.model)
+    gradient_loader = task.gradient_loader
+    if args.grad_batches:  # the first batches only: the gradient, H, the ratio all on them
+        gradient_loader = [
+            batch for _, batch in zip(range(args.grad_batches), task.gradient_loader)
+        ]
+        identity += f"[gradient: first {args.grad_batches} batches]"
     rows = []
+    norms = [float(p) for p in args.p.split(",")]
     for p, eps_values in (SMOKE_GRID if args.smoke else GRID).items():
+        if p not in norms:
+            continue
+        if args.eps:
+            eps_values = tuple(float(e) for e in args.eps.split(","))
         config = SweepConfig(
             methods=("random", "gradient"),
             trials=2 if args.smoke else args.trials,
@@ -73,7 +88,7 @@ def run_task(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         rows += sweep(
             task.model,
             config,
-            task.gradient_loader,
+            gradient_loader,
             task.eval_loader,
             task.loss_fn,
             task.metrics,
@@ -140,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--eps", default=None, help="radii for every norm (default: the grid above)"
+    )
+    parser.add_argument("--p", default="2,inf", help="norms among 2 and inf (default: both)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: digits 30, ptb-dep 8)"
+    )
+    parser.add_argument(
+        "--grad-batches", type=int, default=0, help="gradient data: the first N batches (0: all)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
