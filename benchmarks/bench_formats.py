@@ -25,11 +25,12 @@ Part 2, the costs on a GPT-2-shaped causal LM of about 1e8 parameters (random we
 ``Conv1D`` projections converted to ``nn.Linear`` with the same weights, so that torchao's
 ``quantize_`` takes them; the outputs are checked equal): the 52 projection matrices
 (92M weights) stored in int8 (per tensor) and nf4 by ``paramcorrupt.quantize`` as a sweep
-does (``restorable=True``), beside the float32 model faulted as it is and torchao's
+does (``restorable="file"``: the float weights wait in a temporary file; the codes are
+re-derived from the decoded weights, only scales and zero points held), beside the float32 model faulted as it is and torchao's
 ``Int8WeightOnlyConfig`` (per row) probed in place. For each: trials per second of a BER
 trial (draw, write, restore; and with one forward pass of 2 x 32 tokens), measured in
 interleaved rounds, and the memory over the model's own: what the quantisation holds after
-it returns (RSS, and the accounted float copy + stored image) and the peak RSS above that
+it returns (RSS, and what it accounts: ``Quantized.held_bytes``) and the peak RSS above that
 during the trials (VmHWM reset before each phase; the part runs in a child process with a
 fixed mmap threshold so that freed buffers leave the RSS, as ``bench_scale.py``).
 
@@ -356,7 +357,8 @@ def part2_child(args) -> None:
         before = own_bytes(model)
         q = None
         if name in ("int8", "nf4"):
-            q, mem = _phase(lambda model=model, name=name: quantize(model, name, select(model, pattern, name="projections")))
+            q, mem = _phase(lambda model=model, name=name: quantize(model, name, select(model, pattern, name="projections"),
+                                                                    restorable="file"))  # as a sweep does
         elif name == "torchao-int8":
             _, mem = _phase(lambda model=model: quantize_(model, Int8WeightOnlyConfig(),
                                               filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "lm_head"))
@@ -395,11 +397,11 @@ def part2_child(args) -> None:
         with torch.no_grad():
             _, clean_forward = _phase(lambda model=model: model(ids))
         stored_image = 0 if q is None else q.nbits // 8
-        copy_bytes = 0 if q is None or q.originals is None else sum(t.numel() * t.element_size() for t in q.originals.values())
+        held_bytes = 0 if q is None else q.held_bytes  # float copy (none with "file") + scales, zero points, kept codes
         out["configs"][name] = {
             "own_float": before, "own": own_bytes(model), "quantise": mem, "inject": inject, "forward": forward,
             "clean_forward": clean_forward, "weights": group.numel(model), "stored_image": stored_image,
-            "float_copy": copy_bytes, "faults": statistics.mean(counts), "draws": len(counts), "allocated": allocated,
+            "held_bytes": held_bytes, "faults": statistics.mean(counts), "draws": len(counts), "allocated": allocated,
         }
         models[name], faulters[name] = model, fault
         print(f"part 2: {name} measured", file=sys.stderr, flush=True)
@@ -428,7 +430,7 @@ def part2(args) -> list[str]:
         f"## Part 2: the costs on a GPT-2-shaped LM ({res['params']:,} parameters, float32, 1 thread)", "",
         f"Faults at BER {args.lm_ber:g} over the stored image of the {configs['float32']['weights']:,} projection weights; "
         f"memory in MiB (RSS; peaks above the RSS before the phase); own = the model's parameters and buffers as held.", "",
-        "| stored as | own | quantisation holds (measured) | of which float copy + stored image (accounted) | "
+        "| stored as | own | quantisation holds (measured) | held by the stored tensors (accounted); the stored image's size | "
         "peak during trials (inject / +forward; forward alone) | allocated by one trial: total, largest (KiB) | "
         "extra / own | faulty bits / trial (mean of the draws) |",
         "|---|---|---|---|---|---|---|---|",
@@ -436,7 +438,7 @@ def part2(args) -> list[str]:
     for name, c in configs.items():
         held = max(c["quantise"]["held"], 0) if name != "torchao-int8" else 0
         extra = held + max(c["inject"]["peak"], 0)
-        accounted = f"{c['float_copy'] / MIB:,.0f} + {c['stored_image'] / MIB:,.0f}" if c["stored_image"] else "-"
+        accounted = f"{c['held_bytes'] / MIB:,.2f}; {c['stored_image'] / MIB:,.0f}" if c["stored_image"] else "-"
         lines.append(
             f"| {name} | {c['own'] / MIB:,.0f} | {c['quantise']['held'] / MIB:,.0f} (peak {c['quantise']['peak'] / MIB:,.0f}) | "
             f"{accounted} | {c['inject']['peak'] / MIB:,.1f} / {c['forward']['peak'] / MIB:,.1f}; {c['clean_forward']['peak'] / MIB:,.1f} | "
