@@ -13,18 +13,20 @@ patch through ``torch.linalg.eig``, said in the output).
 
 Same model, loss and data for both: the digits ResNet trained by the ``digits`` task, in
 evaluation mode (PyHessian sets it), every parameter (PyHessian works on the whole model
-only); mean cross-entropy; the task's gradient loader (the training images, batches of 512),
-whose batch-size-weighted mean both accumulate. PyHessian's product over a loader is
+only); mean cross-entropy; the task's gradient loader (the training images, batches of 512;
+``--images N``: the first N), whose batch-size-weighted mean both accumulate. PyHessian's product over a loader is
 ``hessian.dataloader_hv_product``; its top eigenvalue is power iteration (the largest |lambda|,
 ``maxIter=100``, ``tol=1e-3`` on the change of the Rayleigh quotient: its defaults), its trace
 Hutchinson with Rademacher probes (``maxIter=100``, ``tol=1e-3`` on the change of the
 running mean: its defaults, which stop after a few probes). Ours: ``curvature(top=1,
-which="magnitude")`` (Lanczos, tolerance 1e-6 on the residual: its default, and 1e-3), and
+which="magnitude")`` (Lanczos, tolerance 1e-6 on the residual: its default, and 1e-3, and
+with ``max_iter`` set to the products PyHessian took in its latest run), and
 ``curvature(top=None, trace_samples=100)`` with its standard error.
 
 Printed: per round (interleaved: theirs then ours, the order swapped every round), the values,
-the Hessian-vector products and passes, the seconds; then the medians and our time per
-eigenvalue over theirs. One torch thread each.
+the Hessian-vector products and passes, the seconds; then the medians, one product of each
+compared, the seconds per product (interleaved, 5 per round) and our time per eigenvalue over
+theirs. One torch thread each.
 
     .venv/bin/python benchmarks/compare_pyhessian.py --pyhessian /work/.mirror/amirgholami+PyHessian/repo
 """
