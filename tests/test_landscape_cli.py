@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from paramcorrupt.cli import main
 from paramcorrupt.probe.landscape import landscape, linspace
@@ -165,3 +166,68 @@ def test_a_range_may_start_with_a_minus_sign():
         ["landscape", "--t-range", "-1e-2:1e-2", "--u-range", "-.5:.5"]
     )
     assert (args.t_range, args.u_range) == ("-1e-2:1e-2", "-.5:.5")
+
+
+@pytest.mark.slow
+def test_a_hugging_face_model_through_hf_and_the_model_is_unchanged(tmp_path, capsys):
+    """--hf FOLDER (a tiny random GPT-2 saved here), one group of --by type: the command runs,
+    and the library walk leaves the loaded model's state dict bit for bit."""
+    transformers = pytest.importorskip("transformers")
+    from paramcorrupt.tasks.hf import hf_task
+
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=16,
+        n_head=2,
+        vocab_size=40,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPT2LMHeadModel"],
+    )
+    small = {"examples": 16, "eval_examples": 8, "seq_len": 8, "batch_size": 4}
+    task = hf_task(config=config, seed=0, **small)
+    folder = tmp_path / "gpt2"
+    task.model.save_pretrained(folder)
+    options = [f"--task-option={k}={v}" for k, v in small.items() if k != "batch_size"]
+    out = tmp_path / "hf"
+    code = main(
+        [
+            "landscape",
+            "--hf",
+            str(folder),
+            *options,
+            "--by",
+            "type",
+            "--groups",
+            "mlp",
+            "--points",
+            "3",
+            "--t-range",
+            "-0.1:0.1",
+            "--grid-points",
+            "3",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(out / "landscape.csv")
+    assert {r["group"] for r in rows} == {"mlp"} and len(rows) == 4 * 3 + 3 * 3
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    groups = task.groupings["type"](task.model)
+    landscape(
+        task.model,
+        task.eval_loader,
+        task.loss_fn,
+        task.metrics,
+        group=groups["mlp"],
+        gradient_loader=task.gradient_loader,
+        t_values=[-0.1, 0.0, 0.1],
+        grid_points=3,
+        steps=1,
+    )
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
