@@ -35,6 +35,9 @@ def ao():
 CONFIGS = {
     "int8-weight-only": lambda q: q.Int8WeightOnlyConfig(),
     "float8-weight-only": lambda q: q.Float8WeightOnlyConfig(),
+    "intx-int4-weight-only": lambda q: q.IntxWeightOnlyConfig(
+        weight_dtype=torch.int4, granularity=q.PerGroup(4)
+    ),
 }
 
 
