@@ -87,14 +87,25 @@ def slice_figure(result: Landscape, path: Path, *, title: str) -> Path:
     fig = _figure(5.6, 4.6)
     ax = fig.subplots()
     finite = loss[np.isfinite(loss)]
-    levels = (
-        np.linspace(finite.min(), finite.max(), 21)
-        if finite.size and finite.max() > finite.min()
-        else 10
+    levels, norm, label = 10, None, "loss"
+    if finite.size and finite.max() > finite.min():
+        levels = np.linspace(finite.min(), finite.max(), 21)
+        if (
+            finite.min() > 0 and finite.max() / finite.min() > 100
+        ):  # a basin beside steep walls: log levels
+            from matplotlib.colors import LogNorm
+
+            levels, norm, label = (
+                np.geomspace(finite.min(), finite.max(), 21),
+                LogNorm(),
+                "loss (log scale)",
+            )
+    filled = ax.contourf(
+        result.grid_t, result.grid_u, loss.T, levels=levels, cmap="viridis", norm=norm
     )
-    filled = ax.contourf(result.grid_t, result.grid_u, loss.T, levels=levels, cmap="viridis")
     ax.contour(result.grid_t, result.grid_u, loss.T, levels=levels, colors="k", linewidths=0.3)
-    fig.colorbar(filled, ax=ax, label="loss")
+    ticks = levels[::4] if not isinstance(levels, int) else None
+    fig.colorbar(filled, ax=ax, label=label, ticks=ticks, format="%.3g")
     ax.axhline(0.0, color="tab:red", lw=1.6, label="a_hat axis (u = 0)")
     ax.plot(
         [0.0],
