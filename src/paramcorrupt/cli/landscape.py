@@ -287,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ParamCorruptError(f"--out {args.out} is a file; give a folder")
     options = _options(args)  # every option checked before the model is built or trained
+    try:  # the figures need the report extra: say so now, not after the walk
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ParamCorruptError(
+            "the landscape's figures need matplotlib: pip install 'paramcorrupt[report]'"
+        ) from None
     if user:
         task, identity = _user_task(args)
     else:
