@@ -149,3 +149,12 @@ def test_relative_training_is_the_recipes_optimizer_wrapped_relatively():
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     absolute, _ = train_model(parse_method("resistant:eps=0.5", base), 0, setup=setup)
     assert not all(torch.equal(ours[k], v) for k, v in absolute.model.state_dict().items())
+
+
+def test_eval_eps_is_checked_when_parsed_before_training(tmp_path, capsys):
+    # a radius of 0 used to be refused by the evaluation, after the whole training
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--eval-eps", "0.1,0", "--out", str(tmp_path / "x"), *FAST])
+    assert exit_info.value.code == 2
+    assert "--eval-eps: each radius must be a finite number > 0, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

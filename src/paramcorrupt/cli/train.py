@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -81,7 +82,18 @@ __all__ = ["register", "run_compare", "run_train"]
 _EPS = argument_type(lambda text: number(text, "eps"))
 _P = argument_type(parse_p)
 _N = argument_type(lambda text: parse_n(text, "n"))
-_EVAL_EPS = argument_type(lambda text: tuple(floats(text, "--eval-eps")))
+
+
+def _eval_eps(text: str) -> tuple[float, ...]:
+    """``--eval-eps``: radii > 0, checked when parsed (before any training)."""
+    values = tuple(floats(text, "--eval-eps"))
+    for value in values:
+        if not (math.isfinite(value) and value > 0):
+            raise ParamCorruptError(f"each radius must be a finite number > 0, got {value:g}")
+    return values
+
+
+_EVAL_EPS = argument_type(_eval_eps)
 _SEEDS = argument_type(lambda text: tuple(ints(text, "--seeds")))
 
 
