@@ -276,3 +276,24 @@ def test_the_fault_model_in_a_sweep():
         one, it = by["relative-gradient", p], by["iterative-relative", p]
         assert it["loss_change"] >= one["loss_change"] - 1e-6
         assert it["first_order"] == pytest.approx(one["first_order"], rel=1e-9)
+
+
+def test_the_cli_takes_its_fixed_settings_by_fault_setting():
+    """``--fault iterative-relative --fault-setting step_factor=1 --fault-setting schedule=constant``;
+    its steps stay ``--steps``'s (a --fault-setting steps=... is refused, not overridden)."""
+    from argparse import Namespace
+
+    from paramcorrupt.cli.values import fault_settings
+
+    def parsed(*settings):
+        return fault_settings(
+            Namespace(fault="iterative-relative", methods=None, fault_setting=list(settings))
+        )
+
+    methods, settings = parsed("step_factor=1", "schedule=constant")
+    assert methods == ["iterative-relative"]
+    assert settings == {"iterative-relative": {"step_factor": [1], "schedule": ["constant"]}}
+    with pytest.raises(
+        ParamCorruptError, match="--steps is a setting of none of --fault iterative-relative"
+    ):
+        parsed("steps=3")

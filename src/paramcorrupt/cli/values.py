@@ -231,7 +231,13 @@ def fault_settings(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[
     used = set()
     for name in faults:
         cls = get_fault(name)
-        if grid_settings(cls):  # the L_p ones run on --p/--n/--eps
+        if grid_settings(cls):  # the L_p ones run on --p/--n/--eps; their fixed settings here
+            # (one value each), but steps, which is --steps's
+            mine = {key: [fault_value(v) for v in items(text, f"--{key}")] for key, text in given.items()
+                    if key in cls.fixed and key != "steps"}
+            used |= set(mine)
+            if mine:
+                settings[name] = mine
             continue
         mine = {key: [fault_value(v) for v in items(text, f"--{key}")] for key, text in given.items() if key in cls.setting_names()}
         used |= set(mine)
