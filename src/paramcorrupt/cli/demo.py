@@ -1,11 +1,14 @@
 """``paramcorrupt demo``: train the digits model, compare random with gradient-based
 corruption (the paper's Table 1 in miniature), probe its parameters by type and by position
-(Figures 3-5), and write a Markdown report with figures.
+(Figures 3-5), flip bits of its int8 weights at random and by the bit search, and write a
+Markdown report with figures.
 
 Every measurement goes through :func:`paramcorrupt.probe.sweep`; the output folder holds
 
 - ``results.jsonl``: Table 1, all parameters, L_inf and L_2, n = k and n = 100;
 - ``probe-type.jsonl`` and ``probe-position.jsonl``: the probes, L_inf, n = 100;
+- ``probe-faults.jsonl``: hardware faults in the model stored as int8 (per tensor): random bit
+  flips (trials) beside the bit search, by the number of flipped bits (one figure);
 - ``report/report.md`` and its figures (when matplotlib is installed).
 
 The demo's own files are rewritten on every run (it retrains the model).
@@ -33,6 +36,8 @@ NORMS = (math.inf, 2.0)
 #: the probes: (grouping, n values); L_inf, random and gradient-based, every eps of EPS
 PROBES = (("type", (100,)), ("position", (100,)))
 RESULTS = "results.jsonl"
+#: the fault probe: int8 bit flips, at random and by the bit search, this many flips
+FAULT_FLIPS = (1, 2, 5, 10, 20, 50)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="train a digits model, compare random with gradient-based corruption, probe it, write a report",
         description="Train the digits model (an MLP on scikit-learn's 8x8 digits), compare "
         "random with gradient-based corruption of all its parameters (the paper's Table 1 in miniature: L_inf and "
-        "L_2, n = k and n = 100), probe its parameters by type and by position (Figures 3-5), and write "
-        "OUT/report/report.md with its figures. OUT holds results.jsonl, probe-type.jsonl and "
-        "probe-position.jsonl, rewritten on every run.",
+        "L_2, n = k and n = 100), probe its parameters by type and by position (Figures 3-5), flip bits of its "
+        "int8 weights at random and by the bit search, and write OUT/report/report.md with its figures. OUT holds "
+        "results.jsonl, probe-type.jsonl, probe-position.jsonl and probe-faults.jsonl, rewritten on every run.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
@@ -108,6 +113,30 @@ def probe_rows(
     return sweep(
         task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
         groups=make(task.model), store=store, progress=progress,
+    )
+
+
+def fault_rows(
+    task: Any, *, flips=FAULT_FLIPS, trials: int, seed: int, progress: bool, path: Path | None = None,
+    identity: str = "digits",
+) -> list[dict[str, Any]]:
+    """Random int8 bit flips (``trials`` per count) and the progressive bit search over every
+    weight, at each number of ``flips``: the comparison ``--fault bitflip,bit-search`` asks for."""
+    from ..probe.store import ResultsStore, chance_metadata
+    from ..probe.sweep import SweepConfig, sweep
+
+    setting = {"format": ["int8"], "flips": list(flips)}
+    config = SweepConfig(
+        methods=("bitflip", "bit-search"), settings={"bitflip": setting, "bit-search": setting}, trials=trials,
+        seed=seed, task=identity, grouping="all", metric=task.primary_metric,
+    )
+    store = None
+    if path is not None:
+        path.unlink(missing_ok=True)
+        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
+    return sweep(
+        task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
+        groups={"all": select(task.model, name="all")}, store=store, progress=progress,
     )
 
 
@@ -233,6 +262,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nProbe by {grouping} (gradient-based, L_inf, n = {sizes[0]}): test accuracy % after corruption\n")
         print(_probe_summary(probe))
         print(f"rows written to {probe_path}")
+
+    from ..losses import metric_info
+    from ..probe.report.summary import summary
+
+    fault_path = args.out / "probe-faults.jsonl"
+    faults = fault_rows(task, trials=args.trials, seed=args.seed, progress=progress, path=fault_path, identity=identity)
+    paths.append(fault_path)
+    print("\nInt8 bit flips, at random and by the bit search (all weights): test accuracy % after the faults\n")
+    print(summary(faults, metric_info(task.metrics[task.primary_metric])))
+    print(f"rows written to {fault_path}")
 
     report = _write_report(paths, args.out / "report")
     if report is not None:
