@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import sys
 import time
 from pathlib import Path
@@ -525,7 +526,9 @@ def sdc_row(model, loader, golden, name: str, ber: float, weight_trials: int, se
     )
 
 
-def sdc_per_layer(model, loader, ber: float, weight_trials: int, seed: int = 0) -> list[str]:
+def sdc_per_layer(
+    model, loader, ber: float, weight_trials: int, seed: int = 0, only: str | None = None
+) -> list[str]:
     """SDC and DUE rates per conv/linear layer at one bit error rate (float32, any bit):
     faults in the layer's weights (``weight_trials`` draws, each run over the whole loader)
     and in its output (each example its own inference with its own draw, one pass), classed
@@ -535,6 +538,8 @@ def sdc_per_layer(model, loader, ber: float, weight_trials: int, seed: int = 0) 
     n = golden.examples
     convs = (torch.nn.Conv2d, torch.nn.Linear)
     layers = [name for name, m in model.named_modules() if isinstance(m, convs)]
+    if only:  # comma-separated fnmatch patterns: a share of the layers (several processes)
+        layers = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in only.split(","))]
     lines = [
         f"| layer | weights | weight faulty bits (mean) "
         f"| weights: SDC per trial ({weight_trials} trials) | weights: DUE per trial "
@@ -593,7 +598,7 @@ def part_f(args) -> list[str]:
     metrics = {"accuracy": accuracy}
     clean = evaluate(task.model, task.eval_loader, classification_loss, metrics)["accuracy"]
     lines[-2] = lines[-2].rstrip(")") + f", clean accuracy {clean * 100:.2f}%)"
-    lines += sdc_per_layer(task.model, task.eval_loader, ber, args.sdc_trials)
+    lines += sdc_per_layer(task.model, task.eval_loader, ber, args.sdc_trials, only=args.sdc_layers)
     lines += ["", f"({time.perf_counter() - start:.0f} s)"]
     return lines
 
@@ -613,6 +618,9 @@ def main() -> None:
     parser.add_argument("--sdc-ber", type=float, default=1e-5, help="bit error rate of part F")
     parser.add_argument(
         "--sdc-trials", type=int, default=20, help="weight-fault trials per layer in part F"
+    )
+    parser.add_argument(
+        "--sdc-layers", default=None, help="part F: only these layers (patterns, a,b)"
     )
     parser.add_argument("--only", choices=("a", "b", "e", "f"), default=None)
     args = parser.parse_args()
