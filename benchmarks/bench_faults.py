@@ -538,6 +538,7 @@ def sdc_per_layer(
     n = golden.examples
     convs = (torch.nn.Conv2d, torch.nn.Linear)
     layers = [name for name, m in model.named_modules() if isinstance(m, convs)]
+    position = {name: i for i, name in enumerate(layers)}  # each layer its own seed, in any share
     if only:  # comma-separated fnmatch patterns: a share of the layers (several processes)
         layers = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in only.split(","))]
     lines = [
@@ -549,7 +550,9 @@ def sdc_per_layer(
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in layers:  # each row printed as it is done (stderr): a long run shows progress
-        lines.append(sdc_row(model, loader, golden, name, ber, weight_trials, seed))
+        lines.append(
+            sdc_row(model, loader, golden, name, ber, weight_trials, seed + position[name])
+        )
         print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
