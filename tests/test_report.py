@@ -180,8 +180,10 @@ def test_synthetic_report_figures(synthetic_report):
     heatmaps = [n for n in names if n.startswith("heatmap")]
     assert len(heatmaps) == 2 * 3 * 2 * 2
     assert not any("table1" in n for n in heatmaps)
-    assert "_No heatmap of a single group, its curves (next section) show the same values: hand (k=20) (2 maps: random, gradient; L_inf; n = k)" \
+    assert (
+        "_No heatmap of a single group, its curves (next section) show the same values: hand (k=20) (2 maps: random, gradient; L_inf; n = k)"
         in synthetic_report.read_text()
+    )
     curves = [n for n in names if n.startswith("curves")]
     assert len(curves) == 2 * 2 * 2 + 1
     assert "theorem1.png" in names
@@ -322,8 +324,14 @@ def test_demo_results_report(tmp_path, capsys):
     figures = check_figures(md)
     assert any(p.name.startswith("heatmap") for p in figures)
     assert any(p.name.startswith("curves") for p in figures)
+    # the demo's fault probe: random int8 flips and the bit search in one figure (issue 21)
+    assert out / "probe-faults.jsonl" in results
+    assert any(
+        p.name.startswith("faults") and "bitflip-bit-search-flips" in p.name for p in figures
+    )
     text = md.read_text()
     assert "## Table 1" in text and "Without corruption: accuracy (%) =" in text
+    assert "random bit flips | all | 50 |" in text
     assert "L_inf, n = k" in text and "L_inf, n = 100" in text
     if (out / "report" / "report.md").is_file():  # the demo's own report
         check_figures(out / "report" / "report.md")

@@ -42,19 +42,31 @@ FAULT_FLIPS = (1, 2, 5, 10, 20, 50)
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "demo", help="train a digits model, compare random with gradient-based corruption, probe it, write a report",
+        "demo",
+        help="train a digits model, compare random with gradient-based corruption, probe it, write a report",
         description="Train the digits model (an MLP on scikit-learn's 8x8 digits), compare "
         "random with gradient-based corruption of all its parameters (the paper's Table 1 in miniature: L_inf and "
         "L_2, n = k and n = 100), probe its parameters by type and by position (Figures 3-5), flip bits of its "
         "int8 weights at random and by the bit search, and write OUT/report/report.md with its figures. OUT holds "
         "results.jsonl, probe-type.jsonl, probe-position.jsonl and probe-faults.jsonl, rewritten on every run.",
     )
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
-    parser.add_argument("--trials", type=int, default=10, help="random corruptions per setting (default: 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the trials (default: 0)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)"
+    )
+    parser.add_argument(
+        "--trials", type=int, default=10, help="random corruptions per setting (default: 10)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split, the training and the trials (default: 0)",
+    )
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch intra-op threads (default: 1; the digits model is tiny, and on a busy machine more threads "
         "only contend)",
     )
@@ -67,8 +79,16 @@ def _identity(args: argparse.Namespace) -> str:
 
 
 def table1_rows(
-    task: Any, *, eps_values=EPS, sizes=SIZES, norms=NORMS, trials: int, seed: int, progress: bool,
-    path: Path | None = None, identity: str = "digits",
+    task: Any,
+    *,
+    eps_values=EPS,
+    sizes=SIZES,
+    norms=NORMS,
+    trials: int,
+    seed: int,
+    progress: bool,
+    path: Path | None = None,
+    identity: str = "digits",
 ) -> list[dict[str, Any]]:
     """Rows of random vs gradient-based corruption over every parameter (Table 1), L_inf and L_2.
 
@@ -79,22 +99,49 @@ def table1_rows(
     from ..probe.sweep import SweepConfig, sweep
 
     config = SweepConfig(
-        methods=("gradient", "random"), trials=trials, p_values=norms, n_values=sizes,
-        eps_values=eps_values, seed=seed, task=identity, grouping="all", metric=task.primary_metric,
+        methods=("gradient", "random"),
+        trials=trials,
+        p_values=norms,
+        n_values=sizes,
+        eps_values=eps_values,
+        seed=seed,
+        task=identity,
+        grouping="all",
+        metric=task.primary_metric,
     )
     store = None
     if path is not None:
         path.unlink(missing_ok=True)  # the demo retrains: its files start afresh
-        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
+        store = ResultsStore(
+            path,
+            metadata=chance_metadata(
+                task.primary_metric, getattr(task, "chance", None), task.metrics
+            ),
+        )
     return sweep(
-        task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
-        groups={"all": select(task.model, name="all")}, store=store, progress=progress,
+        task.model,
+        config,
+        task.gradient_loader,
+        task.eval_loader,
+        task.loss_fn,
+        task.metrics,
+        groups={"all": select(task.model, name="all")},
+        store=store,
+        progress=progress,
     )
 
 
 def probe_rows(
-    task: Any, grouping: str, *, sizes, eps_values=EPS, trials: int, seed: int, progress: bool,
-    path: Path | None = None, identity: str = "digits",
+    task: Any,
+    grouping: str,
+    *,
+    sizes,
+    eps_values=EPS,
+    trials: int,
+    seed: int,
+    progress: bool,
+    path: Path | None = None,
+    identity: str = "digits",
 ) -> list[dict[str, Any]]:
     """Random vs gradient-based L_inf corruption of each group of one of the task's groupings."""
     from ..groups import GROUPINGS
@@ -103,21 +150,46 @@ def probe_rows(
 
     make = task.groupings.get(grouping) or GROUPINGS[grouping]
     config = SweepConfig(
-        methods=("gradient", "random"), trials=trials, p_values=(math.inf,), n_values=sizes,
-        eps_values=eps_values, seed=seed, task=identity, grouping=grouping, metric=task.primary_metric,
+        methods=("gradient", "random"),
+        trials=trials,
+        p_values=(math.inf,),
+        n_values=sizes,
+        eps_values=eps_values,
+        seed=seed,
+        task=identity,
+        grouping=grouping,
+        metric=task.primary_metric,
     )
     store = None
     if path is not None:
         path.unlink(missing_ok=True)
-        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
+        store = ResultsStore(
+            path,
+            metadata=chance_metadata(
+                task.primary_metric, getattr(task, "chance", None), task.metrics
+            ),
+        )
     return sweep(
-        task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
-        groups=make(task.model), store=store, progress=progress,
+        task.model,
+        config,
+        task.gradient_loader,
+        task.eval_loader,
+        task.loss_fn,
+        task.metrics,
+        groups=make(task.model),
+        store=store,
+        progress=progress,
     )
 
 
 def fault_rows(
-    task: Any, *, flips=FAULT_FLIPS, trials: int, seed: int, progress: bool, path: Path | None = None,
+    task: Any,
+    *,
+    flips=FAULT_FLIPS,
+    trials: int,
+    seed: int,
+    progress: bool,
+    path: Path | None = None,
     identity: str = "digits",
 ) -> list[dict[str, Any]]:
     """Random int8 bit flips (``trials`` per count) and the progressive bit search over every
@@ -127,16 +199,33 @@ def fault_rows(
 
     setting = {"format": ["int8"], "flips": list(flips)}
     config = SweepConfig(
-        methods=("bitflip", "bit-search"), settings={"bitflip": setting, "bit-search": setting}, trials=trials,
-        seed=seed, task=identity, grouping="all", metric=task.primary_metric,
+        methods=("bitflip", "bit-search"),
+        settings={"bitflip": setting, "bit-search": setting},
+        trials=trials,
+        seed=seed,
+        task=identity,
+        grouping="all",
+        metric=task.primary_metric,
     )
     store = None
     if path is not None:
         path.unlink(missing_ok=True)
-        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
+        store = ResultsStore(
+            path,
+            metadata=chance_metadata(
+                task.primary_metric, getattr(task, "chance", None), task.metrics
+            ),
+        )
     return sweep(
-        task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
-        groups={"all": select(task.model, name="all")}, store=store, progress=progress,
+        task.model,
+        config,
+        task.gradient_loader,
+        task.eval_loader,
+        task.loss_fn,
+        task.metrics,
+        groups={"all": select(task.model, name="all")},
+        store=store,
+        progress=progress,
     )
 
 
@@ -157,7 +246,9 @@ def _summary(rows: list[dict[str, Any]], p: float = math.inf) -> str:
     keys = sorted({(r["n"], r["eps"]) for r in rows}, key=lambda t: (-t[0], t[1]))
     for n, eps in keys:
         rand = [r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "random"]
-        grad = next(r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "gradient")
+        grad = next(
+            r for r in rows if r["n"] == n and r["eps"] == eps and r["method"] == "gradient"
+        )
         acc = np.array([r["metric_after"] for r in rand]) * 100
         dloss = np.array([r["loss_change"] for r in rand])
         lines.append(
@@ -175,13 +266,22 @@ README_SETTINGS = ((None, 1e-4), (None, 1e-3), (None, 1e-2), (None, 1e-1), (100,
 def readme_table(rows: list[dict[str, Any]], settings=README_SETTINGS) -> str:
     """The README's demo table from Table 1's rows (``tests/test_demo_readme.py`` compares)."""
     k = rows[0]["k"]
-    lines = ["| n | eps | random acc % (test, mean ± std) | gradient acc % (test) |", "|---|---|---|---|"]
+    lines = [
+        "| n | eps | random acc % (test, mean ± std) | gradient acc % (test) |",
+        "|---|---|---|---|",
+    ]
     for n, eps in settings:
-        chosen = [r for r in rows if r["p"] == math.inf and r["n_requested"] == n and r["eps"] == eps]
+        chosen = [
+            r for r in rows if r["p"] == math.inf and r["n_requested"] == n and r["eps"] == eps
+        ]
         acc = np.array([r["metric_after"] for r in chosen if r["method"] == "random"]) * 100
         grad = next(r for r in chosen if r["method"] == "gradient")["metric_after"] * 100
         label = f"{k} (all)" if n is None else str(n)
-        lines.append(f"| {label} | {eps:.0e} | {acc.mean():.2f} ± {acc.std(ddof=1):.2f} | {grad:.2f} |".replace("e-0", "e-"))
+        lines.append(
+            f"| {label} | {eps:.0e} | {acc.mean():.2f} ± {acc.std(ddof=1):.2f} | {grad:.2f} |".replace(
+                "e-0", "e-"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -197,7 +297,9 @@ def _probe_summary(rows: list[dict[str, Any]]) -> str:
     for group in groups:
         cells = {r["eps"]: r["metric_after"] * 100 for r in grad if r["group"] == group}
         k = next(r["k"] for r in grad if r["group"] == group)
-        lines.append(f"| {group} | {k} | " + " | ".join(f"{cells[e]:.2f}" for e in eps_values) + " |")
+        lines.append(
+            f"| {group} | {k} | " + " | ".join(f"{cells[e]:.2f}" for e in eps_values) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -242,9 +344,17 @@ def run(args: argparse.Namespace) -> int:
         )
         print(_summary(rows, p))
     at = [r for r in rows if r["p"] == math.inf and r["eps"] == 1e-3 and r["n"] == r["k"]]
-    drop_grad = np.mean([r["metric_before"] - r["metric_after"] for r in at if r["method"] == "gradient"])
-    drop_rand = np.mean([r["metric_before"] - r["metric_after"] for r in at if r["method"] == "random"])
-    versus = f"ratio {drop_grad / drop_rand:.1f}x" if drop_rand > 0 else "random corruption costs nothing on average"
+    drop_grad = np.mean(
+        [r["metric_before"] - r["metric_after"] for r in at if r["method"] == "gradient"]
+    )
+    drop_rand = np.mean(
+        [r["metric_before"] - r["metric_after"] for r in at if r["method"] == "random"]
+    )
+    versus = (
+        f"ratio {drop_grad / drop_rand:.1f}x"
+        if drop_rand > 0
+        else "random corruption costs nothing on average"
+    )
     print(
         f"\nAt L_inf, eps = 1e-3, n = k: accuracy drop {drop_grad * 100:.2f} points (gradient) vs "
         f"{drop_rand * 100:.2f} (random, mean): {versus}"
@@ -255,11 +365,19 @@ def run(args: argparse.Namespace) -> int:
     for grouping, sizes in PROBES:
         probe_path = args.out / f"probe-{grouping}.jsonl"
         probe = probe_rows(
-            task, grouping, sizes=sizes, trials=args.trials, seed=args.seed, progress=progress,
-            path=probe_path, identity=identity,
+            task,
+            grouping,
+            sizes=sizes,
+            trials=args.trials,
+            seed=args.seed,
+            progress=progress,
+            path=probe_path,
+            identity=identity,
         )
         paths.append(probe_path)
-        print(f"\nProbe by {grouping} (gradient-based, L_inf, n = {sizes[0]}): test accuracy % after corruption\n")
+        print(
+            f"\nProbe by {grouping} (gradient-based, L_inf, n = {sizes[0]}): test accuracy % after corruption\n"
+        )
         print(_probe_summary(probe))
         print(f"rows written to {probe_path}")
 
@@ -267,9 +385,18 @@ def run(args: argparse.Namespace) -> int:
     from ..probe.report.summary import summary
 
     fault_path = args.out / "probe-faults.jsonl"
-    faults = fault_rows(task, trials=args.trials, seed=args.seed, progress=progress, path=fault_path, identity=identity)
+    faults = fault_rows(
+        task,
+        trials=args.trials,
+        seed=args.seed,
+        progress=progress,
+        path=fault_path,
+        identity=identity,
+    )
     paths.append(fault_path)
-    print("\nInt8 bit flips, at random and by the bit search (all weights): test accuracy % after the faults\n")
+    print(
+        "\nInt8 bit flips, at random and by the bit search (all weights): test accuracy % after the faults\n"
+    )
     print(summary(faults, metric_info(task.metrics[task.primary_metric])))
     print(f"rows written to {fault_path}")
 

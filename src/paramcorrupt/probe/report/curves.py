@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import ReportBase, figure_legend, grid_shape
@@ -80,7 +82,7 @@ class CurvesSection(ReportBase):
                     if i + cols >= len(chunk):  # nothing below it: keep its eps axis
                         ax.tick_params(labelbottom=True)
                         ax.set_xlabel("eps")
-                figure_legend(fig, panels, spare)
+                _legend(fig, panels, spare, width, nrows)
                 fig.suptitle(
                     (f"task {self.names[task]}\n" if task else "")
                     + f"{'grouping ' + grouping if grouping else 'no grouping'}: {_p_label(p)}, {_n_label(nk)}",
@@ -153,3 +155,19 @@ class CurvesSection(ReportBase):
         ax.set_xlabel("eps")
         ax.set_ylabel(f"{disp.name}{disp.unit}")
         ax.grid(alpha=0.3)
+
+
+def _legend(fig, panels, spare: int, width: float, nrows: int) -> None:
+    """The figure's one legend: in the grid's spare slot, or below the panels in as many rows
+    as its labels need at this width (the figure grows to hold them)."""
+    ncol = None
+    if not spare:
+        labels = {
+            x for ax in panels for x in ax.get_legend_handles_labels()[1] if not x.startswith("_")
+        }
+        ncol = max(1, min(len(labels), 5, int(width // 2.0)))
+        below = 0.3 * math.ceil(len(labels) / ncol) + 0.15
+        height = 2.5 * nrows + 1.25 + below
+        fig.set_size_inches(width, height)
+        fig.subplots_adjust(bottom=(0.55 + below) / height, top=1 - 0.75 / height)
+    figure_legend(fig, panels, spare, ncol=ncol)

@@ -109,6 +109,7 @@ def _draw(
     stochastic: bool,
     colour: str,
     name: str,
+    band_label: bool = True,
 ) -> None:
     """One series on ``ax``: the mean over trials at each axis value; for random faults the
     band of the middle trials and the number of trials in the legend."""
@@ -143,7 +144,7 @@ def _draw(
         color=colour,
         alpha=0.22,
         lw=0,
-        label=f"{name}: 10th-90th percentile of trials",
+        label=f"{name}: 10th-90th percentile of trials" if band_label else "_band",
     )
 
 
@@ -206,7 +207,7 @@ class FaultFigures:
             list(axes.flat[: len(chunk)]),
             spare,
             loc="outside lower center",
-            ncol=2 if len(series) > 1 else None,
+            ncol=2 if len(series) > 1 or cols == 1 else None,
         )
         fig.suptitle(_wrapped(title, width), fontsize=10)
         return self._save(fig, slug + "_curves")
@@ -271,7 +272,22 @@ class FaultFigures:
                     "" if clean is None else f" (clean {disp.fmt(disp.show(clean))}{disp.symbol})"
                 )
                 # every group's rows pooled at each value: the model's curve in that format
-                _draw(ax, sel, axis, disp, stochastic, _COLOURS[i % len(_COLOURS)], name)
+                # many formats: the band's meaning in the title, not once per format
+                _draw(
+                    ax,
+                    sel,
+                    axis,
+                    disp,
+                    stochastic,
+                    _COLOURS[i % len(_COLOURS)],
+                    name,
+                    band_label=False,
+                )
+            chance = next(
+                (_num(r.get("_chance")) for r in part if _num(r.get("_chance")) is not None), None
+            )
+            if chance is not None:
+                ax.axhline(disp.show(chance), color="black", ls=":", lw=1.2, label="chance")
             values = [_num(r.get(axis)) for r in part]
             if all(v > 0 for v in values):
                 ax.set_xscale("log")
@@ -279,8 +295,9 @@ class FaultFigures:
             ax.set_xlabel(axis_label(axis, [method]))
             ax.set_ylabel(f"{disp.name}{disp.unit}")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            ax.set_title(_wrapped(title, 6.0), fontsize=9)
+            fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)
+            band = "; band: 10th-90th percentile of the trials" if stochastic else ""
+            ax.set_title(_wrapped(title + band, 6.0), fontsize=9)
             slug = _slug(
                 "faults", task_name, grouping or "nogrouping", method, axis, "formats", label
             )
