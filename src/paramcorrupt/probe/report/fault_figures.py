@@ -202,13 +202,13 @@ class FaultFigures:
             if i + cols >= len(chunk):  # nothing below it: keep its axis labels
                 ax.tick_params(labelbottom=True)
                 ax.set_xlabel(xlabel)
-        figure_legend(
-            fig,
-            list(axes.flat[: len(chunk)]),
-            spare,
-            loc="outside lower center",
-            ncol=2 if len(series) > 1 or cols == 1 else None,
-        )
+        panels = list(axes.flat[: len(chunk)])
+        labels = {
+            x for ax in panels for x in ax.get_legend_handles_labels()[1] if not x.startswith("_")
+        }
+        # as many columns as fit the width (a label is up to about 2.8 inches at 8 pt)
+        ncol = max(1, min(len(labels), 5, int(width // 2.8)))
+        figure_legend(fig, panels, spare, loc="outside lower center", ncol=ncol)
         fig.suptitle(_wrapped(title, width), fontsize=10)
         return self._save(fig, slug + "_curves")
 
