@@ -84,6 +84,8 @@ def test_the_command_writes_the_csv_the_figures_and_the_summary(tmp_path, capsys
         and "first order" in summary
     )
     assert "its axes against the 1-D curves: 6 shared points, the largest difference 0" in summary
+    # the metric in its display unit, as every report shows it (an accuracy in percent)
+    assert f"accuracy {result.clean['accuracy'] * 100:.4g}%." in summary
 
 
 def test_groups_of_a_grouping_each_get_a_landscape(tmp_path, capsys):

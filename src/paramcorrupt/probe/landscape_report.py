@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ParamCorruptError
 from ..groups import ParameterGroup
-from ..losses import LossFn, Metric
+from ..losses import LossFn, Metric, MetricInfo, metric_info
 from .landscape import Landscape, landscape, write_csv
 
 __all__ = ["along_a_hat", "curve_figure", "landscape_files", "slice_figure", "summary_markdown"]
@@ -41,9 +41,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "group"
 
 
-def curve_figure(result: Landscape, path: Path, *, title: str, metric: str | None = None) -> Path:
-    """The 1-D curves in one figure: the loss (and ``metric`` below it) against t for the L_p
-    directions, and against u for the filter-normalised one (its own axis: another scale)."""
+def _shown(info: MetricInfo | None) -> tuple[float, str]:
+    """(scale, unit) of a metric as every report shows it (accuracy in %, as MetricInfo says)."""
+    return (1.0, "") if info is None else (info.scale, info.unit)
+
+
+def curve_figure(
+    result: Landscape, path: Path, *, title: str, metric: str | None = None, info: MetricInfo | None = None
+) -> Path:
+    """The 1-D curves in one figure: the loss (and ``metric`` below it, in its display unit:
+    ``info``) against t for the L_p directions, and against u for the filter-normalised one
+    (its own axis: another scale)."""
+    scale, unit = _shown(info)
     lp = [name for name in result.curves if name != "filter"]
     panels = [names for names in (lp, ["filter"] if "filter" in result.curves else []) if names]
     rows = 2 if metric else 1
@@ -56,15 +65,16 @@ def curve_figure(result: Landscape, path: Path, *, title: str, metric: str | Non
                 label, colour, style = STYLE[name]
                 ax.plot(
                     result.steps(name),
-                    [v[key] for v in result.curves[name]],
+                    [v[key] * (scale if key == metric else 1.0) for v in result.curves[name]],
                     style,
                     color=colour,
                     marker=".",
                     label=label,
                 )
-            ax.axhline(result.clean[key], color="0.5", lw=0.8, ls=":", label="w (clean)")
+            shown = result.clean[key] * (scale if key == metric else 1.0)
+            ax.axhline(shown, color="0.5", lw=0.8, ls=":", label="w (clean)")
             ax.axvline(0.0, color="0.8", lw=0.8)
-            ax.set_ylabel(key)
+            ax.set_ylabel(f"{key} ({unit})" if key == metric and unit else key)
             if row == rows - 1:
                 ax.set_xlabel(
                     "t = eps (the L_p radius)"
@@ -145,8 +155,12 @@ def _axes_agree(result: Landscape) -> str:
     return f"{len(pairs)} shared points, the largest difference {worst:.3g}"
 
 
-def _group_summary(result: Landscape, metric: str | None, figures: Sequence[str]) -> list[str]:
+def _group_summary(
+    result: Landscape, metric: str | None, figures: Sequence[str], info: MetricInfo | None = None
+) -> list[str]:
     s = result.info["setting"]
+    scale, unit = _shown(info)
+    unit = "%" if unit == "%" else (f" {unit}" if unit else "")
     p = "inf" if s["p"] == math.inf else f"{s['p']:g}"
     lines = [
         f"## Group `{result.group}` (k = {result.k:,})",
@@ -154,7 +168,7 @@ def _group_summary(result: Landscape, metric: str | None, figures: Sequence[str]
         f"p = {p}, n = {'all' if s['n'] is None else s['n']}; the iterative corruption found at eps = {s['eps']:g} "
         f"({s['steps']} steps); seed {s['seed']}; filter normalisation: one-dimensional parameters "
         f"{'zeroed' if s['bias_bn'] == 'zero' else 'set to w'}. Clean loss {result.clean['loss']:.6g}"
-        + (f", {metric} {result.clean[metric]:.4g}" if metric else "")
+        + (f", {metric} {result.clean[metric] * scale:.4g}{unit}" if metric else "")
         + ".",
         "",
         "| direction | ‖d‖_p | ‖d‖_2 | loss at the first step | loss at the last step | largest loss | "
@@ -174,7 +188,7 @@ def _group_summary(result: Landscape, metric: str | None, figures: Sequence[str]
             f"{max(v['loss'] for v in values):.6g}",
         ]
         if metric:
-            cells.append(f"{last[metric]:.4g}")
+            cells.append(f"{last[metric] * scale:.4g}{unit}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.extend(_first_and_second_order(result))
@@ -257,6 +271,7 @@ def summary_markdown(
     metric: str | None,
     figures: Mapping[str, Sequence[str]],
     data: str = "the eval loader",
+    info: MetricInfo | None = None,
 ) -> str:
     """The Markdown summary: per group the setting, a table per direction, the first-order
     comparison and curvature along a_hat, the iterative corruption, the 2-D slice, the figures."""
@@ -270,7 +285,7 @@ def summary_markdown(
         "",
     ]
     for result in results:
-        lines.extend(_group_summary(result, metric, figures.get(result.group, ())))
+        lines.extend(_group_summary(result, metric, figures.get(result.group, ()), info))
     return "\n".join(lines)
 
 
@@ -300,6 +315,7 @@ def landscape_files(
         raise ParamCorruptError(
             f"metric {metric!r} is not measured; measured: {', '.join(metrics or {}) or 'none'}"
         )
+    info = metric_info(metrics[metric]) if metric is not None and metrics else None  # the metric's display unit
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ParamCorruptError(f"--out {out} is a file; give a folder")
@@ -317,6 +333,7 @@ def landscape_files(
                 out / f"{_slug(label)}-1d.png",
                 title=f"{title}: group {label}",
                 metric=metric,
+                info=info,
             ).name
         ]
         if result.grid:
@@ -330,6 +347,6 @@ def landscape_files(
     csv_path = write_csv(results, out / "landscape.csv")
     md = out / "landscape.md"
     md.write_text(
-        summary_markdown(results, title=title, metric=metric, figures=figures, data=data) + "\n"
+        summary_markdown(results, title=title, metric=metric, figures=figures, data=data, info=info) + "\n"
     )
     return results, [md, csv_path, *written]
