@@ -24,6 +24,23 @@ from .gradient import gradient_corruption
 __all__ = ["iterative_corruption"]
 
 
+def keep_top_n(values: list[Tensor], constraint: Constraint) -> list[Tensor]:
+    """``values`` with all but their n largest |coordinates| (over every tensor, n =
+    ``constraint.size(k)``) set to 0: the first half of both projections onto S (absolute
+    here, relative in :mod:`.iterative_relative`). Unchanged when n >= k."""
+    k = sum(v.numel() for v in values)
+    n = constraint.size(k)
+    if n >= k:
+        return values
+    indices, _ = global_top_n(values, n)
+    kept = []
+    for v, idx in zip(values, indices):
+        m = torch.zeros_like(v).reshape(-1)
+        m[idx] = v.reshape(-1)[idx]
+        kept.append(m.view_as(v))
+    return kept
+
+
 def _project(values: list[Tensor], constraint: Constraint) -> list[Tensor]:
     """Map a point back onto S: keep the top-n coordinates, then onto the sphere ||a||_p = eps.
 
@@ -31,16 +48,7 @@ def _project(values: list[Tensor], constraint: Constraint) -> list[Tensor]:
     fell inside) and p = 2 (radial scaling); radial scaling for other p.
     """
     p, eps = constraint.p, constraint.eps
-    k = sum(v.numel() for v in values)
-    n = constraint.size(k)
-    if n < k:
-        indices, _ = global_top_n(values, n)
-        masked = []
-        for v, idx in zip(values, indices):
-            m = torch.zeros_like(v).reshape(-1)
-            m[idx] = v.reshape(-1)[idx]
-            masked.append(m.view_as(v))
-        values = masked
+    values = keep_top_n(values, constraint)
     if p == math.inf:
         values = [v.clamp(-eps, eps) for v in values]
     norm = tensors_lp_norm(values, p)

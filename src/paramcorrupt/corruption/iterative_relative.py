@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..constraint import Constraint, closed_form, global_top_n, maximiser_values, tensors_lp_norm
+from ..constraint import Constraint, closed_form, maximiser_values, tensors_lp_norm
 from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..gradient import dataset_gradient
 from ..groups import ParameterGroup, as_group
 from .apply import corrupted
 from .base import Corruption
+from .iterative import keep_top_n
 from .relative import relative_scale
 
 __all__ = ["SCHEDULES", "apgd_checkpoints", "check_ascent", "iterative_relative_corruption"]
@@ -83,17 +84,7 @@ def _project(b: Vector, constraint: Constraint, frozen: list[Tensor]) -> Vector:
 
     Keeping the n largest |b_i| and then clipping (L_inf) or scaling (L_2) is the exact
     Euclidean projection for both; other p are scaled radially."""
-    b = [x.masked_fill(f, 0.0) for x, f in zip(b, frozen)]
-    k = sum(x.numel() for x in b)
-    n = constraint.size(k)
-    if n < k:
-        indices, _ = global_top_n(b, n)
-        kept = []
-        for x, idx in zip(b, indices):
-            m = torch.zeros_like(x).reshape(-1)
-            m[idx] = x.reshape(-1)[idx]
-            kept.append(m.view_as(x))
-        b = kept
+    b = keep_top_n([x.masked_fill(f, 0.0) for x, f in zip(b, frozen)], constraint)
     eps = constraint.eps
     if constraint.p == math.inf:
         return [x.clamp(-eps, eps) for x in b]
