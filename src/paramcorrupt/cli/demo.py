@@ -78,6 +78,20 @@ def _identity(args: argparse.Namespace) -> str:
     return f"digits(seed={args.seed},epochs={args.epochs})"
 
 
+def _sweep(task: Any, config: Any, groups: dict[str, Any], path: Path | None, progress: bool) -> list[dict[str, Any]]:
+    """Run one of the demo's sweeps on ``task``; with ``path``, its rows also go to a results
+    file there, started afresh (the demo retrains) with the task's metric infos and chance."""
+    from ..probe.store import ResultsStore, chance_metadata
+    from ..probe.sweep import sweep
+
+    store = None
+    if path is not None:
+        path.unlink(missing_ok=True)
+        store = ResultsStore(path, metadata=chance_metadata(task.primary_metric, getattr(task, "chance", None), task.metrics))
+    return sweep(task.model, config, task.gradient_loader, task.eval_loader, task.loss_fn, task.metrics,
+                 groups=groups, store=store, progress=progress)
+
+
 def table1_rows(
     task: Any,
     *,
@@ -95,8 +109,7 @@ def table1_rows(
     Rows have the sweep's schema (:data:`paramcorrupt.probe.ROW_FIELDS`); with ``path`` they
     are written there as well.
     """
-    from ..probe.store import ResultsStore, chance_metadata
-    from ..probe.sweep import SweepConfig, sweep
+    from ..probe.sweep import SweepConfig
 
     config = SweepConfig(
         methods=("gradient", "random"),
@@ -109,26 +122,7 @@ def table1_rows(
         grouping="all",
         metric=task.primary_metric,
     )
-    store = None
-    if path is not None:
-        path.unlink(missing_ok=True)  # the demo retrains: its files start afresh
-        store = ResultsStore(
-            path,
-            metadata=chance_metadata(
-                task.primary_metric, getattr(task, "chance", None), task.metrics
-            ),
-        )
-    return sweep(
-        task.model,
-        config,
-        task.gradient_loader,
-        task.eval_loader,
-        task.loss_fn,
-        task.metrics,
-        groups={"all": select(task.model, name="all")},
-        store=store,
-        progress=progress,
-    )
+    return _sweep(task, config, {"all": select(task.model, name="all")}, path, progress)
 
 
 def probe_rows(
@@ -145,8 +139,7 @@ def probe_rows(
 ) -> list[dict[str, Any]]:
     """Random vs gradient-based L_inf corruption of each group of one of the task's groupings."""
     from ..groups import GROUPINGS
-    from ..probe.store import ResultsStore, chance_metadata
-    from ..probe.sweep import SweepConfig, sweep
+    from ..probe.sweep import SweepConfig
 
     make = task.groupings.get(grouping) or GROUPINGS[grouping]
     config = SweepConfig(
@@ -160,26 +153,7 @@ def probe_rows(
         grouping=grouping,
         metric=task.primary_metric,
     )
-    store = None
-    if path is not None:
-        path.unlink(missing_ok=True)
-        store = ResultsStore(
-            path,
-            metadata=chance_metadata(
-                task.primary_metric, getattr(task, "chance", None), task.metrics
-            ),
-        )
-    return sweep(
-        task.model,
-        config,
-        task.gradient_loader,
-        task.eval_loader,
-        task.loss_fn,
-        task.metrics,
-        groups=make(task.model),
-        store=store,
-        progress=progress,
-    )
+    return _sweep(task, config, make(task.model), path, progress)
 
 
 def fault_rows(
@@ -194,8 +168,7 @@ def fault_rows(
 ) -> list[dict[str, Any]]:
     """Random int8 bit flips (``trials`` per count) and the progressive bit search over every
     weight, at each number of ``flips``: the comparison ``--fault bitflip,bit-search`` asks for."""
-    from ..probe.store import ResultsStore, chance_metadata
-    from ..probe.sweep import SweepConfig, sweep
+    from ..probe.sweep import SweepConfig
 
     setting = {"format": ["int8"], "flips": list(flips)}
     config = SweepConfig(
@@ -207,26 +180,7 @@ def fault_rows(
         grouping="all",
         metric=task.primary_metric,
     )
-    store = None
-    if path is not None:
-        path.unlink(missing_ok=True)
-        store = ResultsStore(
-            path,
-            metadata=chance_metadata(
-                task.primary_metric, getattr(task, "chance", None), task.metrics
-            ),
-        )
-    return sweep(
-        task.model,
-        config,
-        task.gradient_loader,
-        task.eval_loader,
-        task.loss_fn,
-        task.metrics,
-        groups={"all": select(task.model, name="all")},
-        store=store,
-        progress=progress,
-    )
+    return _sweep(task, config, {"all": select(task.model, name="all")}, path, progress)
 
 
 def _p_text(p: float) -> str:
