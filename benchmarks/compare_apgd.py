@@ -38,7 +38,6 @@ import copy
 import io
 import math
 import os
-import subprocess
 import sys
 import time
 import types
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from compare_bfa import their_commit, their_source  # a snapshot's files and commit
 
 from paramcorrupt import (
     Constraint,
@@ -73,27 +73,6 @@ def digits_model(seed: int, weights: Path | None) -> object:
     if weights is not None:
         torch.save(task.model.state_dict(), weights)
     return task
-
-
-def their_source(root: Path, path: str) -> str:
-    """A file of their snapshot: from a checkout, or ``git show HEAD:path`` of a git dir."""
-    if (root / path).is_file():
-        return (root / path).read_text()
-    done = subprocess.run(
-        ["git", "--git-dir", str(root), "show", f"HEAD:{path}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout
-
-
-def their_commit(root: Path) -> str:
-    git_dir = root / ".git" if (root / ".git").exists() else root
-    done = subprocess.run(
-        ["git", "--git-dir", str(git_dir), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def load_theirs(root: Path) -> types.ModuleType:

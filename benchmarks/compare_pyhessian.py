@@ -38,7 +38,6 @@ import copy
 import importlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -51,26 +50,7 @@ from paramcorrupt import classification_loss, curvature, hessian_vector_product
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_apgd import digits_model  # noqa: E402  (the benchmark's own directory)
-
-
-def their_source(root: Path, path: str) -> str:
-    if (root / path).is_file():
-        return (root / path).read_text()
-    done = subprocess.run(
-        ["git", "--git-dir", str(root), "show", f"HEAD:{path}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout
-
-
-def their_commit(root: Path) -> str:
-    git_dir = root / ".git" if (root / ".git").exists() else root
-    done = subprocess.run(
-        ["git", "--git-dir", str(git_dir), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or "unknown"
+from compare_bfa import their_commit, their_source  # noqa: E402
 
 
 def eig_works() -> bool:
