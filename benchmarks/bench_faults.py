@@ -142,18 +142,15 @@ def part_a(seconds: float) -> list[str]:
                     kw.append(int(pos[3]))
                     values.append(v)
             plans.append((layer, kk, c, kh, kw, values))
+        def declare(plan):  # pytorchfi's injection of one plan (a deep copy of the model)
+            layer, k, dim1, dim2, dim3, value = plan
+            return pfi.declare_weight_fi(layer_num=layer, k=k, dim1=dim1, dim2=dim2, dim3=dim3, value=value)
+
         # the same faults give the same weights, bit for bit
         for fault, plan in zip(faults[:8], plans[:8]):
             if not plan[0]:
                 continue
-            injected = pfi.declare_weight_fi(
-                layer_num=plan[0],
-                k=plan[1],
-                dim1=plan[2],
-                dim2=plan[3],
-                dim3=plan[4],
-                value=plan[5],
-            )
+            injected = declare(plan)
             with corrupted(model, fault):
                 theirs = dict(injected.named_parameters())
                 for name in params:
@@ -166,14 +163,7 @@ def part_a(seconds: float) -> list[str]:
             plan = plans[turn[0] % len(plans)]
             turn[0] += 1
             if plan[0]:
-                injected = pfi.declare_weight_fi(
-                    layer_num=plan[0],
-                    k=plan[1],
-                    dim1=plan[2],
-                    dim2=plan[3],
-                    dim3=plan[4],
-                    value=plan[5],
-                )
+                injected = declare(plan)
             else:
                 injected = copy.deepcopy(model)
             if forward:
