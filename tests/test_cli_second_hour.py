@@ -157,7 +157,7 @@ def test_a_pooled_report_of_the_three_fault_examples_shows_every_row(tmp_path):
     assert shown == total
     # random flips and the bit search of one run in one figure (issue 21): curves + a heatmap for
     # the BER run, one curve figure + a heatmap per fault for the flips run, two for stuck-at
-    assert "bitflip by ber" in text and "bitflip and bit-search by flips" in text
+    assert "bitflip by bit error rate (BER)" in text and "bitflip and bit-search by flipped bits" in text
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(links) == len(set(links)) == 7
     assert all((tmp_path / "rep" / link).is_file() for link in links)

@@ -286,7 +286,7 @@ def test_random_flips_and_the_bit_search_share_one_figure(tmp_path, figures):
     assert "random bit flips: mean of 4 trials per point" in labels
     assert "bit search (candidates=1, batches=1)" in labels
     assert (
-        "**task `toy`, bitflip and bit-search by flips (format=int8, bits=any); grouping `position`**"
+        "**task `toy`, bitflip and bit-search by flipped bits (format=int8, bits=any); grouping `position`**"
         in text
     )
     assert "| fault | group | flipped bits |" in text

@@ -62,7 +62,7 @@ def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
     text = report.read_text()
     assert "## Hardware faults: the metric against the fault rate" in text
     assert (
-        "**task `toy`, bitflip by ber (format=int8, bits=any); grouping `position`**" in text
+        "**task `toy`, bitflip by bit error rate (BER) (format=int8, bits=any); grouping `position`**" in text
     )  # its axis (issue 22)
     assert (
         "| group | bit error rate (BER) | accuracy (%) after (mean ± std) | trials | flipped bits (mean) "
@@ -71,7 +71,7 @@ def test_fault_rows_get_curves_heatmaps_and_a_table(tmp_path):
     assert "| lower | 0.001 |" in text and "| upper | 0.1 |" in text
     # random flips counted in flips and the bit search: one figure, one table (issue 21)
     assert (
-        "**task `toy`, bitflip and bit-search by flips (format=int8, bits=any); grouping `position`**"
+        "**task `toy`, bitflip and bit-search by flipped bits (format=int8, bits=any); grouping `position`**"
         in text
     )
     assert "| fault | group | flipped bits |" in text
@@ -99,7 +99,7 @@ def test_fault_rows_beside_lp_rows(tmp_path):
     text = write_report(path, tmp_path / "report").read_text()
     assert (
         "## Hardware faults" in text
-        and "stuck-at by flips (format=float32, bits=sign, value=1)" in text
+        and "stuck-at by stuck bits (format=float32, bits=sign, value=1)" in text
     )
     assert "| group | stuck bits |" in text
     assert "Heatmaps: damage by group and eps" in text

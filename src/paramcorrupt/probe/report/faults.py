@@ -198,9 +198,9 @@ class FaultSection:
             task, grouping, axis = key[:3]
             shared = key[4] if key[3] == "flips" else series[0].fixed
             label = _text(shared)
-            methods = " and ".join(_ordered(s.method for s in series))
+            ordered = _ordered(s.method for s in series)
             title = (
-                f"{methods} by {axis}"
+                f"{' and '.join(ordered)} by {axis_label(axis, ordered)}"
                 + (f" ({label})" if label else "")
                 + (f"; grouping `{grouping}`" if grouping else "")
             )
@@ -224,7 +224,7 @@ class FaultSection:
         return lines
 
     def _formats_title(self, task: str, method: str, axis: str) -> str:
-        return f"task `{self.names[task]}`, {method} by {axis} in each stored format"
+        return f"task `{self.names[task]}`, {method} by {axis_label(axis, [method])} in each stored format"
 
     def _leave_out(self, row: dict[str, Any], reason: str) -> None:
         self.left_out[(str(row.get("method")), reason)] += 1
