@@ -380,3 +380,63 @@ def test_reuse_does_not_count_activation_faults_over_the_gradient_pass():
         assert a["bit_errors"] == b["bit_errors"] == 120
         assert a["metric_after"] == b["metric_after"]
     assert no_hooks(model) and evaluator.loaders["gradient"] is grads
+
+
+class RangeCheck(nn.Module):
+    """A detector as hardware has them: raises when an activation leaves its range."""
+
+    def forward(self, x):
+        if x.abs().max() > 1e4:
+            raise RuntimeError("activation out of range")
+        return x
+
+
+def test_a_forward_pass_that_raises_is_due_and_the_sweep_goes_on(tmp_path):
+    """A crash is the other half of DUE: every example of the crashed batch is DUE, the other
+    batches are classed as usual (a literal loop), the row's metrics are NaN, the model is
+    unchanged and unhooked, and the next rows run."""
+    model, grads, evals = digits_sized()
+    model = nn.Sequential(model[0], RangeCheck(), model[1], model[2]).eval()
+    before = state_bits(model)
+    config = SweepConfig(
+        methods=["bitflip"],
+        trials=3,
+        outcomes=True,
+        settings={"bitflip": {"bits": ["exponent"], "flips": [1, 8]}},
+    )
+    groups = {"first": select(model, "0.*")}
+    path = tmp_path / "crash.jsonl"
+    rows = run(model, config, grads, evals, groups, store=ResultsStore(path))
+    assert state_bits(model) == before and no_hooks(model)
+    # the rows (NaN metrics and all) resume and report
+    assert outcome_table(run(model, config, grads, evals, groups, store=ResultsStore(path))) == outcome_table(rows)
+    assert "## Outcome classes: SDC and DUE rates" in write_report(path, tmp_path / "report").read_text()
+    with torch.no_grad():
+        golden = [model(x) for x, _ in evals]
+    faults = {f"first|bitflip|{f.key()}": f for f in config.faults("bitflip")}
+    crashed = 0
+    for row in rows:
+        fault = faults[row["key"].rpartition("|")[0]]
+        generator = torch.Generator().manual_seed(row_seed(config.seed, row["key"]))
+        ctx = FaultContext(
+            model, groups["first"], row["k"], None, generator, grads, classification_loss, {}, row["trial"]
+        )
+        masked = sdc = due = 0
+        raised = False
+        with corrupted(model, fault.corrupt(ctx)), torch.no_grad():
+            for (x, _), ref in zip(evals, golden):
+                try:
+                    out = model(x)
+                except RuntimeError:  # the literal count: the whole batch is DUE
+                    due += x.shape[0]
+                    raised = True
+                    continue
+                m, s, d = literal_counts([out], [ref])
+                masked, sdc, due = masked + m, sdc + s, due + d
+        assert (row["masked"], row["sdc"], row["due"]) == (masked, sdc, due)
+        assert row["examples"] == 120
+        if raised:
+            crashed += 1
+            assert row["metric_after"] != row["metric_after"]  # NaN
+            assert row["loss_after"] != row["loss_after"]
+    assert crashed >= 1 and crashed < len(rows)  # some trial crashed, some did not: the test can fail

@@ -19,8 +19,14 @@ The output is the task's (``BatchLoss.output``, what the metrics see; its ``logi
 item when it is a tuple or a model output). Rates and intervals per group and setting are
 computed from the rows alone (:func:`outcome_table`), so a resumed or extended sweep gives
 the same table. The classes need the sweep's own evaluator (refused with another, e.g.
-``--reuse``'s); a forward pass that raises stops the sweep as without outcomes (its rows so
-far are kept), it is not counted as a DUE here.
+``--reuse``'s).
+
+A forward pass that raises (any ``Exception`` but the library's own input errors; Ctrl-C
+still stops the sweep) is a crash, the other half of DUE: every example of that batch is
+classed DUE, the remaining batches are classed as usual, and the row's loss and metrics are
+NaN (a crashed evaluation has none). A crash in the gradient's data pass makes the row's
+gradient loss NaN. Without outcomes a forward pass that raises stops the sweep (its rows so
+far are kept).
 
 :class:`RowEvaluator` also limits an activation fault's counters (``bit_errors``,
 ``changed``) to the evaluation data: the faults still hit the gradient's data pass, but are
@@ -36,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._state import mode
+from ..corruption.apply import frozen_norm_stats
 from ..errors import ParamCorruptError
 from ..evaluate import evaluate
 from ..faults import FAULTS
@@ -98,6 +106,7 @@ class RowEvaluator:
         self.counts: dict[str, int] | None = None
         self._batch = 0
         self._keeping = False
+        self.crashes = 0  # forward passes of the row just evaluated that raised
 
     @property
     def golden_bytes(self) -> int:
@@ -131,8 +140,13 @@ class RowEvaluator:
                 "outcome classes need the golden run: call evaluate_clean() first"
             )
         self._batch, self.counts = 0, dict.fromkeys(OUTCOME_FIELDS, 0) if classing else None
+        self.crashes = 0
         loss_fn = self._classing_loss if self.outcomes else self.loss_fn
-        out = {"eval": evaluate(self.model, self.eval_loader, loss_fn, self.metrics)}
+        try:
+            out = {"eval": evaluate(self.model, self.eval_loader, loss_fn, self.metrics)}
+        except _Crashed:
+            self._class_the_rest()
+            out = {"eval": dict.fromkeys(["loss", *self.metrics], float("nan"))}
         if classing and self._batch != len(self.golden or []):
             raise ParamCorruptError(
                 f"the evaluation data gave {self._batch} batches, the golden run {len(self.golden or [])}"
@@ -142,13 +156,41 @@ class RowEvaluator:
                 during.counting = False
             try:
                 out["gradient"] = evaluate(self.model, self.gradient_loader, self.loss_fn)
+            except ParamCorruptError:
+                raise
+            except Exception as error:
+                if not classing:
+                    raise
+                logger.warning("the gradient's data pass raised (%s): its loss is NaN", _said(error))
+                out["gradient"] = {"loss": float("nan")}
             finally:
                 if counting:
                     during.counting = True
         return out
 
+    def _class_the_rest(self) -> None:
+        """After a crash: class the batches after the crashed one (each crash among them is
+        counted too), as ``evaluate`` would have run them."""
+        with mode(self.model, False), frozen_norm_stats(self.model), torch.no_grad():
+            for index, batch in enumerate(self.eval_loader):
+                if index < self._batch:
+                    continue
+                try:
+                    self._classing_loss(self.model, batch)
+                except _Crashed:
+                    pass
+
     def _classing_loss(self, model: nn.Module, batch: Any) -> Any:
-        result = as_batch_loss(self.loss_fn(model, batch), batch)
+        if self._keeping:
+            result = as_batch_loss(self.loss_fn(model, batch), batch)
+        else:
+            try:
+                result = as_batch_loss(self.loss_fn(model, batch), batch)
+            except ParamCorruptError:
+                raise
+            except Exception as error:  # a crash: its batch is DUE
+                self._count_crash(error)
+                raise _Crashed from error
         if result.output is None:
             raise ParamCorruptError(
                 "outcome classes need the task's output: its loss function returns none (BatchLoss.output)"
@@ -175,6 +217,29 @@ class RowEvaluator:
             self.counts[name] += int(count)
         self.counts["examples"] += int(codes.numel())
         return result
+
+
+    def _count_crash(self, error: Exception) -> None:
+        index, self._batch = self._batch, self._batch + 1
+        golden = self.golden or []
+        if index >= len(golden):
+            raise ParamCorruptError(
+                f"batch {index} of the evaluation data is not in the golden run ({len(golden)} batches)"
+            ) from error
+        size = int(golden[index].shape[0])
+        assert self.counts is not None
+        self.counts["due"] += size
+        self.counts["examples"] += size
+        self.crashes += 1
+        logger.warning("the forward pass of batch %d raised (%s): its %d examples are DUE", index, _said(error), size)
+
+
+class _Crashed(Exception):
+    """A forward pass raised during a row's classed evaluation (its batch counted DUE)."""
+
+
+def _said(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def evaluate_row(
