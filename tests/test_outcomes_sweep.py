@@ -440,3 +440,55 @@ def test_a_forward_pass_that_raises_is_due_and_the_sweep_goes_on(tmp_path):
             assert row["metric_after"] != row["metric_after"]  # NaN
             assert row["loss_after"] != row["loss_after"]
     assert crashed >= 1 and crashed < len(rows)  # some trial crashed, some did not: the test can fail
+
+
+def test_an_lm_example_is_one_sequence_sdc_when_any_predicted_token_changed():
+    """The time-major PTB LM: an example is one stream's window (a sequence), SDC when any of
+    its predicted next tokens changed (a literal loop over windows x streams x positions),
+    not one position of the batch."""
+    from paramcorrupt.models import LSTMLanguageModel
+    from paramcorrupt.tasks.lm import CarriedStateLoss, WindowLoader
+
+    torch.manual_seed(7)
+    model = LSTMLanguageModel(20, 8, 8, 1).eval()
+    tokens = torch.randint(0, 20, (203,), generator=torch.Generator().manual_seed(8))
+    evals = WindowLoader(tokens, batch_size=7, bptt=5)  # 29 tokens per stream: 6 windows
+    grads = WindowLoader(tokens[:60], batch_size=2, bptt=5)
+    loss = CarriedStateLoss()
+    config = SweepConfig(
+        methods=["bitflip"],
+        trials=8,
+        outcomes=True,
+        settings={"bitflip": {"bits": ["exponent"], "flips": [1]}},
+    )
+    groups = {"decoder": select(model, "decoder.*")}
+    before = state_bits(model)
+    rows = sweep(model, config, grads, evals, loss, {}, groups=groups, progress=False)
+    assert state_bits(model) == before
+
+    def predictions():
+        state, out = None, []
+        with torch.no_grad():
+            for window in evals:
+                logits, state = model(window.input, state)
+                out.append(logits.argmax(-1))  # [t, B]
+        return out
+
+    golden = predictions()
+    faults = {f"decoder|bitflip|{f.key()}": f for f in config.faults("bitflip")}
+    partial = 0
+    for row in rows:
+        fault = faults[row["key"].rpartition("|")[0]]
+        generator = torch.Generator().manual_seed(row_seed(config.seed, row["key"]))
+        ctx = FaultContext(model, groups["decoder"], row["k"], None, generator, grads, loss, {}, row["trial"])
+        with corrupted(model, fault.corrupt(ctx)):
+            faulty = predictions()
+        sdc = examples = 0
+        for out, ref in zip(faulty, golden):
+            for stream in range(out.shape[1]):
+                examples += 1
+                sdc += any(out[t, stream] != ref[t, stream] for t in range(out.shape[0]))
+        assert row["examples"] == examples == 6 * 7
+        assert (row["sdc"], row["due"]) == (sdc, 0)
+        partial += 0 < sdc < examples
+    assert partial  # some trial changed some sequences and not others: the test can fail

@@ -13,7 +13,9 @@ through :class:`RowEvaluator`:
   language model's predicted token at any position, teacher-forced — or, with a tolerance,
   when an element moved by more than it, else masked) and writes the counts ``masked``,
   ``sdc``, ``due``, ``examples`` and the criterion's ``tolerance`` (null: top-1) into the row. An example is one slice along the output's
-  first dimension (a time-major LM's output: one position of the batch's streams).
+  examples dimension (the first, or the output's ``examples_dim``: a time-major LM's
+  :class:`~paramcorrupt.tasks.lm.LMOutput` says 1, so an example is one stream's window of
+  tokens, SDC when any of its predicted tokens changed).
 
 The output is the task's (``BatchLoss.output``, what the metrics see; its ``logits`` or first
 item when it is a tuple or a model output). Rates and intervals per group and setting are

@@ -7,8 +7,8 @@ and each example is classed against the fault-free ("golden") run:
 - **SDC** (1), silent data corruption: the output changed and nothing noticed. By default
   (``tolerance=None``) the *top-1* criterion: the argmax over the last dimension changed at
   some position — a classifier's predicted class, or a language model's predicted next
-  token at any position (teacher-forced logits; tokens generated one by one are not
-  compared here). With ``tolerance=t >= 0`` the output itself: some element differs from
+  token at any position of the example's sequence (teacher-forced logits; tokens generated
+  one by one are not compared here; an example is a sequence, see :func:`output_tensor`). With ``tolerance=t >= 0`` the output itself: some element differs from
   the golden output by more than t in absolute value;
 - **DUE** (2), detected unrecoverable error: an Inf or NaN anywhere in the example's output,
   or an exception raised by the forward pass of its batch (every example of that batch is
@@ -115,9 +115,13 @@ def _default_forward(model: nn.Module, batch: Any) -> Any:
 def output_tensor(result: Any) -> Tensor:
     """The output tensor of what ``forward`` returned: a tensor, a BatchLoss carrying the
     output, an object or mapping with ``logits`` (a Hugging Face output), or a tuple whose
-    first item is the logits (an LSTM's ``(logits, hidden)``, the tasks' named outputs)."""
+    first item is the logits (an LSTM's ``(logits, hidden)``, the tasks' named outputs),
+    examples first: an output object with an ``examples_dim`` attribute (a time-major
+    language model's :class:`~paramcorrupt.tasks.lm.LMOutput`: 1) has that dimension moved
+    to the front, so that an example is one sequence, not one position."""
     if isinstance(result, BatchLoss):
         result = result.output
+    examples_dim = getattr(result, "examples_dim", 0)
     if not isinstance(result, Tensor):
         if isinstance(getattr(result, "logits", None), Tensor):
             result = result.logits  # a Hugging Face model output, the tasks' named tuples
@@ -134,6 +138,8 @@ def output_tensor(result: Any) -> Tensor:
         raise ParamCorruptError(
             "forward returned a scalar; outcome classes need one output per example (examples first)"
         )
+    if examples_dim:
+        result = result.movedim(examples_dim, 0)
     return result.detach()
 
 

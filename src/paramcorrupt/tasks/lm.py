@@ -37,7 +37,12 @@ class LMWindow(NamedTuple):
 
 
 class LMOutput(NamedTuple):
-    """What :class:`CarriedStateLoss` hands to metrics (``output[0]`` are the logits)."""
+    """What :class:`CarriedStateLoss` hands to metrics (``output[0]`` are the logits,
+    time-major: ``[t, B, vocabulary]``)."""
+
+    #: the dimension of the logits along which examples lie: an example is one stream's
+    #: window of ``t`` tokens (outcome classes: SDC when any of its predicted tokens changed)
+    examples_dim = 1
 
     logits: Tensor
     hidden: list
