@@ -4,8 +4,10 @@ Part A, injection throughput: random bit-error-rate trials (draw the faults, wri
 the model, restore it) per second, on the conv weights of a ResNet-20 (CIFAR shape, 268k conv
 weights), float32 storage:
 
-- **ours**: ``random_bit_faults`` (Binomial count, sparse draw) + ``corrupted()`` (writes the
-  values in place, restores the saved bits);
+- **ours**: ``BitFaultSampler(model, group).injected(ber=...)``, one trial: the Binomial count
+  and sparse draw, the faulty weights' bits read once, written, and restored on exit (the
+  group laid out once, before the trials; ``random_bit_faults`` + ``corrupted()`` draw the
+  same faults);
 - **pytorchfi 0.6.0**: it has no bit-error-rate weight model, so the *same* faults (drawn by
   our sampler, outside the timer's share for pytorchfi) are injected through its
   ``declare_weight_fi(function=...)``, which deep-copies the model per injection;
@@ -61,7 +63,7 @@ from pathlib import Path
 import torch
 
 from paramcorrupt import accuracy, classification_loss, corrupted, evaluate, select
-from paramcorrupt.faults import activation_faults, bit_search, random_bit_faults
+from paramcorrupt.faults import BitFaultSampler, activation_faults, bit_search, random_bit_faults
 from paramcorrupt.models.resnet import resnet20_cifar
 from paramcorrupt.probe.outcomes import golden_run, outcome_classes, outcome_rates
 
@@ -111,14 +113,15 @@ def part_a(seconds: float) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
 
+    sampler = BitFaultSampler(model, group)  # the group laid out once, as a loop of trials would
+
     def one_rate(ber: float) -> str:
         gen = torch.Generator().manual_seed(0)
         drawn = []
 
-        def ours(forward=False):
-            fault = random_bit_faults(model, group, ber=ber, generator=gen)
-            drawn.append(fault.info["bit_errors"])
-            with corrupted(model, fault):
+        def ours(forward=False):  # one trial: draw, write, (evaluate,) restore
+            with sampler.injected(ber=ber, generator=gen) as fault:
+                drawn.append(fault.info["bit_errors"])
                 if forward:
                     with torch.no_grad():
                         model(x)
@@ -146,17 +149,23 @@ def part_a(seconds: float) -> list[str]:
             layer, k, dim1, dim2, dim3, value = plan
             return pfi.declare_weight_fi(layer_num=layer, k=k, dim1=dim1, dim2=dim2, dim3=dim3, value=value)
 
-        # the same faults give the same weights, bit for bit
-        for fault, plan in zip(faults[:8], plans[:8]):
+        # the same faults give the same weights, bit for bit: ours as the trial writes them
+        # (the sampler's injection, same seeds), and as corrupted() writes the drawn faults
+        state = {n: p.detach().clone() for n, p in params.items()}
+        for seed, (fault, plan) in enumerate(zip(faults[:8], plans[:8])):
             if not plan[0]:
                 continue
             injected = declare(plan)
-            with corrupted(model, fault):
-                theirs = dict(injected.named_parameters())
+            theirs = dict(injected.named_parameters())
+            with sampler.injected(ber=ber, generator=torch.Generator().manual_seed(seed)):
                 for name in params:
                     assert torch.equal(
                         params[name].view(torch.int32), theirs[name].view(torch.int32)
                     ), name
+            with corrupted(model, fault):
+                for name in params:
+                    assert torch.equal(params[name].view(torch.int32), theirs[name].view(torch.int32)), name
+        assert all(torch.equal(p.view(torch.int32), state[n].view(torch.int32)) for n, p in params.items())
         turn = [0]
 
         def pytorchfi(forward=False):

@@ -1,7 +1,8 @@
-"""The bit-fault write path (faults/bits.py `_write_bits`, `_by_tensor`) and its apply /
-restore (corruption/apply.py, `take`/`put_`) against literal Python loops: chosen
-(coordinate, bit) pairs over several tensors, two bits on one coordinate, tensor
-boundaries, non-contiguous parameters, stuck-at ops that change nothing."""
+"""The bit-fault write path (faults/sampler.py `BitFaultSampler._write_bits`, through NumPy
+views and through `take`) and its apply / restore (corruption/apply.py, `take`/`put_`)
+against literal Python loops: chosen (coordinate, bit) pairs over several tensors, two bits
+on one coordinate, tensor boundaries, non-contiguous parameters, stuck-at ops that change
+nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from torch import nn
 
 from paramcorrupt import corrupted, select
 from paramcorrupt.faults import random_bit_faults
-from paramcorrupt.faults.bits import _by_tensor, _write_bits
-from paramcorrupt.formats import get_format
+from paramcorrupt.faults import BitFaultSampler
 
 
 def float_bits(x: float) -> int:
@@ -51,32 +51,35 @@ def literal(params: dict, pairs: list[tuple[int, int]], op: str) -> dict:
     return out
 
 
+@pytest.mark.parametrize("path", ["numpy", "torch"])
 @pytest.mark.parametrize("op", ["flip", "stuck-0", "stuck-1"])
-def test_write_bits_equals_a_literal_loop(op):
+def test_write_bits_equals_a_literal_loop(op, path):
     model = model_of_three()
     group = select(model, kind="weight", name="weights")
-    params = group.tensors(model)
-    sizes = [p.numel() for p in params.values()]  # 12, 8, 10
+    params = group.tensors(model)  # 12, 8, 10 weights
+    sampler = BitFaultSampler(model, group, op=op)
+    assert (sampler._arrays is not None) == (op == "flip")  # a flip in float32: NumPy views
+    if path == "torch":
+        sampler._arrays = None
     # sorted pairs: coordinate 0, the last of tensor 0 (11) twice (two bits), the first of
     # tensor 2 (20) with three bits, the very last (29); tensor 1 (12..19) untouched
     pairs = [(0, 31), (11, 3), (11, 30), (20, 0), (20, 22), (20, 23), (29, 31)]
-    coords = torch.tensor([c for c, _ in pairs])
-    bit_of = torch.tensor([b for _, b in pairs])
-    fault = _write_bits(group, params, get_format("float32"), coords, bit_of, op, sizes=sizes)
-    want = literal(params, pairs, op)
-    got = {
-        name: dict(zip(idx.tolist(), [float_bits(v) for v in fault.values[name].tolist()]))
-        for name, idx in fault.indices.items()
-    }
-    assert got == want
-    assert fault.info["changed"] == sum(len(v) for v in want.values())
-
-
-def test_by_tensor_splits_at_tensor_boundaries():
-    coords = torch.tensor([0, 2, 3, 9, 10, 11])
-    parts = _by_tensor(coords, [3, 5, 0, 4])  # [0,3) [3,8) [8,8) [8,12)
-    assert [(t, local.tolist()) for t, local in parts] == [(0, [0, 2]), (1, [0]), (3, [1, 2, 3])]
-    assert [(t, local.tolist()) for t, local in _by_tensor(torch.tensor([4]), [3, 5])] == [(1, [1])]
+    for chosen in (pairs, [pairs[0], pairs[1], pairs[3], pairs[6]]):  # with and without repeats
+        coords = torch.tensor([c for c, _ in chosen])
+        bit_of = torch.tensor([b for _, b in chosen])
+        fault, writes = sampler._write_bits(coords, bit_of)
+        want = literal(params, chosen, op)
+        got = {
+            name: dict(zip(idx.tolist(), [float_bits(v) for v in fault.values[name].tolist()]))
+            for name, idx in fault.indices.items()
+        }
+        assert got == want
+        assert fault.info["changed"] == sum(len(v) for v in want.values())
+        # the writes hold the values they replace, read from the model
+        for write in writes:
+            name = next(n for n, p in params.items() if p is write[0])
+            old = torch.as_tensor(write[4]).view(torch.float32)
+            assert torch.equal(old, params[name].detach().reshape(-1)[torch.as_tensor(write[2])])
 
 
 def test_many_flips_on_few_weights_flip_exactly_that_many_bits():

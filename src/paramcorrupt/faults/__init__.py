@@ -30,6 +30,7 @@ from .lp import GradientLp, IterativeLp, IterativeRelativeLp, LpFault, RandomLp,
 from .values import RandomValues
 from ..formats import BIT_CLASSES, FORMATS, NumberFormat, get_format
 from .bits import BitFlip, StuckAt, random_bit_faults
+from .sampler import BitFaultSampler
 from .stored import stored_faults
 from ..formats.torchao import check_methods
 from .search import BitSearch, BitSearchFault, bit_search
@@ -42,6 +43,7 @@ __all__ = [
     "ActivationBitFlip",
     "ActivationStuckAt",
     "BIT_CLASSES",
+    "BitFaultSampler",
     "FAULTS",
     "FORMATS",
     "BitFlip",

@@ -48,7 +48,7 @@ from ..corruption.apply import frozen_norm_stats
 from ..errors import InputTypeError, ParamCorruptError
 from ..formats import NumberFormat, get_format
 from .activation_select import modules_in_scope, select_modules
-from .bits import OPS, _distinct
+from .sampler import OPS, _distinct
 
 __all__ = ["MODES", "ActivationFaults", "activation_faults", "modules_in_scope", "select_modules"]
 

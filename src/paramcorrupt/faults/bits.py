@@ -14,35 +14,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..corruption.base import Corruption
-from ..errors import InputTypeError, ParamCorruptError
-from ..formats import NumberFormat, bits_setting, get_format
-from ..groups import ParameterGroup, as_group
+from ..errors import ParamCorruptError
+from ..formats import bits_setting
+from ..groups import ParameterGroup
 from .base import FaultContext, FaultModel, key_text, register_fault
+from .sampler import BitFaultSampler, _check_rate
 from .stored import row_fields as stored_row_fields
-from .stored import stored_image
 from .torchao import row_fields as torchao_row_fields
-from .torchao import stored_layout
 
 __all__ = ["BitFlip", "StuckAt", "random_bit_faults"]
 
-OPS = ("flip", "stuck-0", "stuck-1")
-
-
-def _distinct(m: int, total: int, generator: torch.Generator) -> Tensor:
-    """m distinct integers drawn uniformly from [0, total), sorted; O(m) memory unless m is
-    more than half of total."""
-    if m == 0:
-        return torch.empty(0, dtype=torch.long)
-    if 2 * m > total:
-        return torch.randperm(total, generator=generator)[:m].sort().values
-    chosen = torch.randint(0, total, (m,), generator=generator).unique()
-    while chosen.numel() < m:  # a repeat (rare while m << total): draw the missing ones
-        draw = torch.randint(0, total, (m - chosen.numel(),), generator=generator)
-        chosen = torch.cat([chosen, draw]).unique()
-    return chosen
 
 
 def random_bit_faults(
@@ -89,167 +73,9 @@ def random_bit_faults(
         >>> fault.info["bit_errors"], fault.mode
         (3, 'set')
     """
-    fmt = get_format(format)
-    positions = fmt.select(bits)
-    if op not in OPS:
-        raise ParamCorruptError(f"unknown fault op {op!r}; expected one of {', '.join(OPS)}")
     _check_rate(ber, flips)
-    if not isinstance(generator, torch.Generator):
-        raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    group = group if isinstance(group, ParameterGroup) else as_group(model, group)
-    params = group.tensors(model)  # validates the names
-    for name, param in params.items():
-        if not param.is_floating_point():
-            raise InputTypeError(
-                f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be corrupted"
-            )
-    # a quantised model's stored image (faults/stored.py), else torchao weights: their stored fields (faults/torchao.py)
-    if stored is not None:
-        layout = stored_image(params, stored, bits)
-    elif all(type(p) is nn.Parameter or type(p) is Tensor for p in params.values()):
-        layout = None  # plain tensors: no torchao weight to look for (a walk of each one's classes)
-    else:
-        layout = stored_layout(params, bits)
-    plain = params if layout is None else layout.plain
-    sizes = [p.numel() for p in plain.values()]
-    total = sum(sizes) * len(positions) + (0 if layout is None else layout.total)
-    if flips is not None:
-        if flips > total:
-            raise ParamCorruptError(
-                f"flips={flips} exceeds the {total:,} candidate bits of group {group.name!r}"
-            )
-        m = flips
-    else:
-        m = int(
-            torch.binomial(
-                torch.tensor([float(total)], dtype=torch.float64),
-                torch.tensor([float(ber)], dtype=torch.float64),
-                generator=generator,
-            )
-        )
-    chosen = _distinct(m, total, generator)
-    if layout is not None:  # the plain parameters' candidates first, then the stored fields'
-        stored, chosen = (
-            chosen[chosen >= total - layout.total] - (total - layout.total),
-            chosen[chosen < total - layout.total],
-        )
-    coords, bit_of = _coordinates(chosen, positions)
-    corruption = _write_bits(group, plain, fmt, coords, bit_of, op, bit_errors=m, sizes=sizes)
-    return corruption if layout is None else layout.add_faults(corruption, stored, op)
-
-
-def _coordinates(chosen: Tensor, positions: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Candidate numbers (coordinate x |positions| + bit slot) as (coordinate, bit)."""
-    slots = len(positions)
-    if positions[-1] - positions[0] == slots - 1:  # consecutive bits (a class): no table to look up
-        if slots & (slots - 1) == 0:  # a power of two (all 32, 16 or 8 bits): a shift and a mask
-            shift = slots.bit_length() - 1
-            coords, bit_of = chosen >> shift, chosen & (slots - 1)
-        else:
-            coords, bit_of = chosen // slots, chosen % slots
-        if positions[0]:
-            bit_of = bit_of + positions[0]
-    else:
-        coords, bit_of = chosen // slots, torch.take(torch.tensor(positions), chosen % slots)
-    return coords, bit_of
-
-
-def _check_rate(ber: Any, flips: Any) -> None:
-    if (ber is None) == (flips is None):
-        raise ParamCorruptError(f"give one of ber and flips, got ber={ber!r}, flips={flips!r}")
-    if ber is not None and (
-        isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0.0 <= ber <= 1.0
-    ):
-        raise ParamCorruptError(f"ber must be a number in [0, 1], got ber={ber!r}")
-    if flips is not None and (isinstance(flips, bool) or not isinstance(flips, int) or flips < 0):
-        raise ParamCorruptError(f"flips must be an integer >= 0, got flips={flips!r}")
-
-
-def _by_tensor(coords: Tensor, sizes: list[int]) -> list[tuple[int, Tensor]]:
-    """Sorted flat coordinates over tensors of ``sizes`` elements (in order) as (tensor
-    number, flat indices inside it), for the tensors that hold any: one search, one
-    subtraction and one split for all the tensors."""
-    bounds = [0]
-    for size in sizes:
-        bounds.append(bounds[-1] + size)
-    offsets = torch.tensor(bounds)
-    owner = torch.searchsorted(offsets[1:], coords, right=True)  # the tensor of each coordinate
-    local = (coords - torch.take(offsets, owner)).split(
-        torch.bincount(owner, minlength=len(sizes)).tolist()
-    )
-    return [(t, piece) for t, piece in enumerate(local) if piece.numel()]
-
-
-@torch.no_grad()
-def _write_bits(
-    group: ParameterGroup,
-    params: dict[str, Tensor],
-    fmt: NumberFormat,
-    coords: Tensor,
-    bit_of: Tensor,
-    op: str,
-    sizes: list[int] | None = None,
-    **info: Any,
-) -> Corruption:
-    """The corruption that applies ``op`` to bit ``bit_of[j]`` of flat coordinate
-    ``coords[j]`` of the group (coordinates over the group's tensors in order, sorted)."""
-    if not coords.numel():  # nothing faulty: no tensor is read
-        info = {"format": fmt.name, "changed": 0, "distinct_indices_of": {}, **info}
-        return Corruption(group, None, f"bit-{op}", {}, {}, info, mode="set")
-    names = list(params)
-    sizes = [p.numel() for p in params.values()] if sizes is None else sizes
-    # one mask per faulty coordinate (its distinct bits summed = or-ed), coordinates sorted
-    unique = coords.unique_consecutive()
-    if unique.numel() == coords.numel():  # one faulty bit per coordinate (the common case)
-        mask = torch.bitwise_left_shift(1, bit_of)
-    else:
-        inverse = torch.searchsorted(unique, coords)
-        mask = torch.zeros_like(unique).scatter_add_(
-            0, inverse, torch.bitwise_left_shift(1, bit_of)
-        )
-    pieces = []  # (name, local indices, values there, int8 scales there)
-    for t, local in _by_tensor(unique, sizes):  # the tensors holding a fault
-        name = names[t]
-        param = params[name]
-        if local.device != param.device:
-            local = local.to(param.device)
-        values = torch.take(param, local)  # flat (logical) indices, any layout
-        scale = None if fmt.is_float else fmt.scale_at(param, local, fmt.scales(param))
-        pieces.append((name, local, values, scale))
-    indices: dict[str, Tensor | None] = {}
-    values: dict[str, Tensor] = {}
-    changed = 0
-    if pieces:
-        # encode, apply the op and decode every faulty coordinate at once
-        dtype = fmt.dtype if fmt.is_float else torch.float64
-        flat = torch.cat([v for _, _, v, _ in pieces]).to(dtype)
-        scale = None if fmt.is_float else torch.cat([s for *_, s in pieces])
-        codes = fmt.encode_values(flat, scale)
-        mask = mask.to(codes.device)
-        new = codes ^ mask if op == "flip" else (codes | mask if op == "stuck-1" else codes & ~mask)
-        decoded = fmt.decode_values(new, scale)
-        keep = None if op == "flip" else new != codes  # a flip always changes its code
-        if keep is not None and bool(keep.all()):
-            keep = None
-        counts = [local.numel() for _, local, _, _ in pieces]
-        parts = decoded.split(counts)
-        kept = [None] * len(pieces) if keep is None else keep.split(counts)
-        for (name, local, _, _), value, here in zip(pieces, parts, kept):
-            idx = local if here is None else local[here]
-            if here is not None:
-                value = value[here]
-            if idx.numel():
-                dtype = params[name].dtype
-                indices[name] = idx
-                values[name] = value if value.dtype == dtype else value.to(dtype)
-                changed += idx.numel()
-    info = {
-        "format": fmt.name,
-        "changed": changed,
-        "distinct_indices_of": {n: params[n].numel() for n in indices},
-        **info,
-    }
-    return Corruption(group, None, f"bit-{op}", indices, values, info, mode="set")
+    sampler = BitFaultSampler(model, group, format=format, bits=bits, op=op, stored=stored)
+    return sampler(ber=ber, flips=flips, generator=generator)
 
 
 def stuck_value(value: Any) -> int:
@@ -298,17 +124,14 @@ class _BitFault(FaultModel):
 
     def corrupt(self, ctx: FaultContext) -> Corruption:
         s = self.setting
-        return random_bit_faults(
-            ctx.model,
-            ctx.group,
-            format=s["format"],
-            bits=s["bits"],
-            ber=s["ber"],
-            flips=s["flips"],
-            op=self._op(),
-            generator=ctx.generator,
-            stored=ctx.stored,
-        )
+        # the group laid out once for all its rows of this format, bit class and op
+        key = ("bit-faults", s["format"], s["bits"], self._op(), id(ctx.stored))
+        sampler = ctx.cache.get(key)
+        if sampler is None:
+            sampler = ctx.cache[key] = BitFaultSampler(
+                ctx.model, ctx.group, format=s["format"], bits=s["bits"], op=self._op(), stored=ctx.stored
+            )
+        return sampler(ber=s["ber"], flips=s["flips"], generator=ctx.generator)  # type: ignore[arg-type]
 
     def _op(self) -> str:
         return self.op

@@ -68,6 +68,10 @@ def select_bits(
     return found[bits]
 
 
+#: bits -> the masks of :attr:`NumberFormat.signed_masks` (made once)
+_SIGNED_MASKS: dict[int, Tensor] = {}
+
+
 @dataclass(frozen=True)
 class NumberFormat:
     """One stored format: its width, where its sign, exponent and mantissa bits are."""
@@ -83,6 +87,21 @@ class NumberFormat:
     @property
     def is_float(self) -> bool:
         return self.dtype is not None
+
+    @property
+    def int_view(self) -> torch.dtype:
+        """The signed integer dtype of the format's width (a float's bits viewed in place)."""
+        return {32: torch.int32, 16: torch.int16, 8: torch.int8}[self.bits]
+
+    @property
+    def signed_masks(self) -> Tensor:
+        """``signed_masks[b]``: the value of ``1 << b`` in :attr:`int_view` (the top bit
+        negative), for b in [0, bits): a bit's mask to xor into the integer view."""
+        masks = _SIGNED_MASKS.get(self.bits)
+        if masks is None:
+            values = [(1 << b) - (1 << self.bits if b == self.bits - 1 else 0) for b in range(self.bits)]
+            masks = _SIGNED_MASKS[self.bits] = torch.tensor(values, dtype=self.int_view)
+        return masks
 
     def select(self, bits: str | int) -> tuple[int, ...]:
         """The bit positions of a bit class or index, in increasing order (:func:`select_bits`).
