@@ -5,7 +5,9 @@ stuck-at-0/1 bits, in float32, float16, bfloat16 or int8 storage (see
 Faults are drawn sparsely: the number of faulty bits m among the N = k x |bits| candidate
 (coordinate, bit) pairs is Binomial(N, ber) (or given), then m distinct pairs are drawn
 uniformly. Memory is O(m), never a mask of N entries. The faulty weights are written as
-values (``mode="set"``), so restores are bit-exact even where a flip made Inf or NaN.
+values (``mode="set"``), so restores are bit-exact even where a flip made Inf or NaN. The
+draw itself is :class:`~paramcorrupt.faults.sampler.BitFaultSampler`'s (faults/sampler.py),
+which a loop of many trials keeps.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from .stored import row_fields as stored_row_fields
 from .torchao import row_fields as torchao_row_fields
 
 __all__ = ["BitFlip", "StuckAt", "random_bit_faults"]
-
 
 
 def random_bit_faults(

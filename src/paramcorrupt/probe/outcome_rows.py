@@ -220,7 +220,6 @@ class RowEvaluator:
         self.counts["examples"] += int(codes.numel())
         return result
 
-
     def _count_crash(self, error: Exception) -> None:
         index, self._batch = self._batch, self._batch + 1
         golden = self.golden or []
