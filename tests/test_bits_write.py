@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from paramcorrupt import corrupted, select
-from paramcorrupt.faults import random_bit_faults
-from paramcorrupt.faults import BitFaultSampler
+from paramcorrupt.faults import BitFaultSampler, random_bit_faults
 
 
 def float_bits(x: float) -> int:
