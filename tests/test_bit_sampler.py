@@ -143,3 +143,12 @@ def test_batch_norm_statistics_are_kept_and_a_stored_model_takes_the_general_pat
     finally:
         stored.restore(model)
     assert same(bits_of(model), before)
+
+
+def test_a_parameter_moved_to_another_dtype_is_refused_in_one_line():
+    model = nn.Linear(4, 3)
+    sampler = BitFaultSampler(model, "weight")
+    model.half()  # the same Parameter object, a new float16 storage
+    with pytest.raises(ValueError, match="'weight' changed its layout, dtype or device"):
+        with sampler.injected(flips=3, generator=torch.Generator().manual_seed(0)):
+            pass

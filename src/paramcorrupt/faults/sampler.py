@@ -62,9 +62,11 @@ class BitFaultSampler:
     parameters up, checking them and laying out their candidate bits again on every draw
     (the cost of a trial when trials are many and each is short).
 
-    The group's names, shapes, dtypes and layout are read here; its values at each draw. A
-    quantised model's stored image and torchao weights are laid out again at every draw
-    (their layout holds values). Arguments as :func:`~paramcorrupt.faults.random_bit_faults`.
+    The group's parameters (the objects), names, shapes, dtypes and layout are read here; its
+    values at each draw: a parameter replaced by another object, or moved to another dtype or
+    device, needs a new sampler (a changed storage under the same object is followed, or
+    refused with one line). A quantised model's stored image and torchao weights are laid out
+    again at every draw (their layout holds values). Arguments as :func:`~paramcorrupt.faults.random_bit_faults`.
 
     Example:
         >>> model = nn.Linear(4, 2)
@@ -243,7 +245,7 @@ class BitFaultSampler:
             pieces = tuple(i.to(p.device) for i, p in zip(pieces, tensors))
         read = [torch.take(p, i) for p, i in zip(tensors, pieces)]  # flat (logical) indices, any layout
         flat = torch.cat(read)
-        if self._native and not repeated:  # xor the bits in the parameters' own dtype
+        if self._native and not repeated and flat.dtype == fmt.dtype:  # xor the bits in the parameters' own dtype
             masks = torch.take(fmt.signed_masks, bit_of.to(flat.device))
             parts = (flat.view(fmt.int_view) ^ masks).view(flat.dtype).split(counts)
             writes = list(zip(tensors, [None] * len(names), pieces, parts, read))
@@ -287,9 +289,10 @@ class BitFaultSampler:
         for t in held:
             param, a, b = self._tensors[t], cuts[t], cuts[t + 1]
             if param.data_ptr() != self._pointers[t]:  # its storage was replaced (.data = ...)
-                if not param.is_contiguous():
+                if not param.is_contiguous() or param.dtype != dtype or param.device.type != "cpu":
                     raise ParamCorruptError(
-                        f"parameter {self._names[t]!r} is no longer contiguous: make a new BitFaultSampler"
+                        f"parameter {self._names[t]!r} changed its layout, dtype or device since the "
+                        "sampler was made: make a new BitFaultSampler"
                     )
                 self._arrays[t], self._pointers[t] = self._array(param), param.data_ptr()
             where = local[a:b]
