@@ -151,20 +151,19 @@ def part_a(seconds: float) -> list[str]:
 
         # the same faults give the same weights, bit for bit: ours as the trial writes them
         # (the sampler's injection, same seeds), and as corrupted() writes the drawn faults
+        def equal_to(theirs):
+            for name in params:
+                assert torch.equal(params[name].view(torch.int32), theirs[name].view(torch.int32)), name
+
         state = {n: p.detach().clone() for n, p in params.items()}
         for seed, (fault, plan) in enumerate(zip(faults[:8], plans[:8])):
             if not plan[0]:
                 continue
-            injected = declare(plan)
-            theirs = dict(injected.named_parameters())
+            theirs = dict(declare(plan).named_parameters())
             with sampler.injected(ber=ber, generator=torch.Generator().manual_seed(seed)):
-                for name in params:
-                    assert torch.equal(
-                        params[name].view(torch.int32), theirs[name].view(torch.int32)
-                    ), name
+                equal_to(theirs)
             with corrupted(model, fault):
-                for name in params:
-                    assert torch.equal(params[name].view(torch.int32), theirs[name].view(torch.int32)), name
+                equal_to(theirs)
         assert all(torch.equal(p.view(torch.int32), state[n].view(torch.int32)) for n, p in params.items())
         turn = [0]
 

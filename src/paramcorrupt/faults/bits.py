@@ -74,7 +74,6 @@ def random_bit_faults(
         >>> fault.info["bit_errors"], fault.mode
         (3, 'set')
     """
-    _check_rate(ber, flips)
     sampler = BitFaultSampler(model, group, format=format, bits=bits, op=op, stored=stored)
     return sampler(ber=ber, flips=flips, generator=generator)
 

@@ -108,7 +108,6 @@ class RowEvaluator:
         self.counts: dict[str, int] | None = None
         self._batch = 0
         self._keeping = False
-        self.crashes = 0  # forward passes of the row just evaluated that raised
 
     @property
     def golden_bytes(self) -> int:
@@ -142,7 +141,6 @@ class RowEvaluator:
                 "outcome classes need the golden run: call evaluate_clean() first"
             )
         self._batch, self.counts = 0, dict.fromkeys(OUTCOME_FIELDS, 0) if classing else None
-        self.crashes = 0
         loss_fn = self._classing_loss if self.outcomes else self.loss_fn
         try:
             out = {"eval": evaluate(self.model, self.eval_loader, loss_fn, self.metrics)}
@@ -183,16 +181,15 @@ class RowEvaluator:
                     pass
 
     def _classing_loss(self, model: nn.Module, batch: Any) -> Any:
-        if self._keeping:
+        try:
             result = as_batch_loss(self.loss_fn(model, batch), batch)
-        else:
-            try:
-                result = as_batch_loss(self.loss_fn(model, batch), batch)
-            except ParamCorruptError:
+        except ParamCorruptError:
+            raise
+        except Exception as error:  # a crash: its batch is DUE (the golden run may not crash)
+            if self._keeping:
                 raise
-            except Exception as error:  # a crash: its batch is DUE
-                self._count_crash(error)
-                raise _Crashed from error
+            self._count_crash(error)
+            raise _Crashed from error
         if result.output is None:
             raise ParamCorruptError(
                 "outcome classes need the task's output: its loss function returns none (BatchLoss.output)"
@@ -231,7 +228,6 @@ class RowEvaluator:
         assert self.counts is not None
         self.counts["due"] += size
         self.counts["examples"] += size
-        self.crashes += 1
         logger.warning("the forward pass of batch %d raised (%s): its %d examples are DUE", index, _said(error), size)
 
 
